@@ -1,0 +1,110 @@
+"""params.yaml: one file of knobs. Loading merges the defaults below and validates,
+so every stage sees a complete config and a mistake is reported with its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from textcompress.errors import ParamsError
+
+DEFAULTS: dict = {
+    "seed": 42,
+    "data": {
+        "train": "data/sst2/train.tsv",
+        "validation": "data/sst2/validation.tsv",
+        "test": None,
+        "format": "auto",  # auto | tsv | csv | jsonl | parquet | hf (a Hugging Face dataset id in `train`)
+        "text_column": "sentence",
+        "label_column": "label",
+        "max_length": 128,
+        "limit_train": None,  # keep the first N training rows (quick profiles)
+    },
+    "base_model": "minilm-l6",
+    "teach": {
+        "finetuned_teacher": None,  # a bundle or BERT classifier directory: skip fine-tuning
+        "pooling": "mean",
+        "epochs": 2,
+        "lr": 1.0e-4,
+        "batch_size": 32,
+        "warmup": 0.06,
+        "weight_decay": 0.01,
+        "threads": None,  # torch threads; None = all cores
+    },
+    "export": {"opset": 17, "parity_tolerance": 1.0e-4, "agreement_gate": 0.98},
+    "evaluate": {"bootstrap": 1000},
+    "benchmark": {"threads": 1, "warmup": 10, "batch_size": 32, "max_sentences": None},
+    "candidates": {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}]},
+    "promotion": {
+        "registered_model": "sst2-classifier",
+        "max_accuracy_drop": 1.0,
+        "objective": "latency_p50_ms",
+    },
+    "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
+}
+
+REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(path, "(file)", "not found", "run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f"line {line + 1}" if line is not None else "(file)"
+        raise ParamsError(path, where, f"is not valid YAML ({getattr(err, 'problem', err)})", "fix the YAML syntax") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(path, "(top level)", "must be a mapping of sections", "see the default params.yaml")
+    params = _merge(copy.deepcopy(DEFAULTS), raw, path, "")
+    _validate(params, path)
+    return params
+
+
+def _merge(base: dict, override: dict, path: Path, prefix: str) -> dict:
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ParamsError(path, dotted, "is not a known setting", f"remove it or use one of {sorted(base)}")
+        if isinstance(base[key], dict) and key != "candidates":
+            if not isinstance(value, dict):
+                raise ParamsError(path, dotted, f"must be a mapping, got {type(value).__name__}", "see the default params.yaml")
+            _merge(base[key], value, path, dotted + ".")
+        else:
+            base[key] = value
+    return base
+
+
+def _validate(params: dict, path: Path) -> None:
+    from textcompress.techniques import validate_recipe
+
+    def positive(key: str, value, kind=(int, float)):
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            raise ParamsError(path, key, f"must be a positive number, got {value!r}", "set a positive value")
+
+    positive("data.max_length", params["data"]["max_length"], int)
+    positive("teach.lr", params["teach"]["lr"])
+    positive("teach.batch_size", params["teach"]["batch_size"], int)
+    positive("benchmark.threads", params["benchmark"]["threads"], int)
+    if not isinstance(params["teach"]["epochs"], (int, float)) or params["teach"]["epochs"] < 0:
+        raise ParamsError(path, "teach.epochs", f"must be ≥ 0, got {params['teach']['epochs']!r}", "set a number of epochs")
+    if params["teach"]["pooling"] not in ("mean", "cls"):
+        raise ParamsError(path, "teach.pooling", f"unknown pooling {params['teach']['pooling']!r}", "use mean or cls")
+    drop = params["promotion"]["max_accuracy_drop"]
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)):
+        raise ParamsError(path, "promotion.max_accuracy_drop", f"must be a number of points, got {drop!r}", "e.g. 1.0")
+    candidates = params["candidates"]
+    if not isinstance(candidates, dict):
+        raise ParamsError(path, "candidates", "must map candidate names to step lists", "see the default params.yaml")
+    for name in REQUIRED_CANDIDATES:
+        if name not in candidates:
+            raise ParamsError(path, f"candidates.{name}", "is missing; the teacher and the int8 baseline are always "
+                              "measured so that every ratio comes from one run", f"add `{name}` back")
+    for name, recipe in candidates.items():
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            raise ParamsError(path, f"candidates.{name}", "names may use letters, digits, - and _ only", "rename it")
+        validate_recipe(recipe, lambda problem, fix, n=name: ParamsError(path, f"candidates.{n}", problem, fix))

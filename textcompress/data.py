@@ -1,0 +1,273 @@
+"""Reading, validating and tokenizing labelled text, and batching it.
+
+`prepare` reads train/validation (optional test) files in TSV, CSV, JSONL or Parquet (or a
+Hugging Face dataset id), checks every row, builds the label map from the training labels,
+tokenizes once, and writes everything into one directory atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tokenizers import Tokenizer
+
+from textcompress.errors import DataError
+from textcompress.fileio import atomic_dir
+
+SPLITS = ("train", "validation", "test")
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    input_ids: list[np.ndarray]
+    labels: np.ndarray  # label ids (indices into the label map)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+# ---------------------------------------------------------------------------
+# Reading rows: each reader yields (line number, text, raw label) and names the file in errors.
+
+
+def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto") -> list[tuple[int, str, object]]:
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower()) if fmt == "auto" else fmt
+    if fmt is None:
+        raise DataError(path, f"unknown file type {path.suffix!r}", "use .tsv, .csv, .jsonl or .parquet, or set data.format")
+    if fmt == "parquet":
+        return _read_parquet(path, text_column, label_column)
+    if not path.is_file():
+        raise DataError(path, "file not found", "check data.train / data.validation in params.yaml (and run `dvc pull data.dvc`)")
+    text = _decode(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path, text, text_column, label_column)
+    return _read_delimited(path, text, "\t" if fmt == "tsv" else ",", text_column, label_column)
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")  # a leading BOM is harmless
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(path, f"is not valid UTF-8 (byte {err.start})", "re-save the file as UTF-8", line) from err
+
+
+def _read_delimited(path: Path, text: str, delimiter: str, text_column: str, label_column: str):
+    # TSV files such as GLUE's do not quote; quotes are part of the sentence there.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    header = next(reader, None)
+    if header is None:
+        raise DataError(path, "is empty", "provide a header row and at least one example per class", 1)
+    header = [h.strip() for h in header]
+    for column in (text_column, label_column):
+        if column not in header:
+            raise DataError(path, f"has no column {column!r} (header: {header})",
+                            "set data.text_column / data.label_column in params.yaml, or fix the header", 1)
+    ti, li = header.index(text_column), header.index(label_column)
+    rows = []
+    for fields in reader:
+        line = reader.line_num
+        if not fields or fields == [""]:
+            continue  # blank line
+        if len(fields) != len(header):
+            kind = "tab" if delimiter == "\t" else "comma"
+            raise DataError(path, f"has {len(fields)} fields where the header has {len(header)}",
+                            f"check the {kind}s on this line (a stray delimiter or a missing field)", line)
+        rows.append((line, fields[ti], fields[li].strip()))
+    return rows
+
+
+def _read_jsonl(path: Path, text: str, text_column: str, label_column: str):
+    rows = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"is not valid JSON ({err.msg})", "write one JSON object per line", line) from err
+        if not isinstance(record, dict) or text_column not in record or label_column not in record:
+            raise DataError(path, f"lacks {text_column!r} or {label_column!r}",
+                            "give every line both fields, or set data.text_column / data.label_column", line)
+        rows.append((line, record[text_column], record[label_column]))
+    return rows
+
+
+def _read_parquet(path: Path, text_column: str, label_column: str):
+    if not path.is_file():
+        raise DataError(path, "file not found", "check data.train / data.validation in params.yaml")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:
+        raise DataError(path, f"is not a readable Parquet file ({err.__class__.__name__})", "re-write it as Parquet") from err
+    for column in (text_column, label_column):
+        if column not in frame.columns:
+            raise DataError(path, f"has no column {column!r} (columns: {list(frame.columns)})",
+                            "set data.text_column / data.label_column in params.yaml")
+    # Row numbers are 1-based, as a spreadsheet shows them.
+    return [(i + 1, t, l) for i, (t, l) in enumerate(zip(frame[text_column].tolist(), frame[label_column].tolist()))]
+
+
+def read_hf_split(dataset_id: str, split: str, text_column: str, label_column: str):
+    try:
+        import datasets
+    except ImportError as err:
+        raise DataError(dataset_id, "a Hugging Face dataset id needs the `datasets` package", "pip install datasets, or export the data to a file") from err
+    frame = datasets.load_dataset(dataset_id, split=split).to_pandas()
+    return [(i + 1, t, l) for i, (t, l) in enumerate(zip(frame[text_column].tolist(), frame[label_column].tolist()))]
+
+
+# ---------------------------------------------------------------------------
+# Validation and the label map
+
+
+def normalise_labels(path, rows) -> list:
+    """Labels are ints or strings, not both: "1" and 1 are the same label, "pos" and 1 are an error."""
+    labels, first_kind = [], None
+    for line, text, label in rows:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(path, "has an empty text", "remove the row or fill in its text", line)
+        if label is None or (isinstance(label, float) and np.isnan(label)) or str(label).strip() == "":
+            raise DataError(path, "has no label", "fill in the label or remove the row", line)
+        value = _as_label(label)
+        kind = type(value).__name__
+        if first_kind is None:
+            first_kind = (kind, line)
+        elif kind != first_kind[0]:
+            raise DataError(path, f"label {label!r} is {kind} but line {first_kind[1]} has a {first_kind[0]} label",
+                            "use one kind of label throughout (all integers or all names)", line)
+        labels.append(value)
+    return labels
+
+
+def _as_label(label):
+    if isinstance(label, (bool, np.bool_)):
+        return int(label)
+    if isinstance(label, (int, np.integer)):
+        return int(label)
+    if isinstance(label, float) and label.is_integer():
+        return int(label)
+    text = str(label).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def build_label_map(path, labels: list) -> list:
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(path, f"has one class only ({classes[0]!r})" if classes else "has no rows",
+                        "a classifier needs examples of at least two classes in the training file")
+    return classes
+
+
+# ---------------------------------------------------------------------------
+# prepare: the whole stage as one function
+
+
+def prepare(data_params: dict, tokenizer_file: str | Path, out_dir: str | Path) -> dict:
+    """Read, validate and tokenize every split; write `out_dir` atomically. Returns stats."""
+    tokenizer = load_tokenizer(tokenizer_file, data_params["max_length"])
+    splits = {}
+    for split in SPLITS:
+        source = data_params.get(split)
+        if source is None:
+            if split != "test":
+                raise DataError(f"data.{split}", "is not set", f"set data.{split} in params.yaml to a file")
+            continue
+        if data_params.get("format") == "hf":
+            rows = read_hf_split(data_params["train"], split, data_params["text_column"], data_params["label_column"])
+        else:
+            rows = read_rows(source, data_params["text_column"], data_params["label_column"], data_params.get("format", "auto"))
+        if split == "train" and data_params.get("limit_train"):
+            rows = rows[: int(data_params["limit_train"])]
+        if not rows:
+            raise DataError(source, "has no rows", "add examples below the header")
+        splits[split] = (source, rows, normalise_labels(source, rows))
+
+    train_source, _, train_labels = splits["train"]
+    label_map = build_label_map(train_source, train_labels)
+    index = {label: i for i, label in enumerate(label_map)}
+    for split, (source, rows, labels) in splits.items():
+        for (line, _, raw), label in zip(rows, labels):
+            if label not in index:
+                raise DataError(source, f"label {raw!r} never occurs in the training data ({train_source})",
+                                f"fix the label, or add training examples of it (known: {label_map})", line)
+
+    stats = {"labels": label_map}
+    with atomic_dir(out_dir) as tmp:
+        for split, (source, rows, labels) in splits.items():
+            texts = [str(text) for _, text, _ in rows]
+            ids = [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(texts)]
+            frame = pd.DataFrame({"text": texts, "label": [index[l] for l in labels], "input_ids": ids})
+            frame.to_parquet(tmp / f"{split}.parquet", index=False)
+            lengths = np.array([len(i) for i in ids])
+            stats[split] = {"rows": len(rows), "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max()),
+                            "truncated": int((lengths >= data_params["max_length"]).sum()),
+                            "class_counts": {str(c): int(n) for c, n in zip(label_map, np.bincount([index[l] for l in labels], minlength=len(label_map)))}}
+        (tmp / "labels.json").write_text(json.dumps(label_map) + "\n")
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def load_tokenizer(tokenizer_file: str | Path, max_length: int) -> Tokenizer:
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()  # batches pad dynamically to their longest sentence
+    tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
+def load_split(prepared_dir: str | Path, split: str) -> Split:
+    frame = pd.read_parquet(Path(prepared_dir) / f"{split}.parquet")
+    return Split(frame["text"].tolist(), [np.asarray(x, dtype=np.int64) for x in frame["input_ids"]],
+                 frame["label"].to_numpy(dtype=np.int64))
+
+
+def load_labels(prepared_dir: str | Path) -> list:
+    return json.loads((Path(prepared_dir) / "labels.json").read_text())
+
+
+# ---------------------------------------------------------------------------
+# Batching: length buckets keep padding (and so wasted compute) small.
+
+
+def length_bucketed_batches(lengths, batch_size: int, shuffle: bool, seed: int = 0) -> list[np.ndarray]:
+    lengths = np.asarray(lengths)
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50  # sort within chunks: similar lengths together, still random overall
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def pad_batch(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)

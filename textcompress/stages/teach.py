@@ -1,0 +1,48 @@
+"""Stage `teach`: fine-tune the pretrained base into the teacher (or adopt a fine-tuned one)."""
+
+import time
+from pathlib import Path
+
+from textcompress.data import load_labels, load_split
+from textcompress.fileio import atomic_dir, write_json
+from textcompress.modeling import from_pretrained_bert, load_bundle, resolve_base, save_bundle
+from textcompress.stages import run_stage
+from textcompress.training import accuracy, predict_logits, seed_everything, train_classifier
+
+
+def main(argv=None):
+    def add(parser):
+        parser.add_argument("--prepared", default="artifacts/prepared")
+        parser.add_argument("--out", default="artifacts/teacher")
+        parser.add_argument("--metrics", default="artifacts/teacher_metrics.json")
+
+    def body(params, args):
+        cfg, prepared = params["teach"], Path(args.prepared)
+        labels, validation = load_labels(prepared), load_split(prepared, "validation")
+        started = time.time()
+        if cfg["finetuned_teacher"]:
+            model, teacher_labels = load_bundle(cfg["finetuned_teacher"])
+            if teacher_labels != labels:
+                from textcompress.errors import TextcompressError
+                raise TextcompressError(f"{cfg['finetuned_teacher']}: its labels {teacher_labels} differ from the data's "
+                                        f"{labels}. Fix: use a teacher trained on these labels, or unset teach.finetuned_teacher")
+            history = []
+        else:
+            seed_everything(params["seed"])
+            model = from_pretrained_bert(resolve_base(params["base_model"]), len(labels), cfg["pooling"])
+            history = train_classifier(
+                model, load_split(prepared, "train"), epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
+                warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], seed=params["seed"], validation=validation,
+                desc="teach")
+        metrics = {"validation_accuracy": accuracy(predict_logits(model, validation), validation.labels),
+                   "seconds": round(time.time() - started, 1), "history": history}
+        with atomic_dir(args.out) as tmp:
+            save_bundle(model, tmp, prepared / "tokenizer.json", labels)
+        write_json(args.metrics, metrics)
+        print(f"teacher validation accuracy {metrics['validation_accuracy']:.4f} ({metrics['seconds']} s)")
+
+    run_stage(__doc__, add, body, argv)
+
+
+if __name__ == "__main__":
+    main()

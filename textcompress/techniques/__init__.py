@@ -1,0 +1,93 @@
+"""The technique registry: recipe step name -> what it does, which family it belongs to, and
+when it runs (on the PyTorch model in `compress`, or on the ONNX graph in `export`).
+
+A candidate's recipe is an ordered list of one-key mappings, e.g.
+    [{distill: {student: bert, layers: 2}}, {quantize: {mode: dynamic}}]
+Each family lives in its own module here and registers its steps below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+FAMILIES = ("pruning", "quantization", "distillation", "parameter_sharing", "tensor_decomposition", "linear_attention")
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    family: str
+    stage: str  # "compress": PyTorch model -> model; "export": ONNX file -> ONNX file
+    defaults: dict
+    module: str  # where `apply` lives, imported on use so that params validation stays light
+    choices: dict | None = None  # allowed values per argument, where the set is closed
+
+    def apply_fn(self) -> Callable:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), f"apply_{self.name}")
+
+
+TECHNIQUES: dict[str, Technique] = {
+    "distill": Technique(
+        "distill", "distillation", "compress",
+        defaults={"student": "bert", "layers": 2, "epochs": 3, "lr": 1.0e-4, "batch_size": 32, "warmup": 0.06,
+                  "temperature": 2.0, "alpha": 0.9},
+        module="textcompress.techniques.distillation",
+        choices={"student": ("bert", "same")},
+    ),
+    "quantize": Technique(
+        "quantize", "quantization", "export",
+        defaults={"mode": "dynamic", "per_channel": False},
+        module="textcompress.techniques.quantization",
+        choices={"mode": ("dynamic",)},
+    ),
+}
+
+
+def parse_step(step) -> tuple[Technique, dict]:
+    """One recipe step -> (technique, arguments with defaults filled in)."""
+    (name, args), = step.items()
+    technique = TECHNIQUES[name]
+    return technique, {**technique.defaults, **(args or {})}
+
+
+def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
+    """Raise `error(problem, fix)` for the first thing wrong with a recipe."""
+    if not isinstance(recipe, list):
+        raise error(f"must be a list of steps, got {type(recipe).__name__}", "write `[]` or `[{technique: {...}}, ...]`")
+    seen_export_step = False
+    for position, step in enumerate(recipe, start=1):
+        if not isinstance(step, dict) or len(step) != 1:
+            raise error(f"step {position} must be a mapping with one technique", "write e.g. `{quantize: {mode: dynamic}}`")
+        (name, args), = step.items()
+        if name not in TECHNIQUES:
+            raise error(f"step {position}: unknown technique {name!r}", f"use one of {sorted(TECHNIQUES)}")
+        if args is not None and not isinstance(args, dict):
+            raise error(f"step {position} ({name}): arguments must be a mapping", f"write `{{{name}: {{...}}}}`")
+        technique = TECHNIQUES[name]
+        for key, value in (args or {}).items():
+            if key not in technique.defaults:
+                raise error(f"step {position} ({name}): unknown argument {key!r}", f"use one of {sorted(technique.defaults)}")
+            allowed = (technique.choices or {}).get(key)
+            if allowed and value not in allowed:
+                raise error(f"step {position} ({name}): {key}={value!r} is not supported", f"use one of {list(allowed)}")
+        if technique.stage == "export":
+            seen_export_step = True
+        elif seen_export_step:
+            raise error(f"step {position} ({name}) changes the PyTorch model after an ONNX-level step",
+                        "put ONNX-level steps such as quantize last")
+
+
+def recipe_families(recipe: list) -> list[str]:
+    """The families a recipe uses, in order; a distillation that only recovers another step
+    (`student: same`) does not count."""
+    families = []
+    for step in recipe:
+        technique, args = parse_step(step)
+        if technique.name == "distill" and args.get("student") == "same":
+            continue
+        if technique.family not in families:
+            families.append(technique.family)
+    return families
