@@ -43,6 +43,7 @@ DEFAULTS: dict = {
         "objective": "latency_p50_ms",
     },
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
+    "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")

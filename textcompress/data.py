@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tokenizers import Tokenizer
 
 from textcompress.errors import DataError
@@ -92,7 +91,9 @@ def _read_delimited(path: Path, text: str, delimiter: str, text_column: str, lab
 
 def _read_jsonl(path: Path, text: str, text_column: str, label_column: str):
     rows = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Split on newlines only: JSON strings may hold U+2028 and friends, which splitlines() breaks on.
+    for line, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
@@ -263,11 +264,21 @@ def length_bucketed_batches(lengths, batch_size: int, shuffle: bool, seed: int =
     return batches
 
 
-def pad_batch(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_arrays(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to the longest sequence: (input_ids, attention_mask), both int64."""
     width = max(len(s) for s in sequences)
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def pad_batch(sequences: list[np.ndarray], pad_id: int = 0):
+    """`pad_arrays` as torch tensors, for training (torch is imported here only, so that
+    serving, which uses `pad_arrays`, does not load it)."""
+    import torch
+
+    ids, mask = pad_arrays(sequences, pad_id)
     return torch.from_numpy(ids), torch.from_numpy(mask)

@@ -1,0 +1,75 @@
+"""The textcompress pipeline as a Prefect flow.
+
+    pull data -> DVC stages (prepare, teach, teacher_logits, compress/export/evaluate per
+    candidate, benchmark, report) -> log candidates to MLflow -> promote -> push artifacts
+
+The stage graph lives in dvc.yaml only; this flow runs it stage by stage so that a failed
+candidate is reported as failed while the others go on, and then does what DVC should not:
+talk to MLflow, move the champion alias, push to the user's remote.
+
+Run: textcompress run [--params params/quick.yaml]   (or: python -m flows.pipeline)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.stages import StageFailed, remove_outputs, run_dvc_stage, stage_order
+from tasks.tracking import log_to_mlflow, promote_champion, pull_data, push_artifacts
+from textcompress.config import load_params
+from textcompress.fileio import read_json, write_json
+from textcompress.stages.report import FAILURES_FILE
+
+
+@flow(name="textcompress-pipeline", log_prints=True)
+def pipeline(project_dir: str = ".", pull: bool = True) -> dict:
+    root = Path(project_dir).resolve()
+    os.chdir(root)  # DVC and relative MLflow paths are project-relative
+    params = load_params(root / "params.yaml")
+    timings: dict[str, float] = {}
+    if pull:
+        print(pull_data(str(root)))
+
+    stages = stage_order(root)
+    failures: dict[str, str] = {}
+    statuses: dict[str, str] = {}
+    failures_file = root / "reports" / FAILURES_FILE
+    failures_file.unlink(missing_ok=True)
+    for stage in stages:
+        if stage.candidate in failures:
+            statuses[stage.name] = "skipped"
+            continue
+        if stage.name == "benchmark" and failures:
+            write_json(failures_file, failures)  # report marks these rows failed, with the reason
+        started = time.time()
+        try:
+            statuses[stage.name] = run_dvc_stage(stage.name, str(root))
+        except StageFailed as err:
+            if stage.candidate is None:
+                raise  # shared stages (data, teacher, benchmark, report) have no fallback
+            failures[stage.candidate] = str(err)
+            statuses[stage.name] = "failed"
+            stale = [o for s in stages if s.name in stage.downstream and s.candidate == stage.candidate for o in s.outs]
+            remove_outputs(root, stale)
+            print(f"candidate {stage.candidate} failed; the others go on: {err}")
+        timings[stage.name] = round(time.time() - started, 1)
+
+    versions = log_to_mlflow(str(root), params)
+    decision = promote_champion(str(root), params, versions)
+    pushed = push_artifacts(str(root), params["pipeline"]["push_remote"])
+    summary = {"stages": statuses, "seconds": timings, "failed": failures, "versions": versions,
+               "promotion": decision, "push": pushed}
+    write_json(root / "reports" / "run.json", summary)
+    print((root / "reports" / "candidates.md").read_text())
+    print(f"promotion: {decision['reason']}" + (f" -> {decision['challenger']} is champion" if decision["promoted"] else ""))
+    print(f"report: {root / 'reports'}  ONNX files: {root / 'artifacts' / 'onnx'}  MLflow: {params['mlflow']['tracking_uri']}"
+          f" (mlflow ui --backend-store-uri {params['mlflow']['tracking_uri']})")
+    return summary
+
+
+if __name__ == "__main__":
+    pipeline()

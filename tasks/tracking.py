@@ -1,0 +1,109 @@
+"""Prefect tasks around MLflow and the DVC remote: log, promote, push."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+from prefect import task
+
+from textcompress.fileio import read_json, write_json
+
+READ_ONLY_REMOTES = {"shared"}  # the team's data remote: never pushed to
+
+
+def tracking_uri(uri: str, project_dir: Path) -> str:
+    """Relative SQLite paths are relative to the project, wherever the flow was started."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((project_dir / uri[len(prefix):]).resolve())
+    return uri
+
+
+def data_version(project_dir: Path) -> str:
+    """The md5 that data.dvc pins (or 'untracked')."""
+    import yaml
+
+    pointer = project_dir / "data.dvc"
+    if not pointer.is_file():
+        return "untracked"
+    return str(yaml.safe_load(pointer.read_text())["outs"][0]["md5"])
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], task_run_name="log candidates to MLflow")
+def log_to_mlflow(project_dir: str, params: dict) -> dict[str, str]:
+    from textcompress.registry import log_candidates
+
+    root = Path(project_dir)
+    mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], root))
+    report = read_json(root / "reports" / "candidates.json")
+    return log_candidates(report, root / "artifacts" / "onnx", root / "reports", params["promotion"]["registered_model"],
+                          params["mlflow"]["experiment"], root, data_version(root), params["data"]["max_length"])
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], task_run_name="promote champion")
+def promote_champion(project_dir: str, params: dict, versions: dict[str, str]) -> dict:
+    from textcompress.registry import promote
+
+    root = Path(project_dir)
+    mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], root))
+    report = read_json(root / "reports" / "candidates.json")
+    decision = promote(report, versions, params["promotion"]["registered_model"], params["promotion"],
+                       compare_with_champion=lambda version: measure_champion(root, params, version))
+    write_json(root / "reports" / "promotion.json", decision)
+    return decision
+
+
+def measure_champion(root: Path, params: dict, version) -> dict | None:
+    """Evaluate a champion that is not among this run's candidates on this run's validation data,
+    and time it interleaved with the teacher, so its row is comparable with this run's rows."""
+    from textcompress.benchmark import benchmark_candidates
+    from textcompress.data import load_split
+    from textcompress.evaluation import evaluate_predictions
+    from textcompress.inference import MODEL_FILE, make_session, split_logits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=tmp))
+        except Exception as err:  # an unreachable artifact store: keep the champion, say why
+            print(f"could not download the current champion ({err.__class__.__name__}: {err}); keeping it")
+            return None
+        model_dir = local / "artifacts" / "model_dir"
+        validation = load_split(root / "artifacts" / "prepared", "validation")
+        predicted = split_logits(make_session(model_dir / MODEL_FILE), validation).argmax(-1)
+        metrics = evaluate_predictions(predicted, validation.labels, len(read_json(model_dir / "labels.json")), bootstrap=200)
+        cfg = params["benchmark"]
+        timing = benchmark_candidates({"champion": model_dir, "teacher": root / "artifacts" / "onnx" / "teacher"},
+                                      validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
+                                      cfg["batch_size"], params["data"]["max_length"], measure_memory=False)["candidates"]
+    report = read_json(root / "reports" / "candidates.json")
+    teacher = next(r for r in report["rows"] if r["name"] == "teacher")
+    # Latency relative to the teacher measured alongside, rescaled to this run's teacher timing.
+    scale = teacher["latency_p50_ms"] / timing["teacher"]["latency_p50_ms"]
+    return {"name": "champion", "accuracy": metrics["accuracy"], "accuracy_drop": 100 * (teacher["accuracy"] - metrics["accuracy"]),
+            "latency_p50_ms": timing["champion"]["latency_p50_ms"] * scale,
+            "latency_p95_ms": timing["champion"]["latency_p95_ms"] * scale,
+            "throughput_per_s": timing["champion"]["throughput_per_s"],
+            "size_mb": sum(p.stat().st_size for p in model_dir.glob("*.onnx")) / 1e6}
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], task_run_name="dvc push")
+def push_artifacts(project_dir: str, remote: str | None) -> str:
+    """Push every stage's outputs to the user's own writable remote, never to the shared data remote."""
+    if not remote:
+        return "skipped: no pipeline.push_remote configured"
+    if remote in READ_ONLY_REMOTES:
+        return f"skipped: remote {remote!r} is read-only"
+    subprocess.run([sys.executable, "-m", "dvc", "push", "-r", remote], cwd=project_dir, check=True)
+    return f"pushed to {remote}"
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], task_run_name="dvc pull data")
+def pull_data(project_dir: str) -> str:
+    if not (Path(project_dir) / "data.dvc").is_file():
+        return "no data.dvc: using the files named in params.yaml"
+    subprocess.run([sys.executable, "-m", "dvc", "pull", "data.dvc"], cwd=project_dir, check=True)
+    return "pulled"

@@ -1,0 +1,82 @@
+"""Tests for textcompress.benchmark: what benchmark_candidates measures and records.
+
+Speed itself is measured by the benchmark stage, never asserted here: these tests only
+check that every measurement is present and sane."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from textcompress.benchmark import benchmark_candidates, peak_rss_mb
+from textcompress.data import pad_arrays
+from textcompress.export import export_onnx
+from textcompress.inference import MODEL_FILE
+from textcompress.modeling import load_bundle
+from textcompress.techniques.distillation import student_from_teacher
+
+from tests.conftest import CLS_ID, SEP_ID, tiny_sentiment_rows
+
+TIMING_FIELDS = ("latency_p50_ms", "latency_p95_ms", "latency_mean_ms", "batch_latency_p50_ms", "throughput_per_s",
+                 "tokenize_p50_ms")
+
+
+def exported_dir(model, bundle_dir, out_dir):
+    out_dir.mkdir(parents=True)
+    export_onnx(model, out_dir / MODEL_FILE)
+    for name in ("tokenizer.json", "labels.json"):
+        shutil.copyfile(bundle_dir / name, out_dir / name)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_teacher, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    teacher, _ = load_bundle(tiny_teacher)
+    student = student_from_teacher(teacher, [0])
+    return {"teacher": exported_dir(teacher, tiny_teacher, root / "teacher"),
+            "student": exported_dir(student, tiny_teacher, root / "student")}
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return [text for text, _ in tiny_sentiment_rows(24, seed=9)]
+
+
+def test_benchmark_candidates_measures_every_candidate(two_models, texts):
+    result = benchmark_candidates(two_models, texts, threads=1, warmup=3, batch_size=8, max_length=32)
+    assert set(result["candidates"]) == {"teacher", "student"}
+    assert result["sentences"] == len(texts) and result["batch_size"] == 8 and result["warmup"] == 3
+    for name, timing in result["candidates"].items():
+        for field in TIMING_FIELDS:
+            assert timing[field] > 0, (name, field)
+        assert timing["latency_p50_ms"] <= timing["latency_p95_ms"], name
+        assert timing["peak_rss_mb"] > 0, name
+
+
+def test_benchmark_candidates_records_the_environment(two_models, texts):
+    env = benchmark_candidates(two_models, texts[:6], threads=1, warmup=1, batch_size=4, measure_memory=False)["environment"]
+    assert isinstance(env["cpu"], str) and env["cpu"]
+    assert env["onnxruntime"] == ort.__version__
+    assert env["threads"] == 1
+    json.dumps(env)  # goes into candidates.json as is
+
+
+def test_benchmark_candidates_can_skip_memory(two_models, texts):
+    result = benchmark_candidates(two_models, texts[:4], threads=1, warmup=1, batch_size=4, measure_memory=False)
+    assert all(timing["peak_rss_mb"] is None for timing in result["candidates"].values())
+
+
+def test_peak_rss_mb_is_positive_on_a_real_batch(two_models):
+    ids, mask = pad_arrays([np.array([CLS_ID, 5, 40, SEP_ID]), np.array([CLS_ID, 9, SEP_ID])])
+    assert peak_rss_mb(two_models["student"], 1, {"input_ids": ids, "attention_mask": mask}) > 0
+
+
+def test_peak_rss_mb_failure_names_the_model(two_models):
+    ids = np.full((1, 4), 10_000, dtype=np.int64)  # outside the tiny vocabulary: the probe fails
+    with pytest.raises(RuntimeError, match="student"):
+        peak_rss_mb(two_models["student"], 1, {"input_ids": ids, "attention_mask": np.ones_like(ids)})

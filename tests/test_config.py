@@ -1,0 +1,258 @@
+"""Tests for textcompress.config.load_params and the recipe helpers in textcompress.techniques."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from textcompress.config import DEFAULTS, REQUIRED_CANDIDATES, load_params
+from textcompress.errors import ParamsError
+from textcompress.techniques import recipe_families, validate_recipe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_CANDIDATES = {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}]}
+
+
+@pytest.fixture
+def write_params(tmp_path):
+    def write(content) -> Path:
+        path = tmp_path / "params.yaml"
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write
+
+
+def with_candidates(**extra) -> dict:
+    return {"candidates": {**copy.deepcopy(BASE_CANDIDATES), **extra}}
+
+
+def raises_params_error(path, key):
+    """Context: load_params(path) raises ParamsError whose key and message name `key`."""
+
+    class _Check:
+        def __enter__(self):
+            self._ctx = pytest.raises(ParamsError)
+            self.excinfo = self._ctx.__enter__()
+            return self.excinfo
+
+        def __exit__(self, *exc):
+            handled = self._ctx.__exit__(*exc)  # fails the test if nothing was raised
+            if not handled:
+                return False  # some other exception: let it propagate unchanged
+            assert self.excinfo.value.key == key
+            assert f"`{key}`" in str(self.excinfo.value)
+            assert str(path) in str(self.excinfo.value)
+            return handled
+
+    return _Check()
+
+
+# ---------------------------------------------------------------------------
+# Defaults and merging
+
+
+def test_empty_file_gives_defaults(write_params):
+    assert load_params(write_params("")) == DEFAULTS
+
+
+def test_defaults_merge_with_overrides(write_params):
+    params = load_params(write_params({"seed": 7, "data": {"max_length": 64}, "teach": {"epochs": 0}}))
+    assert params["seed"] == 7
+    assert params["data"]["max_length"] == 64
+    # siblings of an overridden key keep their defaults
+    assert params["data"]["train"] == DEFAULTS["data"]["train"]
+    assert params["data"]["text_column"] == "sentence"
+    assert params["teach"]["epochs"] == 0
+    assert params["teach"]["lr"] == DEFAULTS["teach"]["lr"]
+    # untouched sections are complete
+    assert params["export"] == DEFAULTS["export"]
+    assert params["candidates"] == DEFAULTS["candidates"]
+
+
+def test_loading_does_not_mutate_defaults(write_params):
+    snapshot = copy.deepcopy(DEFAULTS)
+    params = load_params(write_params({"data": {"max_length": 16}}))
+    params["data"]["train"] = "changed"
+    params["candidates"]["int8-dynamic"].append({"quantize": {}})
+    assert DEFAULTS == snapshot
+
+
+def test_candidates_replace_the_default_set(write_params):
+    params = load_params(write_params(with_candidates(**{"distill-l2": [{"distill": {"layers": 2}}]})))
+    assert set(params["candidates"]) == {"teacher", "int8-dynamic", "distill-l2"}
+    assert params["candidates"]["distill-l2"] == [{"distill": {"layers": 2}}]
+
+
+def test_project_params_yaml_loads():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert set(REQUIRED_CANDIDATES) <= set(params["candidates"])
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+# ---------------------------------------------------------------------------
+# Unknown keys and invalid values
+
+
+def test_unknown_top_level_key_is_named(write_params):
+    path = write_params({"seeds": 1})
+    with raises_params_error(path, "seeds") as excinfo:
+        load_params(path)
+    assert "not a known setting" in str(excinfo.value)
+
+
+def test_unknown_nested_key_is_named(write_params):
+    path = write_params({"data": {"max_lenght": 64}})
+    with raises_params_error(path, "data.max_lenght"):
+        load_params(path)
+
+
+def test_section_must_be_a_mapping(write_params):
+    path = write_params({"teach": 3})
+    with raises_params_error(path, "teach"):
+        load_params(path)
+
+
+def test_top_level_must_be_a_mapping(write_params):
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(write_params("- a\n- b\n"))
+
+
+@pytest.mark.parametrize("key, value", [
+    ("data.max_length", 0), ("data.max_length", 1.5), ("data.max_length", True),
+    ("teach.lr", -1.0), ("teach.batch_size", "32"), ("benchmark.threads", 0),
+    ("teach.epochs", -1), ("teach.pooling", "max"), ("promotion.max_accuracy_drop", "1"),
+])
+def test_invalid_values_name_their_key(write_params, key, value):
+    section, name = key.split(".")
+    path = write_params({section: {name: value}})
+    with raises_params_error(path, key):
+        load_params(path)
+
+
+@pytest.mark.parametrize("content, line", [
+    ("seed: 1\ndata:\n\tmax_length: 64\n", 3),                       # tab indentation
+    ("seed: 1\nteach:\n  epochs: 2\n lr: 3\n", 4),                    # bad dedent
+    ("seed: 1\nbenchmark:\n  threads: 1\n  warmup: @x\n", 4),         # reserved character
+    ("seed: 1\ndata:\n  validation: [unclosed\n  max_length: 64\n", 4),  # unclosed flow sequence
+])
+def test_invalid_yaml_names_the_line(write_params, content, line):
+    path = write_params(content)
+    with raises_params_error(path, f"line {line}") as excinfo:
+        load_params(path)
+    assert "not valid YAML" in str(excinfo.value)
+
+
+# ---------------------------------------------------------------------------
+# Candidates and recipes
+
+
+def test_unknown_technique_names_candidate(write_params):
+    path = write_params(with_candidates(pruned=[{"prune": {"amount": 0.5}}]))
+    with raises_params_error(path, "candidates.pruned") as excinfo:
+        load_params(path)
+    assert "unknown technique 'prune'" in str(excinfo.value)
+
+
+def test_unknown_argument_names_candidate(write_params):
+    path = write_params(with_candidates(small=[{"distill": {"layers": 2, "depth": 3}}]))
+    with raises_params_error(path, "candidates.small") as excinfo:
+        load_params(path)
+    assert "unknown argument 'depth'" in str(excinfo.value)
+
+
+def test_bad_choice_names_candidate(write_params):
+    path = write_params(with_candidates(q=[{"quantize": {"mode": "foo"}}]))
+    with raises_params_error(path, "candidates.q") as excinfo:
+        load_params(path)
+    assert "mode='foo'" in str(excinfo.value)
+
+
+def test_bad_choice_in_required_candidate(write_params):
+    path = write_params({"candidates": {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "static"}}]}})
+    with raises_params_error(path, "candidates.int8-dynamic"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("recipe", [{"quantize": {"mode": "dynamic"}}, "quantize", None, 3])
+def test_non_list_recipe_names_candidate(write_params, recipe):
+    path = write_params(with_candidates(odd=recipe))
+    with raises_params_error(path, "candidates.odd") as excinfo:
+        load_params(path)
+    assert "must be a list" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("step", [{"distill": {}, "quantize": {}}, "quantize", {"quantize": [1]}])
+def test_malformed_step_names_candidate(write_params, step):
+    path = write_params(with_candidates(odd=[step]))
+    with raises_params_error(path, "candidates.odd"):
+        load_params(path)
+
+
+def test_compress_step_after_export_step_names_candidate(write_params):
+    path = write_params(with_candidates(backwards=[{"quantize": {}}, {"distill": {}}]))
+    with raises_params_error(path, "candidates.backwards") as excinfo:
+        load_params(path)
+    assert "after an ONNX-level step" in str(excinfo.value)
+
+
+def test_bad_candidate_name(write_params):
+    path = write_params(with_candidates(**{"bad name!": []}))
+    with raises_params_error(path, "candidates.bad name!"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("required", ["teacher", "int8-dynamic"])
+def test_removing_required_candidate_raises(write_params, required):
+    candidates = {name: recipe for name, recipe in BASE_CANDIDATES.items() if name != required}
+    path = write_params({"candidates": candidates})
+    with raises_params_error(path, f"candidates.{required}") as excinfo:
+        load_params(path)
+    assert "missing" in str(excinfo.value)
+
+
+def test_candidates_must_be_a_mapping(write_params):
+    path = write_params({"candidates": [{"teacher": []}]})
+    with raises_params_error(path, "candidates"):
+        load_params(path)
+
+
+def test_valid_recipes_pass(write_params):
+    params = load_params(write_params(with_candidates(
+        both=[{"distill": {"student": "bert", "layers": 2}}, {"quantize": {"mode": "dynamic", "per_channel": True}}],
+        plain=[{"distill": None}],
+    )))
+    assert "both" in params["candidates"] and "plain" in params["candidates"]
+
+
+def test_validate_recipe_calls_error_factory():
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        validate_recipe([{"quantize": {"mode": "foo"}}], lambda problem, fix: Boom(problem, fix))
+    validate_recipe([], lambda problem, fix: Boom(problem, fix))  # empty recipe (the teacher) is valid
+
+
+# ---------------------------------------------------------------------------
+# recipe_families
+
+
+def test_recipe_families_in_order():
+    assert recipe_families([{"distill": {}}, {"quantize": {}}]) == ["distillation", "quantization"]
+
+
+def test_recipe_families_empty():
+    assert recipe_families([]) == []
+
+
+def test_recipe_families_skips_recovery_distillation_and_dedups():
+    assert recipe_families([{"distill": {"student": "same"}}, {"quantize": None}]) == ["quantization"]
+    assert recipe_families([{"distill": {}}, {"distill": {"layers": 1}}]) == ["distillation"]

@@ -1,0 +1,118 @@
+"""Tests for textcompress.serving: the input contract and the MLflow pyfunc end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from textcompress.serving import MAX_BATCH, OnnxTextModel, ServingInputError, texts_from_input
+
+SENTENCES = ["the movie was great .", "the plot was awful ."]
+
+
+# ---------------------------------------------------------------------------
+# texts_from_input
+
+
+def test_accepts_a_dataframe_with_a_text_column():
+    frame = pd.DataFrame({"text": SENTENCES, "id": [1, 2]})
+    assert texts_from_input(frame) == SENTENCES
+
+
+def test_accepts_a_list_of_strings():
+    assert texts_from_input(list(SENTENCES)) == SENTENCES
+
+
+def test_accepts_a_dict_of_texts_and_a_dict_with_one_text():
+    assert texts_from_input({"text": list(SENTENCES)}) == SENTENCES
+    assert texts_from_input({"text": "a good film"}) == ["a good film"]
+
+
+def test_refuses_a_dataframe_without_a_text_column():
+    with pytest.raises(ServingInputError, match="`text` column") as err:
+        texts_from_input(pd.DataFrame({"sentence": SENTENCES}))
+    assert "sentence" in str(err.value)
+
+
+def test_refuses_a_non_string_row_and_names_it():
+    with pytest.raises(ServingInputError, match=r"row 1\b.*int"):
+        texts_from_input(["fine", 42, "also fine"])
+    with pytest.raises(ServingInputError, match=r"row 2\b"):
+        texts_from_input(pd.DataFrame({"text": ["a", "b", None]}))
+
+
+def test_refuses_more_than_max_batch_texts():
+    assert len(texts_from_input(["x"] * MAX_BATCH)) == MAX_BATCH
+    with pytest.raises(ServingInputError, match=str(MAX_BATCH)):
+        texts_from_input(["x"] * (MAX_BATCH + 1))
+
+
+def test_refuses_an_unreadable_input():
+    with pytest.raises(ServingInputError):
+        texts_from_input(12345)
+
+
+# ---------------------------------------------------------------------------
+# The pyfunc, logged to and loaded back from a temporary MLflow store
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_teacher, tmp_path_factory):
+    from textcompress.export import export_onnx
+    from textcompress.modeling import load_bundle
+
+    out = tmp_path_factory.mktemp("serving") / "model_dir"
+    out.mkdir()
+    export_onnx(load_bundle(tiny_teacher)[0], out / "model.onnx")
+    for name in ("tokenizer.json", "labels.json"):
+        shutil.copyfile(tiny_teacher / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded_pyfunc(model_dir, tmp_path_factory):
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    try:
+        experiment = mlflow.create_experiment("serving-test", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.pyfunc.log_model(name="model", python_model=OnnxTextModel(),
+                                           artifacts={"model_dir": str(model_dir)},
+                                           pip_requirements=["onnxruntime", "tokenizers", "pandas", "numpy", "mlflow"])
+        yield mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_logged_pyfunc_predicts_labels_from_raw_sentences(loaded_pyfunc, model_dir):
+    labels = json.loads((model_dir / "labels.json").read_text())
+    out = loaded_pyfunc.predict(pd.DataFrame({"text": SENTENCES}))
+
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["label", "probability", "empty_input"]
+    assert len(out) == 2
+    assert set(out["label"]) <= set(labels)
+    assert np.all((out["probability"] > 0) & (out["probability"] <= 1))
+    # With two classes the predicted label's probability is at least one half.
+    assert np.all(out["probability"] >= 0.5)
+    # The tiny teacher learns the tiny task perfectly: positive word -> label 1, negative -> 0.
+    assert out["label"].tolist() == [labels[1], labels[0]]
+    assert out["empty_input"].tolist() == [False, False]
+
+
+def test_logged_pyfunc_flags_an_empty_input(loaded_pyfunc):
+    out = loaded_pyfunc.predict(pd.DataFrame({"text": ["", "   ", SENTENCES[0]]}))
+    assert out["empty_input"].tolist() == [True, True, False]
+    assert np.all((out["probability"] > 0) & (out["probability"] <= 1))
+
+
+def test_logged_pyfunc_refuses_a_request_breaking_the_contract(loaded_pyfunc):
+    with pytest.raises(Exception, match="`text` column"):
+        loaded_pyfunc.predict(pd.DataFrame({"sentence": SENTENCES}))

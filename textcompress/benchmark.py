@@ -1,0 +1,124 @@
+"""Latency, throughput and memory of exported candidates, measured side by side.
+
+Every candidate is timed in one process, interleaved sentence by sentence (the order
+rotates each time), with ONNX Runtime on CPU at a fixed thread count, after warm-up. Noise
+from a shared machine then hits all candidates alike, so ratios between them are fair.
+Only `session.run` is timed; tokenization is timed apart. Peak RSS is measured in a fresh
+process per candidate (loading it and running batches), since one process cannot separate them.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from textcompress.data import load_tokenizer, pad_arrays
+from textcompress.inference import MODEL_FILE, make_session
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(threads: int) -> dict:
+    return {"cpu": cpu_model(), "onnxruntime": ort.__version__, "threads": threads, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def _percentiles(samples_ns: list[int]) -> tuple[float, float]:
+    ms = np.asarray(samples_ns) / 1e6
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def benchmark_candidates(model_dirs: dict[str, Path], texts: list[str], threads: int = 1, warmup: int = 10,
+                         batch_size: int = 32, max_length: int = 128, measure_memory: bool = True) -> dict:
+    names = list(model_dirs)
+    sessions = {n: make_session(Path(d) / MODEL_FILE, threads) for n, d in model_dirs.items()}
+    tokenizers = {n: load_tokenizer(Path(d) / "tokenizer.json", max_length) for n, d in model_dirs.items()}
+
+    tokenize_ns = {n: [] for n in names}
+    encoded = {n: [] for n in names}
+    for text in texts:
+        for n in names:
+            start = time.perf_counter_ns()
+            ids = tokenizers[n].encode(text).ids
+            tokenize_ns[n].append(time.perf_counter_ns() - start)
+            encoded[n].append(np.asarray(ids, dtype=np.int64))
+
+    def feed(n, rows):
+        ids, mask = pad_arrays([encoded[n][i] for i in rows])
+        return {"input_ids": ids, "attention_mask": mask}
+
+    singles = {n: [feed(n, [i]) for i in range(len(texts))] for n in names}
+    batches_idx = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
+    batched = {n: [feed(n, rows) for rows in batches_idx] for n in names}
+
+    for n in names:  # warm-up: first runs allocate and pick kernels
+        for inputs in singles[n][:warmup] + batched[n][:2]:
+            sessions[n].run(None, inputs)
+
+    single_ns, batch_ns = {n: [] for n in names}, {n: [] for n in names}
+    for i in range(len(texts)):
+        for n in names[i % len(names):] + names[: i % len(names)]:
+            start = time.perf_counter_ns()
+            sessions[n].run(None, singles[n][i])
+            single_ns[n].append(time.perf_counter_ns() - start)
+    for j in range(len(batches_idx)):
+        for n in names[j % len(names):] + names[: j % len(names)]:
+            start = time.perf_counter_ns()
+            sessions[n].run(None, batched[n][j])
+            batch_ns[n].append(time.perf_counter_ns() - start)
+
+    results = {}
+    for n in names:
+        p50, p95 = _percentiles(single_ns[n])
+        results[n] = {
+            "latency_p50_ms": p50, "latency_p95_ms": p95,
+            "latency_mean_ms": float(np.mean(single_ns[n]) / 1e6),
+            "batch_latency_p50_ms": _percentiles(batch_ns[n])[0],
+            "throughput_per_s": float(len(texts) / (sum(batch_ns[n]) / 1e9)),
+            "tokenize_p50_ms": _percentiles(tokenize_ns[n])[0],
+            "peak_rss_mb": peak_rss_mb(model_dirs[n], threads, max(batched[n], key=lambda b: b["input_ids"].size)) if measure_memory else None,
+        }
+    return {"environment": environment(threads), "sentences": len(texts), "batch_size": batch_size,
+            "warmup": warmup, "candidates": results}
+
+
+# Runs in a bare interpreter: importing this package (torch, pandas) would dwarf a small model.
+_PEAK_RSS_CHILD = """
+import sys
+import numpy as np, onnxruntime as ort
+options = ort.SessionOptions()
+options.intra_op_num_threads = int(sys.argv[2])
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+batch = dict(np.load(sys.argv[3]))
+for _ in range(3):
+    session.run(None, batch)
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec.
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()
+print(int(status[0]) / 1024)
+"""
+
+
+def peak_rss_mb(model_dir: Path, threads: int, batch: dict[str, np.ndarray]) -> float:
+    """Peak resident memory (MB) of a fresh process that loads the model and runs `batch` (real inputs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "batch.npz", **batch)
+        out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, str(Path(model_dir) / MODEL_FILE), str(threads),
+                              str(Path(tmp) / "batch.npz")], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"peak memory probe of {model_dir} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return float(out.stdout.strip().splitlines()[-1])

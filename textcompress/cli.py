@@ -1,0 +1,93 @@
+"""The `textcompress` command: run the pipeline, or predict with a registered model."""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+from pathlib import Path
+
+from textcompress.errors import TextcompressError
+
+
+def cmd_run(args) -> None:
+    from textcompress.config import load_params
+
+    project = Path(args.project).resolve()
+    chosen, active = Path(args.params).resolve(), project / "params.yaml"
+    load_params(chosen)  # fail fast on a bad file, before anything changes
+    if chosen != active and not (active.exists() and filecmp.cmp(chosen, active, shallow=False)):
+        # DVC reads params.yaml; a sweep file becomes the active params (git shows the change).
+        shutil.copyfile(chosen, active)
+        print(f"params.yaml now holds {args.params} (restore the default with `git checkout params.yaml`)")
+    from flows.pipeline import pipeline
+
+    pipeline(project_dir=str(project), pull=not args.no_pull)
+
+
+def cmd_predict(args) -> None:
+    import mlflow
+    import pandas as pd
+
+    from textcompress.config import load_params
+    from tasks.tracking import tracking_uri
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise TextcompressError(f"{path}: file not found. Fix: pass an existing CSV (with a `text` column) or a text file")
+        if path.suffix.lower() == ".csv":
+            frame = pd.read_csv(path)
+            if "text" not in frame.columns:
+                raise TextcompressError(f"{path}:1: no `text` column (columns: {list(frame.columns)}). Fix: name the text column `text`")
+            texts += frame["text"].astype(str).tolist()
+        else:
+            texts += [line for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise TextcompressError("nothing to predict. Fix: pass sentences as arguments or --file")
+    params = load_params(Path(args.project) / "params.yaml")
+    name = params["promotion"]["registered_model"]
+    candidate_dir = Path(args.project) / "artifacts" / "onnx" / (args.model or "")
+    if args.model and candidate_dir.is_dir():
+        from textcompress.inference import OnnxTextClassifier
+
+        labels, probabilities = OnnxTextClassifier(candidate_dir, max_length=params["data"]["max_length"]).predict(texts)
+        result = pd.DataFrame({"label": labels, "probability": probabilities})
+    else:
+        mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], Path(args.project).resolve()))
+        uri = args.model or f"models:/{name}@champion"
+        try:
+            model = mlflow.pyfunc.load_model(uri)
+        except Exception as err:
+            raise TextcompressError(f"cannot load {uri} ({err.__class__.__name__}). Fix: run the pipeline first, or pass "
+                                    "--model with a candidate name or a model URI") from err
+        result = model.predict(pd.DataFrame({"text": texts}))
+    for text, (_, row) in zip(texts, result.iterrows()):
+        print(f"{row['label']}\t{row['probability']:.3f}\t{text}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="textcompress", description=__doc__)
+    parser.add_argument("--project", default=".", help="the project directory (default: here)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline (Prefect flow over the DVC stages)")
+    run.add_argument("--params", default="params.yaml", help="params file, e.g. params/quick.yaml")
+    run.add_argument("--no-pull", action="store_true", help="do not `dvc pull data.dvc` first")
+    run.set_defaults(func=cmd_run)
+    predict = sub.add_parser("predict", help="label sentences with the champion, a candidate or a model URI")
+    predict.add_argument("texts", nargs="*")
+    predict.add_argument("--file", help="a CSV with a `text` column, or a text file with one sentence per line")
+    predict.add_argument("--model", help="a candidate name (artifacts/onnx/NAME) or an MLflow model URI; default: the champion")
+    predict.set_defaults(func=cmd_predict)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except TextcompressError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

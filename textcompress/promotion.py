@@ -1,0 +1,54 @@
+"""The promotion policy, as pure functions over report rows.
+
+A candidate is eligible when it exported faithfully (fp32 parity within tolerance, or a
+quantized model agreeing with its fp32 parent at the gate) and loses at most
+`max_accuracy_drop` points against the teacher. Among eligible candidates the objective
+(default: lowest p50 latency) picks the challenger. The teacher is the reference, not a
+candidate for promotion.
+"""
+
+from __future__ import annotations
+
+OBJECTIVES = {"latency_p50_ms": min, "latency_p95_ms": min, "size_mb": min, "accuracy": max, "throughput_per_s": max}
+
+
+def eligibility_reasons(row: dict, export_report: dict, policy: dict, teacher_name: str = "teacher") -> list[str]:
+    """Why `row` may not be promoted (empty when it may)."""
+    if row["status"] != "ok":
+        return ["failed: " + "; ".join(row.get("reasons") or ["no result"])]
+    reasons = []
+    if row["name"] == teacher_name:
+        reasons.append("the teacher is the reference, not a compressed candidate")
+    if not export_report.get("parity_ok", False):
+        reasons.append(f"ONNX parity {export_report.get('parity_max_abs_diff')} exceeds {export_report.get('parity_tolerance')}")
+    if "agreement_ok" in export_report and not export_report["agreement_ok"]:
+        reasons.append(f"label agreement with its fp32 parent {export_report['label_agreement_with_fp32']:.4f} "
+                       f"is below the gate {export_report['agreement_gate']}")
+    if row["accuracy_drop"] > policy["max_accuracy_drop"]:
+        reasons.append(f"accuracy drop {row['accuracy_drop']:.2f} points exceeds the budget of {policy['max_accuracy_drop']}")
+    return reasons
+
+
+def pick_challenger(rows: list[dict], policy: dict) -> str | None:
+    """The best eligible row under the policy's objective, or None."""
+    objective = policy["objective"]
+    if objective not in OBJECTIVES:
+        raise ValueError(f"promotion.objective {objective!r} is unknown; use one of {sorted(OBJECTIVES)}")
+    eligible = [r for r in rows if r["eligible"] and r.get(objective) is not None]
+    if not eligible:
+        return None
+    best = OBJECTIVES[objective]
+    return best(eligible, key=lambda r: r[objective])["name"]
+
+
+def beats(challenger: dict, champion: dict, policy: dict) -> tuple[bool, str]:
+    """Does the challenger beat the current champion, both measured in the same run?"""
+    objective = policy["objective"]
+    better = OBJECTIVES[objective]
+    if challenger["accuracy_drop"] > policy["max_accuracy_drop"]:
+        return False, "challenger is over the accuracy budget"
+    if champion.get("accuracy_drop") is not None and champion["accuracy_drop"] > policy["max_accuracy_drop"]:
+        return True, "the current champion is now over the accuracy budget"
+    a, b = challenger[objective], champion[objective]
+    wins = better(a, b) == a and a != b
+    return wins, f"{objective}: challenger {a:.4g} vs champion {b:.4g}"

@@ -1,0 +1,167 @@
+"""MLflow: one run per candidate, one registered model with a version per candidate, and
+promotion of the `champion` alias by the policy.
+
+Runs are keyed by a fingerprint (the ONNX bytes, the recipe, the data and the metrics), so a
+re-run with nothing changed finds its versions instead of adding duplicates. The alias only
+moves after the challenger beat the current champion measured in this same run; the
+decision and its reasons are tags on the version and `reports/promotion.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from textcompress.inference import MODEL_FILE
+from textcompress.promotion import beats
+
+CHAMPION = "champion"
+METRIC_FIELDS = ("accuracy", "macro_f1", "accuracy_drop", "size_mb", "params", "latency_p50_ms", "latency_p95_ms",
+                 "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff", "label_agreement")
+EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(row: dict, onnx_dir: Path, data_version: str) -> str:
+    payload = json.dumps({"onnx": file_digest(onnx_dir / MODEL_FILE), "recipe": row["recipe"], "data": data_version,
+                          "accuracy": row["accuracy"]}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def provenance(project_dir: Path) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    lock = project_dir / "dvc.lock"
+    return {"git_commit": commit, "dvc_lock_sha256": file_digest(lock)[:16] if lock.is_file() else "none"}
+
+
+def _flat(prefix: str, value) -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_model: str, experiment: str,
+                   project_dir: Path, data_version: str, max_length: int) -> dict[str, str]:
+    """Log every candidate that ran; return {candidate: registered model version}."""
+    from textcompress.serving import OnnxTextModel
+
+    client = MlflowClient()
+    mlflow.set_experiment(experiment)
+    _ensure_registered_model(client, registered_model)
+    existing = {v.tags.get("fingerprint"): v.version for v in client.search_model_versions(f"name='{registered_model}'")}
+    tags = provenance(project_dir)
+    versions = {}
+    for row in report["rows"]:
+        if row["status"] != "ok":
+            continue
+        fp = fingerprint(row, onnx_root / row["name"], data_version)
+        if fp in existing:
+            versions[row["name"]] = existing[fp]
+            continue
+        with mlflow.start_run(run_name=row["name"]) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in _flat("", {"recipe": row["recipe"]}).items()} or {"recipe": "[]"})
+            mlflow.log_params({"families": ",".join(row["families"]) or "none", "data_version": data_version})
+            mlflow.log_metrics({k: float(row[k]) for k in METRIC_FIELDS if row.get(k) is not None})
+            for name in ("pareto.png", "candidates.md"):
+                if (reports_dir / name).is_file():
+                    mlflow.log_artifact(str(reports_dir / name))
+            mlflow.log_dict(row, "candidate.json")
+            mlflow.set_tags({**tags, "candidate": row["name"], "fingerprint": fp})
+            with tempfile.TemporaryDirectory() as tmp:
+                bundle = Path(tmp) / "model_dir"
+                shutil.copytree(onnx_root / row["name"], bundle, ignore=shutil.ignore_patterns("export.json"))
+                (bundle / "serving.json").write_text(json.dumps({"max_length": max_length, "threads": None}))
+                example = pd.DataFrame({"text": EXAMPLE_TEXTS})
+                output = pd.DataFrame({"label": [report_labels(bundle)[0]] * 2, "probability": [0.5, 0.5], "empty_input": [False, False]})
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=OnnxTextModel(), artifacts={"model_dir": str(bundle)},
+                    signature=infer_signature(example, output), input_example=example,
+                    pip_requirements=["onnxruntime", "tokenizers", "pandas", "numpy", "mlflow"],
+                    code_paths=[str(Path(__file__).parent)],
+                )
+        version = client.create_model_version(registered_model, info.model_uri, run_id=run.info.run_id,
+                                              tags={**tags, "candidate": row["name"], "fingerprint": fp})
+        versions[row["name"]] = version.version
+    return versions
+
+
+def report_labels(bundle: Path) -> list:
+    return json.loads((bundle / "labels.json").read_text())
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Compressed text classifiers from textcompress; `champion` serves.")
+
+
+def current_champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
+            compare_with_champion=None) -> dict:
+    """Move `champion` to this run's pick if it beats the current champion measured in this run.
+
+    `compare_with_champion(version) -> row` measures a champion that is not among this run's
+    candidates (other data or code) side by side with the challenger; without it such a
+    champion is kept."""
+    client = MlflowClient()
+    challenger = report["champion"]
+    rows = {r["name"]: r for r in report["rows"]}
+    decision = {"registered_model": registered_model, "challenger": challenger, "promoted": False}
+    champion = current_champion(client, registered_model)
+    decision["previous_champion"] = None if champion is None else {"version": champion.version, "candidate": champion.tags.get("candidate")}
+    if challenger is None:
+        decision["reason"] = "no candidate is eligible under the policy; champion unchanged"
+        return decision
+    version = versions[challenger]
+    decision["challenger_version"] = version
+    if champion is None:
+        decision.update(promoted=True, reason="no champion yet")
+    elif champion.version == version:
+        decision["reason"] = "the challenger is already the champion"
+        return decision
+    else:
+        champion_row = next((rows[n] for n, v in versions.items() if v == champion.version), None)
+        if champion_row is None and compare_with_champion is not None:
+            champion_row = compare_with_champion(champion)
+        if champion_row is None:
+            decision["reason"] = "the current champion could not be measured in this run; kept"
+            return decision
+        wins, why = beats(rows[challenger], champion_row, policy)
+        decision.update(promoted=wins, reason=("beats the champion: " if wins else "does not beat the champion: ") + why)
+    tags = {"promotion.decision": "promoted" if decision["promoted"] else "not promoted",
+            "promotion.reason": decision["reason"][:5000]}
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model, version, key, value)
+    if decision["promoted"]:
+        client.set_registered_model_alias(registered_model, CHAMPION, version)
+    return decision

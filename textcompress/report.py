@@ -1,0 +1,173 @@
+"""The report: one row per candidate, all measured in the same run, and the Pareto plot.
+
+Writes `candidates.json` (the contract other tools read), `candidates.md` (for people),
+`pareto.png` (accuracy against p50 latency, marker area by size, frontier drawn) and
+`summary.json` (a few numbers for `dvc metrics show`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textcompress.export import onnx_size_bytes
+from textcompress.fileio import atomic_path, read_json, write_json
+from textcompress.promotion import eligibility_reasons, pick_challenger
+from textcompress.techniques import recipe_families
+
+TEACHER, BASELINE = "teacher", "int8-dynamic"
+BENCH_FIELDS = ("latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "tokenize_p50_ms")
+
+
+def _read(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metrics_root: Path,
+                 benchmark: dict, policy: dict, failures: dict | None = None) -> dict:
+    failures = failures or {}
+    teacher_metrics = _read(metrics_root / f"{TEACHER}.json")
+    teacher_accuracy = teacher_metrics["accuracy"] if teacher_metrics else None
+    rows = []
+    for name, recipe in candidates.items():
+        steps = _read(compressed_root / name / "steps.json") or {}
+        exported = _read(onnx_root / name / "export.json") or {}
+        metrics = _read(metrics_root / f"{name}.json")
+        timing = benchmark["candidates"].get(name)
+        row = {"name": name, "recipe": recipe, "families": recipe_families(recipe), "status": "ok", "reasons": []}
+        missing = [what for what, value in (("evaluation", metrics), ("benchmark", timing), ("teacher evaluation", teacher_accuracy)) if value is None]
+        if name in failures or missing:
+            row.update(status="failed", reasons=[failures.get(name) or f"no {', '.join(missing)} result"])
+        metrics, timing = metrics or {}, timing or {}
+        accuracy = metrics.get("accuracy")
+        row.update({
+            "accuracy": accuracy,
+            "macro_f1": metrics.get("macro_f1"),
+            "accuracy_drop": None if accuracy is None or teacher_accuracy is None else 100.0 * (teacher_accuracy - accuracy),
+            "accuracy_ci": metrics.get("accuracy_ci"),
+            "size_mb": onnx_size_bytes(onnx_root / name) / 1e6 if (onnx_root / name).is_dir() else None,
+            "params": steps.get("params"),
+            **{field: timing.get(field) for field in BENCH_FIELDS},
+            "parity_max_abs_diff": exported.get("parity_max_abs_diff"),
+            "label_agreement": metrics.get("label_agreement"),
+            "details": {"compress": steps.get("steps", []), "export": exported.get("steps", []),
+                        "label_agreement_with_fp32": exported.get("label_agreement_with_fp32"),
+                        "torch_validation_accuracy": steps.get("torch_validation_accuracy")},
+        })
+        if row["status"] == "ok":
+            row["reasons"] = eligibility_reasons(row, exported, policy, TEACHER)
+        row["eligible"] = row["status"] == "ok" and not row["reasons"]
+        rows.append(row)
+    return {"teacher": TEACHER, "baseline": BASELINE, "champion": pick_challenger(rows, policy),
+            "environment": benchmark.get("environment", {}), "benchmark": {k: benchmark.get(k) for k in ("sentences", "batch_size", "warmup")},
+            "policy": policy, "rows": rows}
+
+
+def ratios(report: dict, name: str, against: str) -> dict | None:
+    """How much smaller and faster `name` is than `against`, and its accuracy drop relative to it."""
+    rows = {r["name"]: r for r in report["rows"]}
+    a, b = rows.get(name), rows.get(against)
+    if not a or not b or a["status"] != "ok" or b["status"] != "ok":
+        return None
+    return {"smaller": b["size_mb"] / a["size_mb"], "faster_p50": b["latency_p50_ms"] / a["latency_p50_ms"],
+            "accuracy_drop_points": 100.0 * (b["accuracy"] - a["accuracy"])}
+
+
+def summary(report: dict) -> dict:
+    rows = {r["name"]: r for r in report["rows"]}
+    out = {"teacher_accuracy": rows[TEACHER]["accuracy"], "champion": report["champion"]}
+    if report["champion"]:
+        champion = rows[report["champion"]]
+        out.update(champion_accuracy=champion["accuracy"], champion_latency_p50_ms=champion["latency_p50_ms"],
+                   champion_size_mb=champion["size_mb"])
+        for against in (TEACHER, BASELINE):
+            r = ratios(report, report["champion"], against)
+            if r:
+                out.update({f"vs_{against}_{k}": v for k, v in r.items()})
+    return out
+
+
+def _fmt(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+def to_markdown(report: dict) -> str:
+    rows = {r["name"]: r for r in report["rows"]}
+    teacher = rows.get(TEACHER, {})
+    env = report.get("environment", {})
+    lines = [
+        "# Candidates", "",
+        f"Champion pick of this run: **{report['champion'] or 'none qualifies'}** "
+        f"(policy: lowest `{report['policy']['objective']}` within {report['policy']['max_accuracy_drop']} points of the teacher).",
+        "",
+        f"All timings from one run, interleaved in one process: ONNX Runtime {env.get('onnxruntime', '?')}, "
+        f"{env.get('threads', '?')} thread(s), {env.get('cpu', '?')}; p50/p95 at batch 1, throughput at batch "
+        f"{report['benchmark'].get('batch_size')} over {report['benchmark'].get('sentences')} validation sentences.",
+        "",
+        "| candidate | families | accuracy | drop (pts) | 95% CI | size MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        ok = r["status"] == "ok" and teacher.get("status") == "ok"
+        smaller = teacher["size_mb"] / r["size_mb"] if ok else None
+        faster = teacher["latency_p50_ms"] / r["latency_p50_ms"] if ok else None
+        ci = "—" if not r["accuracy_ci"] else f"{100 * r['accuracy_ci'][0]:.1f}–{100 * r['accuracy_ci'][1]:.1f}"
+        eligible = "yes" if r["eligible"] else ("failed" if r["status"] != "ok" else "no")
+        lines.append(
+            f"| {r['name']} | {', '.join(r['families']) or '—'} | {_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')} | "
+            f"{_fmt(r['accuracy_drop'], '+.2f')} | {ci} | {_fmt(r['size_mb'], '.1f')} | {_fmt(smaller, '.2f')} | "
+            f"{_fmt(r['latency_p50_ms'], '.2f')} | {_fmt(faster, '.2f')} | {_fmt(r['latency_p95_ms'], '.2f')} | "
+            f"{_fmt(r['throughput_per_s'], '.0f')} | {_fmt(r['params'], ',')} | {eligible} |")
+    lines += ["", "## Why not eligible", ""]
+    lines += [f"- **{r['name']}**: {'; '.join(r['reasons'])}" for r in report["rows"] if r["reasons"]] or ["- every candidate is eligible"]
+    lines += ["", "![Pareto](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated (lower latency and higher accuracy is better), by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(report: dict, out_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if rows:
+        x = [r["latency_p50_ms"] for r in rows]
+        y = [100 * r["accuracy"] for r in rows]
+        sizes = [max(20.0, 6 * r["size_mb"]) for r in rows]
+        colors = ["tab:green" if r["name"] == report["champion"] else "tab:gray" if r["name"] == TEACHER else "tab:blue" for r in rows]
+        ax.scatter(x, y, s=sizes, c=colors, alpha=0.6, edgecolors="black")
+        for r, xi, yi in zip(rows, x, y):
+            ax.annotate(f"{r['name']} ({r['size_mb']:.0f} MB)", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        front = pareto_front(list(zip(x, y)))
+        ax.plot([x[i] for i in front], [y[i] for i in front], "--", color="tab:green", linewidth=1, label="Pareto frontier")
+        ax.set_xscale("log")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Accuracy vs latency (marker area ∝ ONNX size)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_pareto(report, out_dir / "pareto.png")
+    write_json(out_dir / "candidates.json", report)
+    with atomic_path(out_dir / "candidates.md") as tmp:
+        tmp.write_text(to_markdown(report))
+    write_json(out_dir / "summary.json", summary(report))

@@ -1,0 +1,36 @@
+"""Stage `benchmark`: time every exported candidate interleaved in one process."""
+
+from pathlib import Path
+
+from textcompress.benchmark import benchmark_candidates
+from textcompress.data import load_split
+from textcompress.errors import TextcompressError
+from textcompress.fileio import write_json
+from textcompress.inference import MODEL_FILE
+from textcompress.stages import run_stage
+
+
+def main(argv=None):
+    def add(parser):
+        parser.add_argument("--prepared", default="artifacts/prepared")
+        parser.add_argument("--onnx-root", default="artifacts/onnx")
+        parser.add_argument("--out", default="reports/benchmark.json")
+
+    def body(params, args):
+        cfg = params["benchmark"]
+        present = {n: Path(args.onnx_root) / n for n in params["candidates"] if (Path(args.onnx_root) / n / MODEL_FILE).is_file()}
+        if not present:
+            raise TextcompressError(f"{args.onnx_root}: no exported candidate to benchmark. Fix: run the export stages first")
+        texts = load_split(args.prepared, "validation").texts[: cfg["max_sentences"] or None]
+        result = benchmark_candidates(present, texts, cfg["threads"], cfg["warmup"], cfg["batch_size"], params["data"]["max_length"])
+        result["missing"] = sorted(set(params["candidates"]) - set(present))
+        write_json(args.out, result)
+        for name, row in result["candidates"].items():
+            print(f"{name:>24}: p50 {row['latency_p50_ms']:.2f} ms, p95 {row['latency_p95_ms']:.2f} ms, "
+                  f"{row['throughput_per_s']:.0f}/s at batch {cfg['batch_size']}, peak RSS {row['peak_rss_mb']:.0f} MB")
+
+    run_stage(__doc__, add, body, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Stage `evaluate@<candidate>`: quality of the exported model on validation (and test, if given)."""
+
+from pathlib import Path
+
+from textcompress.data import load_labels, load_split
+from textcompress.evaluation import evaluate_predictions
+from textcompress.fileio import write_json
+from textcompress.inference import MODEL_FILE, make_session, split_logits
+from textcompress.stages import run_stage
+
+
+def main(argv=None):
+    def add(parser):
+        parser.add_argument("candidate")
+        parser.add_argument("--prepared", default="artifacts/prepared")
+        parser.add_argument("--onnx", required=True)
+        parser.add_argument("--teacher-onnx", required=True)
+        parser.add_argument("--out", required=True)
+
+    def body(params, args):
+        prepared = Path(args.prepared)
+        num_classes = len(load_labels(prepared))
+        metrics = {"candidate": args.candidate}
+        for split_name in ("validation", "test"):
+            if not (prepared / f"{split_name}.parquet").is_file():
+                continue
+            split = load_split(prepared, split_name)
+            predicted = split_logits(make_session(Path(args.onnx) / MODEL_FILE), split).argmax(-1)
+            reference = split_logits(make_session(Path(args.teacher_onnx) / MODEL_FILE), split).argmax(-1)
+            result = evaluate_predictions(predicted, split.labels, num_classes, reference, params["evaluate"]["bootstrap"])
+            if split_name == "validation":
+                metrics.update(result)
+            else:
+                metrics["test"] = result
+        write_json(args.out, metrics)
+        print(f"{args.candidate}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+              f"agreement with teacher {metrics['label_agreement']:.4f}")
+
+    run_stage(__doc__, add, body, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Stage `export@<candidate>`: ONNX export, the parity check, then ONNX-level steps (quantization)."""
+
+import shutil
+from pathlib import Path
+
+from textcompress.data import load_split
+from textcompress.export import export_onnx, label_agreement, parity_max_abs_diff
+from textcompress.fileio import atomic_dir, read_json, write_json
+from textcompress.inference import MODEL_FILE
+from textcompress.modeling import load_bundle
+from textcompress.stages import run_stage
+from textcompress.stages.compress import candidate_recipe
+from textcompress.techniques import parse_step
+
+
+def main(argv=None):
+    def add(parser):
+        parser.add_argument("candidate")
+        parser.add_argument("--prepared", default="artifacts/prepared")
+        parser.add_argument("--model", required=True)
+        parser.add_argument("--out", required=True)
+
+    def body(params, args):
+        cfg, recipe = params["export"], candidate_recipe(params, args.candidate)
+        model, _ = load_bundle(args.model)
+        validation = load_split(args.prepared, "validation")
+        with atomic_dir(args.out) as tmp:
+            fp32 = tmp / "fp32.onnx"
+            export_onnx(model, fp32, cfg["opset"])
+            parity = parity_max_abs_diff(model, fp32, validation)
+            report = {"parity_max_abs_diff": parity, "parity_ok": parity <= cfg["parity_tolerance"],
+                      "parity_tolerance": cfg["parity_tolerance"], "steps": []}
+            current = fp32
+            for position, step in enumerate(recipe):
+                technique, step_args = parse_step(step)
+                if technique.stage != "export":
+                    continue
+                result = tmp / f"step{position}-{technique.name}.onnx"
+                details = technique.apply_fn()(current, result, step_args)
+                report["steps"].append({"technique": technique.name, "family": technique.family, "args": step_args, "details": details})
+                current = result
+            if current != fp32:
+                agreement = label_agreement(fp32, current, validation)
+                report.update(label_agreement_with_fp32=agreement, agreement_gate=cfg["agreement_gate"],
+                              agreement_ok=agreement >= cfg["agreement_gate"])
+            current.rename(tmp / MODEL_FILE)
+            for leftover in tmp.glob("*.onnx"):
+                if leftover.name != MODEL_FILE:
+                    leftover.unlink()
+            for name in ("tokenizer.json", "labels.json"):
+                shutil.copyfile(Path(args.model) / name, tmp / name)
+            write_json(tmp / "export.json", report)
+        print(f"{args.candidate}: parity {parity:.2e}" + (f", agreement with fp32 {report['label_agreement_with_fp32']:.4f}"
+                                                          if "label_agreement_with_fp32" in report else ""))
+
+    run_stage(__doc__, add, body, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Stage `report`: candidates.json/.md, pareto.png and summary.json from this run's results."""
+
+from pathlib import Path
+
+from textcompress.fileio import read_json
+from textcompress.report import build_report, write_report
+from textcompress.stages import run_stage
+
+FAILURES_FILE = "failures.json"  # written by the flow when a candidate's stage failed
+
+
+def main(argv=None):
+    def add(parser):
+        parser.add_argument("--artifacts", default="artifacts")
+        parser.add_argument("--benchmark", default="reports/benchmark.json")
+        parser.add_argument("--out", default="reports")
+
+    def body(params, args):
+        root, out = Path(args.artifacts), Path(args.out)
+        failures = read_json(out / FAILURES_FILE) if (out / FAILURES_FILE).is_file() else {}
+        report = build_report(params["candidates"], root / "compressed", root / "onnx", root / "metrics",
+                              read_json(args.benchmark), params["promotion"], failures)
+        write_report(report, out)
+        print((out / "candidates.md").read_text())
+
+    run_stage(__doc__, add, body, argv)
+
+
+if __name__ == "__main__":
+    main()
