@@ -6,9 +6,14 @@ export and end-to-end tests can all reuse it without downloading anything.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tiny models gain nothing from two threads, and OpenMP threads fighting over two cores
+# (with each other or a training job) slow everything down many times.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
 

@@ -277,8 +277,6 @@ def test_bom_and_crlf_are_accepted_in_csv_and_jsonl(fmt, write_file):
     assert [(t, data_module._as_label(l)) for _, t, l in rows] == [("good, fun", 1), ("bad", 0)]
 
 
-@pytest.mark.xfail(reason="library bug: data._read_jsonl splits lines with str.splitlines(), which also breaks on "
-                          "U+2028/U+2029/U+0085, characters JSON allows raw inside strings", strict=True)
 def test_jsonl_text_with_unicode_line_separator_is_one_row(write_file):
     content = json.dumps({"sentence": "good\u2028movie", "label": 1}, ensure_ascii=False) + "\n"
     content += json.dumps({"sentence": "bad", "label": 0}) + "\n"

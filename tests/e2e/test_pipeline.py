@@ -161,3 +161,21 @@ def test_artifacts_were_pushed_to_the_users_remote(runs, project):
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "-r", "tmp"], cwd=project,
                             capture_output=True, text=True, check=True).stdout
     assert "new:" not in status and "missing:" not in status
+
+
+@pytest.mark.e2e
+def test_changing_one_candidate_invalidates_only_its_stages(runs, project):
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["candidates"]["distill-l2"][0]["distill"]["epochs"] = 2
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project,
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        params_file.write_text(original)
+    changed = set(json.loads(out))
+    # DVC lists the stages whose own params or deps changed; evaluate@distill-l2 follows from its export.
+    assert "compress@distill-l2" in changed
+    assert changed <= {"compress@distill-l2", "export@distill-l2", "evaluate@distill-l2", "benchmark", "report"}

@@ -215,10 +215,6 @@ def test_apply_distill_same_is_a_recovery_copy_of_the_current_model(tiny_prepare
         assert torch.equal(value, current_state[key]), key
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "library bug: apply_distill validates `layers` against ctx.teacher's layer count but cuts the layers from "
-    "`model`; after an earlier step made the model shallower, an in-range count for the teacher indexes past the "
-    "model's layers and raises a bare IndexError instead of the ValueError naming `distill: layers`"))
 def test_apply_distill_checks_layers_against_the_model_it_cuts(tiny_prepared):
     teacher = random_teacher(layers=2)
     shallower = student_from_teacher(teacher, [0])  # e.g. the result of an earlier distill step

@@ -46,7 +46,7 @@ def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifie
     if args["student"] == "same":
         student, details = copy.deepcopy(model), {"student": "same (recovery)"}
     else:
-        used = pick_teacher_layers(ctx.teacher.config.num_layers, args["layers"])
+        used = pick_teacher_layers(model.config.num_layers, args["layers"])
         student = student_from_teacher(model, used)
         details = {"student": "bert", "teacher_layers": used, "layers": len(used)}
     details["params_before"] = count_parameters(model)
