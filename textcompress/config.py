@@ -31,7 +31,6 @@ DEFAULTS: dict = {
         "batch_size": 32,
         "warmup": 0.06,
         "weight_decay": 0.01,
-        "threads": None,  # torch threads; None = all cores
     },
     "export": {"opset": 17, "parity_tolerance": 1.0e-4, "agreement_gate": 0.98},
     "evaluate": {"bootstrap": 1000},
@@ -44,6 +43,7 @@ DEFAULTS: dict = {
     },
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
     "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
+    "runtime": {"threads": None},  # torch threads for training stages; None = all cores (not tracked by DVC)
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")

@@ -149,7 +149,7 @@ def plot_pareto(report: dict, out_path: Path) -> None:
         colors = ["tab:green" if r["name"] == report["champion"] else "tab:gray" if r["name"] == TEACHER else "tab:blue" for r in rows]
         ax.scatter(x, y, s=sizes, c=colors, alpha=0.6, edgecolors="black")
         for r, xi, yi in zip(rows, x, y):
-            ax.annotate(f"{r['name']} ({r['size_mb']:.0f} MB)", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(f"{r['name']} ({r['size_mb']:.1f} MB)", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
         front = pareto_front(list(zip(x, y)))
         ax.plot([x[i] for i in front], [y[i] for i in front], "--", color="tab:green", linewidth=1, label="Pareto frontier")
         ax.set_xscale("log")

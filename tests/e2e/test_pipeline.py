@@ -63,7 +63,9 @@ def project(tmp_path_factory) -> Path:
     params.update(base_model=str(base), seed=0)
     params["data"].update(train="data/train.tsv", validation="data/validation.tsv", max_length=32)
     params["teach"].update(epochs=3, lr=3e-3, batch_size=16)
-    params["candidates"]["distill-l2"] = [{"distill": {"student": "bert", "layers": 1, "epochs": 3, "lr": 3e-3, "batch_size": 16}}]
+    params["candidates"] = {  # the three candidates every run has, sized for a 2-layer model
+        "teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}],
+        "distill-l2": [{"distill": {"student": "bert", "layers": 1, "epochs": 3, "lr": 3e-3, "batch_size": 16}}]}
     params["benchmark"].update(max_sentences=30, warmup=2)
     params["evaluate"]["bootstrap"] = 100
     params["promotion"]["max_accuracy_drop"] = 5.0  # the tiny task is coarse: one validation row is 1.7 points

@@ -21,7 +21,7 @@ def run_stage(description: str, add_arguments: Callable[[argparse.ArgumentParser
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        threads = params["teach"].get("threads")
+        threads = params["runtime"]["threads"]
         if threads:
             torch.set_num_threads(int(threads))
         body(params, args)
