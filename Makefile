@@ -5,6 +5,8 @@ PARAMS ?= params.yaml
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# dvc.yaml runs `python -m ...`: it must be this environment's python.
+export PATH := $(abspath $(BIN)):$(PATH)
 # A DVC cache outside the work tree keeps the trained teacher when the tree is laid anew.
 DVC_CACHE ?= $(HOME)/.cache/textcompress/dvc-cache
 

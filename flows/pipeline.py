@@ -21,7 +21,7 @@ from prefect import flow
 from tasks.stages import StageFailed, remove_outputs, run_dvc_stage, stage_order
 from tasks.tracking import log_to_mlflow, promote_champion, pull_data, push_artifacts
 from textcompress.config import load_params
-from textcompress.fileio import read_json, write_json
+from textcompress.fileio import write_json
 from textcompress.stages.report import FAILURES_FILE
 
 
@@ -49,11 +49,11 @@ def pipeline(project_dir: str = ".", pull: bool = True) -> dict:
         try:
             statuses[stage.name] = run_dvc_stage(stage.name, str(root))
         except StageFailed as err:
-            if stage.candidate is None:
-                raise  # shared stages (data, teacher, benchmark, report) have no fallback
+            if stage.candidate in (None, "teacher"):
+                raise  # shared stages and the teacher's row (every ratio's reference) have no fallback
             failures[stage.candidate] = str(err)
             statuses[stage.name] = "failed"
-            stale = [o for s in stages if s.name in stage.downstream and s.candidate == stage.candidate for o in s.outs]
+            stale = stage.outs + [o for s in stages if s.name in stage.downstream and s.candidate == stage.candidate for o in s.outs]
             remove_outputs(root, stale)
             print(f"candidate {stage.candidate} failed; the others go on: {err}")
         timings[stage.name] = round(time.time() - started, 1)

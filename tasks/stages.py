@@ -18,10 +18,17 @@ from pathlib import Path
 
 from prefect import task
 
+from textcompress.errors import TextcompressError
+
 TRANSIENT_MARKERS = ("database is locked", "Unable to acquire lock", "is locked by", "Resource temporarily unavailable")
 
 
-class StageFailed(RuntimeError):
+def project_env() -> dict:
+    """The environment for DVC subprocesses: dvc.yaml's `python` is this interpreter."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
+class StageFailed(TextcompressError):
     """A deterministic failure: retrying would fail the same way."""
 
 
@@ -47,7 +54,6 @@ def stage_order(project_dir: Path) -> list[StageInfo]:
         order = [s for s in nx.topological_sort(graph.reverse(copy=False)) if getattr(s, "cmd", None)]
         result = []
         for stage in order:
-            key = getattr(stage, "key", None)
             name = stage.addressing
             candidate = name.split("@", 1)[1] if "@" in name else None
             downstream = [d.addressing for d in nx.ancestors(graph, stage) if getattr(d, "cmd", None)]
@@ -63,14 +69,14 @@ def _transient_only(task, task_run, state) -> bool:
 def run_dvc_stage(stage: str, project_dir: str) -> str:
     """Run (or skip, when DVC says it is up to date) one stage. Returns "ran" or "cached"."""
     process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=project_dir,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=project_env())
     tail: deque[bytes] = deque(maxlen=40)
-    ran = False
-    while chunk := process.stdout.read1(4096) if hasattr(process.stdout, "read1") else process.stdout.read(4096):
+    ran = False  # DVC says "Running stage" when it runs the command, nothing of the kind when cached
+    while chunk := process.stdout.read1(4096):  # pass progress bars through as they come
         sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
+        ran = ran or b"Running stage" in (tail[-1][-32:] if tail else b"") + chunk
         tail.append(chunk)
-        ran = ran or b"Running stage" in chunk
     code = process.wait()
     if code != 0:
         text = b"".join(tail).decode(errors="replace")

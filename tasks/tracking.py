@@ -8,8 +8,11 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from prefect import task
 
+from tasks.stages import project_env
+from textcompress.errors import TextcompressError
 from textcompress.fileio import read_json, write_json
 
 READ_ONLY_REMOTES = {"shared"}  # the team's data remote: never pushed to
@@ -58,36 +61,50 @@ def promote_champion(project_dir: str, params: dict, versions: dict[str, str]) -
 
 
 def measure_champion(root: Path, params: dict, version) -> dict | None:
-    """Evaluate a champion that is not among this run's candidates on this run's validation data,
-    and time it interleaved with the teacher, so its row is comparable with this run's rows."""
+    """Evaluate a champion that is not among this run's candidates on this run's validation texts
+    (through its own tokenizer and label map), and time it interleaved with this run's teacher,
+    so that its row is comparable with this run's rows. None (keep the champion) if it cannot be."""
     from textcompress.benchmark import benchmark_candidates
-    from textcompress.data import load_split
+    from textcompress.data import load_labels, load_split
     from textcompress.evaluation import evaluate_predictions
-    from textcompress.inference import MODEL_FILE, make_session, split_logits
+    from textcompress.inference import OnnxTextClassifier
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=tmp))
-        except Exception as err:  # an unreachable artifact store: keep the champion, say why
-            print(f"could not download the current champion ({err.__class__.__name__}: {err}); keeping it")
-            return None
-        model_dir = local / "artifacts" / "model_dir"
-        validation = load_split(root / "artifacts" / "prepared", "validation")
-        predicted = split_logits(make_session(model_dir / MODEL_FILE), validation).argmax(-1)
-        metrics = evaluate_predictions(predicted, validation.labels, len(read_json(model_dir / "labels.json")), bootstrap=200)
-        cfg = params["benchmark"]
-        timing = benchmark_candidates({"champion": model_dir, "teacher": root / "artifacts" / "onnx" / "teacher"},
-                                      validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
-                                      cfg["batch_size"], params["data"]["max_length"], measure_memory=False)["candidates"]
+            model_dir = local / "artifacts" / "model_dir"
+            settings = read_json(model_dir / "serving.json")
+            size_mb = sum(p.stat().st_size for p in model_dir.glob("*.onnx")) / 1e6
+            validation = load_split(root / "artifacts" / "prepared", "validation")
+            labels = load_labels(root / "artifacts" / "prepared")
+            predicted, _ = OnnxTextClassifier(model_dir, max_length=settings["max_length"]).predict(validation.texts)
+            index = {label: i for i, label in enumerate(labels)}
+            predicted_ids = [index.get(p, -1) for p in predicted]  # a label this data lacks counts as wrong
+            metrics = evaluate_predictions(np.asarray(predicted_ids), validation.labels, len(labels), bootstrap=200)
+            cfg = params["benchmark"]
+            timing = benchmark_candidates({"champion": model_dir, "teacher": root / "artifacts" / "onnx" / "teacher"},
+                                          validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
+                                          cfg["batch_size"], params["data"]["max_length"], measure_memory=False)["candidates"]
+    except Exception as err:  # an unreachable store, an incompatible old model: keep it, say why
+        print(f"could not measure the current champion in this run ({err.__class__.__name__}: {err}); keeping it")
+        return None
     report = read_json(root / "reports" / "candidates.json")
     teacher = next(r for r in report["rows"] if r["name"] == "teacher")
-    # Latency relative to the teacher measured alongside, rescaled to this run's teacher timing.
-    scale = teacher["latency_p50_ms"] / timing["teacher"]["latency_p50_ms"]
+    # Timed beside the teacher, then put on this run's scale through the teacher's numbers.
+    latency = teacher["latency_p50_ms"] / timing["teacher"]["latency_p50_ms"]
+    throughput = teacher["throughput_per_s"] / timing["teacher"]["throughput_per_s"]
     return {"name": "champion", "accuracy": metrics["accuracy"], "accuracy_drop": 100 * (teacher["accuracy"] - metrics["accuracy"]),
-            "latency_p50_ms": timing["champion"]["latency_p50_ms"] * scale,
-            "latency_p95_ms": timing["champion"]["latency_p95_ms"] * scale,
-            "throughput_per_s": timing["champion"]["throughput_per_s"],
-            "size_mb": sum(p.stat().st_size for p in model_dir.glob("*.onnx")) / 1e6}
+            "latency_p50_ms": timing["champion"]["latency_p50_ms"] * latency,
+            "latency_p95_ms": timing["champion"]["latency_p95_ms"] * latency,
+            "throughput_per_s": timing["champion"]["throughput_per_s"] * throughput,
+            "size_mb": size_mb}
+
+
+def _dvc(project_dir: str, *args: str, fix: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, capture_output=True, text=True, env=project_env())
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+        raise TextcompressError(f"`dvc {' '.join(args)}` failed: {last[0]}. Fix: {fix}")
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], task_run_name="dvc push")
@@ -97,7 +114,7 @@ def push_artifacts(project_dir: str, remote: str | None) -> str:
         return "skipped: no pipeline.push_remote configured"
     if remote in READ_ONLY_REMOTES:
         return f"skipped: remote {remote!r} is read-only"
-    subprocess.run([sys.executable, "-m", "dvc", "push", "-r", remote], cwd=project_dir, check=True)
+    _dvc(project_dir, "push", "-r", remote, fix=f"check `dvc remote list` has {remote!r} and that it is writable")
     return f"pushed to {remote}"
 
 
@@ -105,5 +122,5 @@ def push_artifacts(project_dir: str, remote: str | None) -> str:
 def pull_data(project_dir: str) -> str:
     if not (Path(project_dir) / "data.dvc").is_file():
         return "no data.dvc: using the files named in params.yaml"
-    subprocess.run([sys.executable, "-m", "dvc", "pull", "data.dvc"], cwd=project_dir, check=True)
+    _dvc(project_dir, "pull", "data.dvc", fix="check `dvc remote list` (the default remote holds the data), or run with --no-pull")
     return "pulled"

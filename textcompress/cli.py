@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import filecmp
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,13 +12,23 @@ from textcompress.errors import TextcompressError
 def cmd_run(args) -> None:
     from textcompress.config import load_params
 
+    import yaml
+
+    from textcompress.fileio import atomic_path
+
     project = Path(args.project).resolve()
-    chosen, active = Path(args.params).resolve(), project / "params.yaml"
-    load_params(chosen)  # fail fast on a bad file, before anything changes
-    if chosen != active and not (active.exists() and filecmp.cmp(chosen, active, shallow=False)):
-        # DVC reads params.yaml; a sweep file becomes the active params (git shows the change).
-        shutil.copyfile(chosen, active)
-        print(f"params.yaml now holds {args.params} (restore the default with `git checkout params.yaml`)")
+    chosen, active = Path(args.params), project / "params.yaml"
+    if not chosen.is_absolute() and not chosen.exists():
+        chosen = project / chosen
+    params = load_params(chosen)  # fail fast on a bad file, before anything changes
+    if chosen.resolve() != active.resolve():
+        # DVC reads params.yaml and tracks every section: write the sweep merged with the defaults.
+        merged = f"# Written by `textcompress run --params {args.params}`; `git checkout params.yaml` restores the default.\n"
+        merged += yaml.safe_dump(params, sort_keys=False)
+        if not active.exists() or active.read_text() != merged:
+            with atomic_path(active) as tmp:
+                tmp.write_text(merged)
+            print(f"params.yaml now holds {args.params} merged with the defaults")
     from flows.pipeline import pipeline
 
     pipeline(project_dir=str(project), pull=not args.no_pull)

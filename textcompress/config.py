@@ -85,12 +85,27 @@ def _validate(params: dict, path: Path) -> None:
 
     def positive(key: str, value, kind=(int, float)):
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-            raise ParamsError(path, key, f"must be a positive number, got {value!r}", "set a positive value")
+            hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) else ""
+            raise ParamsError(path, key, f"must be a positive {'whole ' if kind is int else ''}number, got {value!r}{hint}",
+                              "set a positive value")
 
-    positive("data.max_length", params["data"]["max_length"], int)
-    positive("teach.lr", params["teach"]["lr"])
-    positive("teach.batch_size", params["teach"]["batch_size"], int)
-    positive("benchmark.threads", params["benchmark"]["threads"], int)
+    for key, kind in (("data.max_length", int), ("teach.lr", (int, float)), ("teach.batch_size", int),
+                      ("benchmark.threads", int), ("benchmark.batch_size", int), ("evaluate.bootstrap", int),
+                      ("export.parity_tolerance", (int, float)), ("export.agreement_gate", (int, float)), ("export.opset", int)):
+        section, name = key.split(".")
+        positive(key, params[section][name], kind)
+    for key in ("data.limit_train", "benchmark.max_sentences", "runtime.threads"):
+        section, name = key.split(".")
+        if params[section][name] is not None:
+            positive(key, params[section][name], int)
+    if isinstance(params["benchmark"]["warmup"], bool) or not isinstance(params["benchmark"]["warmup"], int) or params["benchmark"]["warmup"] < 0:
+        raise ParamsError(path, "benchmark.warmup", f"must be a whole number ≥ 0, got {params['benchmark']['warmup']!r}", "e.g. 10")
+    if params["data"]["format"] not in ("auto", "tsv", "csv", "jsonl", "parquet", "hf"):
+        raise ParamsError(path, "data.format", f"unknown format {params['data']['format']!r}", "use auto, tsv, csv, jsonl, parquet or hf")
+    from textcompress.promotion import OBJECTIVES
+
+    if params["promotion"]["objective"] not in OBJECTIVES:
+        raise ParamsError(path, "promotion.objective", f"unknown objective {params['promotion']['objective']!r}", f"use one of {sorted(OBJECTIVES)}")
     if not isinstance(params["teach"]["epochs"], (int, float)) or params["teach"]["epochs"] < 0:
         raise ParamsError(path, "teach.epochs", f"must be ≥ 0, got {params['teach']['epochs']!r}", "set a number of epochs")
     if params["teach"]["pooling"] not in ("mean", "cls"):

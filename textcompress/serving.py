@@ -19,12 +19,17 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 MAX_BATCH = 1024
 
 
-class ServingInputError(ValueError):
-    """A request that breaks the serving contract."""
+class ServingInputError(MlflowException):
+    """A request that breaks the serving contract: the scoring server answers 400 with this message."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def texts_from_input(model_input) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textcompress.data import Split, load_labels, load_split
+from textcompress.data import Split, load_split
 from textcompress.errors import TextcompressError
 from textcompress.fileio import atomic_dir, write_json
 from textcompress.modeling import TextClassifier, count_parameters, load_bundle, save_bundle

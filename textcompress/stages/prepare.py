@@ -3,6 +3,7 @@
 import json
 
 from textcompress.data import prepare
+from textcompress.errors import ParamsError
 from textcompress.modeling import resolve_base
 from textcompress.stages import run_stage
 
@@ -12,7 +13,12 @@ def main(argv=None):
         parser.add_argument("--out", default="artifacts/prepared")
 
     def body(params, args):
-        stats = prepare(params["data"], resolve_base(params["base_model"]) / "tokenizer.json", args.out)
+        base = resolve_base(params["base_model"])
+        positions = json.loads((base / "config.json").read_text()).get("max_position_embeddings", 512)
+        if params["data"]["max_length"] > positions:
+            raise ParamsError(args.params, "data.max_length", f"{params['data']['max_length']} exceeds the base model's "
+                              f"{positions} positions", f"set it to at most {positions}")
+        stats = prepare(params["data"], base / "tokenizer.json", args.out)
         print(json.dumps({k: v["rows"] for k, v in stats.items() if isinstance(v, dict)}), "rows; labels", stats["labels"])
 
     run_stage(__doc__, add, body, argv)

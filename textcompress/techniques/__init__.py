@@ -73,11 +73,25 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
             allowed = (technique.choices or {}).get(key)
             if allowed and value not in allowed:
                 raise error(f"step {position} ({name}): {key}={value!r} is not supported", f"use one of {list(allowed)}")
+            if not _same_kind(value, technique.defaults[key]):
+                raise error(f"step {position} ({name}): {key}={value!r} should be like {technique.defaults[key]!r}",
+                            f"give {key} a {type(technique.defaults[key]).__name__} value")
         if technique.stage == "export":
             seen_export_step = True
         elif seen_export_step:
             raise error(f"step {position} ({name}) changes the PyTorch model after an ONNX-level step",
                         "put ONNX-level steps such as quantize last")
+
+
+def _same_kind(value, default) -> bool:
+    """An argument must have its default's type; ints pass for floats; `layers` may be a list of indices."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) == isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, int):
+        return isinstance(value, int) or (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    return isinstance(value, type(default))
 
 
 def recipe_families(recipe: list) -> list[str]:
