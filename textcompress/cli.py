@@ -9,26 +9,31 @@ from pathlib import Path
 from textcompress.errors import TextcompressError
 
 
-def cmd_run(args) -> None:
-    from textcompress.config import load_params
-
+def activate_params(chosen: str | Path, project: Path) -> Path:
+    """Make `chosen` the params DVC reads (project/params.yaml), merged with the defaults, since DVC
+    tracks every section. Validates first, so a bad file changes nothing."""
     import yaml
 
+    from textcompress.config import load_params
     from textcompress.fileio import atomic_path
 
-    project = Path(args.project).resolve()
-    chosen, active = Path(args.params), project / "params.yaml"
+    chosen, active = Path(chosen), project / "params.yaml"
     if not chosen.is_absolute() and not chosen.exists():
         chosen = project / chosen
-    params = load_params(chosen)  # fail fast on a bad file, before anything changes
+    params = load_params(chosen)
     if chosen.resolve() != active.resolve():
-        # DVC reads params.yaml and tracks every section: write the sweep merged with the defaults.
-        merged = f"# Written by `textcompress run --params {args.params}`; `git checkout params.yaml` restores the default.\n"
+        merged = f"# Written by `textcompress run --params {chosen}`; `git checkout params.yaml` restores the default.\n"
         merged += yaml.safe_dump(params, sort_keys=False)
         if not active.exists() or active.read_text() != merged:
             with atomic_path(active) as tmp:
                 tmp.write_text(merged)
-            print(f"params.yaml now holds {args.params} merged with the defaults")
+            print(f"params.yaml now holds {chosen} merged with the defaults")
+    return active
+
+
+def cmd_run(args) -> None:
+    project = Path(args.project).resolve()
+    activate_params(args.params, project)
     from flows.pipeline import pipeline
 
     pipeline(project_dir=str(project), pull=not args.no_pull)
