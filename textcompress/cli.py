@@ -77,8 +77,8 @@ def cmd_predict(args) -> None:
             raise TextcompressError(f"cannot load {uri} ({err.__class__.__name__}). Fix: run the pipeline first, or pass "
                                     "--model with a candidate name or a model URI") from err
         result = model.predict(pd.DataFrame({"text": texts}))
-    for text, (_, row) in zip(texts, result.iterrows()):
-        print(f"{row['label']}\t{row['probability']:.3f}\t{text}")
+    for text, label, probability in zip(texts, result["label"], result["probability"]):
+        print(f"{label}\t{probability:.3f}\t{text}")
 
 
 def main(argv=None) -> None:
