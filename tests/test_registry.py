@@ -1,0 +1,108 @@
+"""MLflow registry: versions are not duplicated, the champion alias moves only when the policy
+says so, and a champion from an earlier run is measured in this run before it is replaced."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tasks.tracking import measure_champion
+from textcompress.config import DEFAULTS
+from textcompress.data import load_split
+from textcompress.export import export_onnx
+from textcompress.fileio import write_json
+from textcompress.inference import OnnxTextClassifier
+from textcompress.modeling import load_bundle
+from textcompress.registry import CHAMPION, log_candidates, promote
+from textcompress.techniques.distillation import student_from_teacher
+
+MODEL = "test-classifier"
+POLICY = {"registered_model": MODEL, "max_accuracy_drop": 5.0, "objective": "latency_p50_ms"}
+
+
+def row(name: str, accuracy: float, p50: float, eligible: bool = True) -> dict:
+    return {"name": name, "recipe": [], "families": [], "status": "ok", "reasons": [] if eligible else ["x"],
+            "eligible": eligible, "accuracy": accuracy, "accuracy_drop": 100 * (1.0 - accuracy), "latency_p50_ms": p50,
+            "latency_p95_ms": p50, "throughput_per_s": 1000 / p50, "size_mb": 0.1}
+
+
+@pytest.fixture
+def project(tmp_path, tiny_teacher, tiny_prepared) -> Path:
+    """A project directory with the tiny teacher and a 1-layer student exported, and MLflow in SQLite."""
+    root = tmp_path / "project"
+    shutil.copytree(tiny_prepared, root / "artifacts" / "prepared")
+    teacher, labels = load_bundle(tiny_teacher)
+    for name, model in (("teacher", teacher), ("student", student_from_teacher(teacher, [0]))):
+        out = root / "artifacts" / "onnx" / name
+        out.mkdir(parents=True)
+        export_onnx(model, out / "model.onnx")
+        for f in ("tokenizer.json", "labels.json"):
+            shutil.copy(tiny_teacher / f, out / f)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("registry-test", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    (root / "reports").mkdir()
+    return root
+
+
+def log(project: Path, rows: list[dict], champion: str | None) -> tuple[dict, dict]:
+    report = {"champion": champion, "rows": rows}
+    write_json(project / "reports" / "candidates.json", report)
+    versions = log_candidates(report, project / "artifacts" / "onnx", project / "reports", MODEL, "registry-test",
+                              project, data_version="v1", max_length=32)
+    return report, versions
+
+
+def test_a_rerun_with_nothing_changed_adds_no_versions(project):
+    rows = [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)]
+    _, first = log(project, rows, "student")
+    _, second = log(project, rows, "student")
+    assert first == second
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{MODEL}'")) == 2
+
+
+def test_no_eligible_candidate_never_moves_the_alias(project):
+    report, versions = log(project, [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)], "student")
+    promote(report, versions, MODEL, POLICY)
+    before = mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version
+    report["champion"] = None
+    decision = promote(report, versions, MODEL, POLICY)
+    assert not decision["promoted"] and "no candidate is eligible" in decision["reason"]
+    assert mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version == before
+
+
+def test_a_slower_challenger_does_not_replace_the_champion_of_this_run(project):
+    rows = [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)]
+    report, versions = log(project, rows, "student")
+    promote(report, versions, MODEL, POLICY)
+    # The teacher's row made eligible and picked: slower than the champion measured in this run.
+    report["rows"][0].update(eligible=True, reasons=[])
+    report["champion"] = "teacher"
+    decision = promote(report, versions, MODEL, POLICY)
+    assert not decision["promoted"] and "does not beat" in decision["reason"]
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
+    assert client.get_model_version(MODEL, versions["teacher"]).tags["promotion.decision"] == "not promoted"
+
+
+def test_a_champion_from_an_earlier_run_is_measured_in_this_run(project, tiny_prepared):
+    # Run 1 registers the student as champion.
+    report, old_versions = log(project, [row("student", 1.0, 1.0)], "student")
+    promote(report, old_versions, MODEL, POLICY)
+    old = mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION)
+    # The champion's own accuracy, computed directly through its tokenizer.
+    validation = load_split(tiny_prepared, "validation")
+    labels, _ = OnnxTextClassifier(project / "artifacts" / "onnx" / "student", max_length=32).predict(validation.texts)
+    expected_accuracy = sum(int(l) == y for l, y in zip(labels, validation.labels)) / len(validation)
+
+    # Run 2 has other data, so none of its versions is the champion: it must be downloaded and measured.
+    params = {**DEFAULTS, "benchmark": {**DEFAULTS["benchmark"], "max_sentences": 20, "warmup": 1},
+              "data": {**DEFAULTS["data"], "max_length": 32}}
+    rows = [row("teacher", 1.0, 2.0, eligible=False)]
+    write_json(project / "reports" / "candidates.json", {"champion": None, "rows": rows})
+    measured = measure_champion(project, params, old)
+    assert measured is not None
+    assert measured["accuracy"] == pytest.approx(expected_accuracy)
+    assert measured["latency_p50_ms"] > 0 and measured["size_mb"] > 0
