@@ -16,7 +16,8 @@ from textcompress.export import export_onnx
 from textcompress.fileio import write_json
 from textcompress.inference import OnnxTextClassifier
 from textcompress.modeling import load_bundle
-from textcompress.registry import CHAMPION, log_candidates, promote
+from textcompress.errors import TextcompressError
+from textcompress.registry import CHALLENGER, CHAMPION, DEMOTED_TAG, decide, log_candidates, promote, rollback
 from textcompress.techniques.distillation import student_from_teacher
 
 MODEL = "test-classifier"
@@ -106,3 +107,50 @@ def test_a_champion_from_an_earlier_run_is_measured_in_this_run(project, tiny_pr
     assert measured is not None
     assert measured["accuracy"] == pytest.approx(expected_accuracy)
     assert measured["latency_p50_ms"] > 0 and measured["size_mb"] > 0
+
+
+def test_dry_run_decides_without_touching_the_registry(project):
+    report, versions = log(project, [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)], "student")
+    decision = decide(report, versions, MODEL, POLICY)
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+    client = mlflow.MlflowClient()
+    assert client.get_registered_model(MODEL).aliases == {}
+    assert "promotion.decision" not in client.get_model_version(MODEL, versions["student"]).tags
+
+
+def test_rollback_restores_the_replaced_champion_and_it_is_not_promoted_again(project):
+    rows = [row("teacher", 1.0, 2.0), row("student", 1.0, 1.0)]
+    report, versions = log(project, rows, "teacher")
+    promote(report, versions, MODEL, POLICY)  # teacher first (no champion yet)
+    report["champion"] = "student"
+    assert promote(report, versions, MODEL, POLICY)["promoted"]  # faster: replaces it
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
+
+    result = rollback(MODEL, "bad labels in production")
+    assert result == {"registered_model": MODEL, "demoted": versions["student"], "champion": versions["teacher"],
+                      "reason": "bad labels in production"}
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == versions["teacher"]
+    assert client.get_model_version(MODEL, versions["student"]).tags[DEMOTED_TAG] == "bad labels in production"
+    # A later scheduled run picks the student again: it is not promoted back.
+    decision = promote(report, versions, MODEL, POLICY)
+    assert not decision["promoted"] and "rolled back" in decision["reason"]
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == versions["teacher"]
+
+
+def test_rollback_without_an_earlier_champion_is_a_clear_error(project):
+    report, versions = log(project, [row("student", 1.0, 1.0)], "student")
+    promote(report, versions, MODEL, POLICY)
+    with pytest.raises(TextcompressError, match="nothing to roll back to"):
+        rollback(MODEL, "oops")
+    assert str(mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
+
+
+def test_a_pick_that_loses_becomes_the_challenger_alias(project):
+    rows = [row("teacher", 1.0, 2.0), row("student", 1.0, 1.0)]
+    report, versions = log(project, rows, "student")
+    promote(report, versions, MODEL, POLICY)
+    report["champion"] = "teacher"  # slower than the champion
+    promote(report, versions, MODEL, POLICY)
+    aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
+    assert str(aliases[CHAMPION]) == versions["student"] and str(aliases[CHALLENGER]) == versions["teacher"]

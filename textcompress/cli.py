@@ -81,6 +81,48 @@ def cmd_predict(args) -> None:
         print(f"{label}\t{probability:.3f}\t{text}")
 
 
+def _registry_context(project: Path):
+    import mlflow
+
+    from tasks.tracking import tracking_uri
+    from textcompress.config import load_params
+
+    params = load_params(project / "params.yaml")
+    mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], project))
+    return params
+
+
+def cmd_promote(args) -> None:
+    """Re-decide promotion from this run's report; --dry-run explains and changes nothing."""
+    from tasks.tracking import measure_champion
+    from textcompress.fileio import read_json
+    from textcompress.registry import decide, promote
+
+    project = Path(args.project).resolve()
+    params = _registry_context(project)
+    run = project / "reports" / "run.json"
+    if not run.is_file():
+        raise TextcompressError(f"{run}: not found. Fix: run the pipeline first (`textcompress run`)")
+    report, versions = read_json(project / "reports" / "candidates.json"), read_json(run)["versions"]
+    measure = lambda version: measure_champion(project, params, version)  # noqa: E731
+    act = decide if args.dry_run else promote
+    decision = act(report, versions, params["promotion"]["registered_model"], params["promotion"], measure)
+    verb = "would" if args.dry_run else "did"
+    outcome = f"{verb} make {decision['challenger']} (version {decision.get('challenger_version')}) champion" \
+        if decision["promoted"] else f"{verb} not move the champion"
+    print(f"{outcome}: {decision['reason']}")
+    print(f"current champion: {decision['previous_champion'] or 'none'}")
+
+
+def cmd_rollback(args) -> None:
+    from textcompress.registry import rollback
+
+    project = Path(args.project).resolve()
+    params = _registry_context(project)
+    result = rollback(params["promotion"]["registered_model"], args.reason)
+    print(f"champion is version {result['champion']} again; version {result['demoted']} is tagged demoted ({result['reason']})")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="textcompress", description=__doc__)
     parser.add_argument("--project", default=".", help="the project directory (default: here)")
@@ -94,6 +136,12 @@ def main(argv=None) -> None:
     predict.add_argument("--file", help="a CSV with a `text` column, or a text file with one sentence per line")
     predict.add_argument("--model", help="a candidate name (artifacts/onnx/NAME) or an MLflow model URI; default: the champion")
     predict.set_defaults(func=cmd_predict)
+    promote = sub.add_parser("promote", help="apply the promotion policy to the last run's report")
+    promote.add_argument("--dry-run", action="store_true", help="explain what would happen; change nothing")
+    promote.set_defaults(func=cmd_promote)
+    rollback = sub.add_parser("rollback", help="move `champion` back to the version it replaced")
+    rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
+    rollback.set_defaults(func=cmd_rollback)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -22,10 +22,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from textcompress.errors import TextcompressError
 from textcompress.inference import MODEL_FILE
 from textcompress.promotion import beats
 
-CHAMPION = "champion"
+CHAMPION, CHALLENGER = "champion", "challenger"
+DEMOTED_TAG = "promotion.demoted"  # set by rollback: never promote this version again
 METRIC_FIELDS = ("accuracy", "macro_f1", "accuracy_drop", "size_mb", "params", "latency_p50_ms", "latency_p95_ms",
                  "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff", "label_agreement")
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
@@ -118,9 +120,9 @@ def current_champion(client: MlflowClient, name: str):
         return None
 
 
-def promote(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
-            compare_with_champion=None) -> dict:
-    """Move `champion` to this run's pick if it beats the current champion measured in this run.
+def decide(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
+           compare_with_champion=None) -> dict:
+    """What promotion would do, and why; changes nothing.
 
     `compare_with_champion(version) -> row` measures a champion that is not among this run's
     candidates (other data or code) side by side with the challenger; without it such a
@@ -136,25 +138,68 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
         return decision
     version = versions[challenger]
     decision["challenger_version"] = version
-    if champion is None:
+    if client.get_model_version(registered_model, version).tags.get(DEMOTED_TAG):
+        decision.update(demoted=True, reason=f"version {version} was rolled back before and is not promoted again")
+    elif champion is None:
         decision.update(promoted=True, reason="no champion yet")
     elif str(champion.version) == version:
         decision["reason"] = "the challenger is already the champion"
-        return decision
     else:
         champion_row = next((rows[n] for n, v in versions.items() if v == str(champion.version)), None)
         if champion_row is None and compare_with_champion is not None:
             champion_row = compare_with_champion(champion)
         if champion_row is None:
             decision["reason"] = "the current champion could not be measured in this run; kept"
-            return decision
-        wins, why = beats(rows[challenger], champion_row, policy)
-        decision.update(promoted=wins, reason=("beats the champion: " if wins else "does not beat the champion: ") + why)
+        else:
+            wins, why = beats(rows[challenger], champion_row, policy)
+            decision.update(promoted=wins, reason=("beats the champion: " if wins else "does not beat the champion: ") + why)
+    return decision
+
+
+def promote(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
+            compare_with_champion=None) -> dict:
+    """Carry out `decide`: move `champion` (remembering the one it replaces, for rollback), keep
+    `challenger` on a pick that did not win, and record the decision on the version."""
+    decision = decide(report, versions, registered_model, policy, compare_with_champion)
+    version = decision.get("challenger_version")
+    if version is None or decision.get("demoted") or decision["reason"] == "the challenger is already the champion":
+        return decision
+    client = MlflowClient()
     # The alias first: a version must never say "promoted" while the alias did not move.
     if decision["promoted"]:
         client.set_registered_model_alias(registered_model, CHAMPION, version)
+        _delete_alias(client, registered_model, CHALLENGER)
+        if decision["previous_champion"]:
+            client.set_model_version_tag(registered_model, version, "promotion.replaced_version", decision["previous_champion"]["version"])
+    else:
+        client.set_registered_model_alias(registered_model, CHALLENGER, version)
     tags = {"promotion.decision": "promoted" if decision["promoted"] else "not promoted",
             "promotion.reason": decision["reason"][:5000]}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
     return decision
+
+
+def rollback(registered_model: str, reason: str) -> dict:
+    """Move `champion` back to the version it replaced; tag the demoted version so that later
+    scheduled runs do not promote it again."""
+    client = MlflowClient()
+    champion = current_champion(client, registered_model)
+    if champion is None:
+        raise TextcompressError(f"{registered_model} has no champion to roll back. Fix: run the pipeline first")
+    previous = champion.tags.get("promotion.replaced_version")
+    if not previous:
+        raise TextcompressError(f"{registered_model}: champion version {champion.version} replaced no earlier champion, "
+                                "so there is nothing to roll back to. Fix: set the alias by hand with "
+                                "`MlflowClient().set_registered_model_alias`")
+    client.set_registered_model_alias(registered_model, CHAMPION, previous)
+    client.set_model_version_tag(registered_model, str(champion.version), DEMOTED_TAG, reason or "rolled back")
+    client.set_model_version_tag(registered_model, previous, "promotion.reason", f"restored by rollback of version {champion.version}: {reason}")
+    return {"registered_model": registered_model, "demoted": str(champion.version), "champion": previous, "reason": reason}
+
+
+def _delete_alias(client: MlflowClient, name: str, alias: str) -> None:
+    try:
+        client.delete_registered_model_alias(name, alias)
+    except MlflowException:
+        pass  # there was none
