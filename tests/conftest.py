@@ -143,6 +143,19 @@ def tiny_teacher(tmp_path_factory, tiny_prepared) -> Path:
     return out
 
 
+def export_model_dir(model, bundle_dir: Path, out_dir: Path) -> Path:
+    """An exported candidate directory as `export` writes it: model.onnx, tokenizer.json, labels.json."""
+    import shutil
+
+    from textcompress.export import export_onnx
+
+    out_dir.mkdir(parents=True)
+    export_onnx(model, out_dir / "model.onnx")
+    for name in ("tokenizer.json", "labels.json"):
+        shutil.copyfile(Path(bundle_dir) / name, out_dir / name)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the whole session (it takes about 10 s to start)."""

@@ -6,7 +6,6 @@ check that every measurement is present and sane."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -14,23 +13,13 @@ import pytest
 
 from textcompress.benchmark import benchmark_candidates, peak_rss_mb
 from textcompress.data import pad_arrays
-from textcompress.export import export_onnx
-from textcompress.inference import MODEL_FILE
 from textcompress.modeling import load_bundle
 from textcompress.techniques.distillation import student_from_teacher
 
-from tests.conftest import CLS_ID, SEP_ID, tiny_sentiment_rows
+from tests.conftest import CLS_ID, SEP_ID, export_model_dir, tiny_sentiment_rows
 
 TIMING_FIELDS = ("latency_p50_ms", "latency_p95_ms", "latency_mean_ms", "batch_latency_p50_ms", "throughput_per_s",
                  "tokenize_p50_ms")
-
-
-def exported_dir(model, bundle_dir, out_dir):
-    out_dir.mkdir(parents=True)
-    export_onnx(model, out_dir / MODEL_FILE)
-    for name in ("tokenizer.json", "labels.json"):
-        shutil.copyfile(bundle_dir / name, out_dir / name)
-    return out_dir
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +27,8 @@ def two_models(tiny_teacher, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     teacher, _ = load_bundle(tiny_teacher)
     student = student_from_teacher(teacher, [0])
-    return {"teacher": exported_dir(teacher, tiny_teacher, root / "teacher"),
-            "student": exported_dir(student, tiny_teacher, root / "student")}
+    return {"teacher": export_model_dir(teacher, tiny_teacher, root / "teacher"),
+            "student": export_model_dir(student, tiny_teacher, root / "student")}
 
 
 @pytest.fixture(scope="module")

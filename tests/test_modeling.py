@@ -4,7 +4,6 @@ parameter counting and loading Hugging Face BERT checkpoints."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 
 import numpy as np

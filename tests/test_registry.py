@@ -10,9 +10,9 @@ import mlflow
 import pytest
 
 from tasks.tracking import measure_champion
+from tests.conftest import export_model_dir
 from textcompress.config import DEFAULTS
 from textcompress.data import load_split
-from textcompress.export import export_onnx
 from textcompress.fileio import write_json
 from textcompress.inference import OnnxTextClassifier
 from textcompress.modeling import load_bundle
@@ -37,11 +37,7 @@ def project(tmp_path, tiny_teacher, tiny_prepared) -> Path:
     shutil.copytree(tiny_prepared, root / "artifacts" / "prepared")
     teacher, labels = load_bundle(tiny_teacher)
     for name, model in (("teacher", teacher), ("student", student_from_teacher(teacher, [0]))):
-        out = root / "artifacts" / "onnx" / name
-        out.mkdir(parents=True)
-        export_onnx(model, out / "model.onnx")
-        for f in ("tokenizer.json", "labels.json"):
-            shutil.copy(tiny_teacher / f, out / f)
+        export_model_dir(model, tiny_teacher, root / "artifacts" / "onnx" / name)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.create_experiment("registry-test", artifact_location=(tmp_path / "mlartifacts").as_uri())
     (root / "reports").mkdir()

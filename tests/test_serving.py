@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import export_model_dir
 from textcompress.serving import MAX_BATCH, OnnxTextModel, ServingInputError, texts_from_input
 
 SENTENCES = ["the movie was great .", "the plot was awful ."]
@@ -62,15 +62,9 @@ def test_refuses_an_unreadable_input():
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_teacher, tmp_path_factory):
-    from textcompress.export import export_onnx
     from textcompress.modeling import load_bundle
 
-    out = tmp_path_factory.mktemp("serving") / "model_dir"
-    out.mkdir()
-    export_onnx(load_bundle(tiny_teacher)[0], out / "model.onnx")
-    for name in ("tokenizer.json", "labels.json"):
-        shutil.copyfile(tiny_teacher / name, out / name)
-    return out
+    return export_model_dir(load_bundle(tiny_teacher)[0], tiny_teacher, tmp_path_factory.mktemp("serving") / "model_dir")
 
 
 @pytest.fixture(scope="module")
