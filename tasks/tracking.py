@@ -14,6 +14,7 @@ from prefect import task
 from tasks.stages import project_env
 from textcompress.errors import TextcompressError
 from textcompress.fileio import read_json, write_json
+from textcompress.registry import registry_lock
 
 READ_ONLY_REMOTES = {"shared"}  # the team's data remote: never pushed to
 
@@ -41,10 +42,12 @@ def log_to_mlflow(project_dir: str, params: dict) -> dict[str, str]:
     from textcompress.registry import log_candidates
 
     root = Path(project_dir)
-    mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], root))
+    uri = tracking_uri(params["mlflow"]["tracking_uri"], root)
+    mlflow.set_tracking_uri(uri)
     report = read_json(root / "reports" / "candidates.json")
-    return log_candidates(report, root / "artifacts" / "onnx", root / "reports", params["promotion"]["registered_model"],
-                          params["mlflow"]["experiment"], root, data_version(root), params["data"]["max_length"])
+    with registry_lock(uri):
+        return log_candidates(report, root / "artifacts" / "onnx", root / "reports", params["promotion"]["registered_model"],
+                              params["mlflow"]["experiment"], root, data_version(root), params["data"]["max_length"])
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], task_run_name="promote champion")
@@ -52,10 +55,12 @@ def promote_champion(project_dir: str, params: dict, versions: dict[str, str]) -
     from textcompress.registry import promote
 
     root = Path(project_dir)
-    mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], root))
+    uri = tracking_uri(params["mlflow"]["tracking_uri"], root)
+    mlflow.set_tracking_uri(uri)
     report = read_json(root / "reports" / "candidates.json")
-    decision = promote(report, versions, params["promotion"]["registered_model"], params["promotion"],
-                       compare_with_champion=lambda version: measure_champion(root, params, version))
+    with registry_lock(uri):
+        decision = promote(report, versions, params["promotion"]["registered_model"], params["promotion"],
+                           compare_with_champion=lambda version: measure_champion(root, params, version))
     write_json(root / "reports" / "promotion.json", decision)
     return decision
 

@@ -150,3 +150,46 @@ def test_a_pick_that_loses_becomes_the_challenger_alias(project):
     promote(report, versions, MODEL, POLICY)
     aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
     assert str(aliases[CHAMPION]) == versions["student"] and str(aliases[CHALLENGER]) == versions["teacher"]
+
+
+CONCURRENT_PIPELINE = """
+import json, sys
+from pathlib import Path
+import mlflow
+from textcompress.registry import log_candidates, promote, registry_lock
+project, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+mlflow.set_tracking_uri(uri)
+report = json.loads(sys.argv[4])
+policy = {"registered_model": "test-classifier", "max_accuracy_drop": 5.0, "objective": "latency_p50_ms"}
+for attempt in range(5):  # each pipeline logs and promotes several times, as a scheduler would
+    with registry_lock(uri):
+        versions = log_candidates(report, project / "artifacts" / "onnx", project / "reports", "test-classifier",
+                                  "registry-test", project, data_version=f"{name}-{attempt}", max_length=32)
+    with registry_lock(uri):
+        decision = promote(report, versions, "test-classifier", policy)
+    print(json.dumps(decision))
+"""
+
+
+def test_two_pipelines_promoting_at_once_end_with_one_champion_and_every_version(project, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    uri = mlflow.get_tracking_uri()
+    repo = Path(__file__).resolve().parents[1]
+    children = []
+    for name in ("teacher", "student"):
+        report = {"champion": name, "rows": [row(name, 1.0, 2.0 if name == "teacher" else 1.0)]}
+        children.append(subprocess.Popen([sys.executable, "-c", CONCURRENT_PIPELINE, str(project), uri, name, json.dumps(report)],
+                                         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [child.communicate(timeout=300) for child in children]
+    for child, (out, err) in zip(children, outputs):
+        assert child.returncode == 0, err[-2000:]
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    assert len(versions) == 10  # 2 pipelines x 5 runs, each with its own data version: none lost
+    champion = client.get_model_version_by_alias(MODEL, CHAMPION)
+    assert champion.tags["candidate"] in {"teacher", "student"}
+    decisions = [json.loads(line) for out, _ in outputs for line in out.strip().splitlines()]
+    assert sum(d["reason"] == "no champion yet" for d in decisions) == 1

@@ -88,25 +88,27 @@ def _registry_context(project: Path):
     from textcompress.config import load_params
 
     params = load_params(project / "params.yaml")
-    mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], project))
-    return params
+    uri = tracking_uri(params["mlflow"]["tracking_uri"], project)
+    mlflow.set_tracking_uri(uri)
+    return params, uri
 
 
 def cmd_promote(args) -> None:
     """Re-decide promotion from this run's report; --dry-run explains and changes nothing."""
     from tasks.tracking import measure_champion
     from textcompress.fileio import read_json
-    from textcompress.registry import decide, promote
+    from textcompress.registry import decide, promote, registry_lock
 
     project = Path(args.project).resolve()
-    params = _registry_context(project)
+    params, uri = _registry_context(project)
     run = project / "reports" / "run.json"
     if not run.is_file():
         raise TextcompressError(f"{run}: not found. Fix: run the pipeline first (`textcompress run`)")
     report, versions = read_json(project / "reports" / "candidates.json"), read_json(run)["versions"]
     measure = lambda version: measure_champion(project, params, version)  # noqa: E731
     act = decide if args.dry_run else promote
-    decision = act(report, versions, params["promotion"]["registered_model"], params["promotion"], measure)
+    with registry_lock(uri):
+        decision = act(report, versions, params["promotion"]["registered_model"], params["promotion"], measure)
     verb = "would" if args.dry_run else "did"
     outcome = f"{verb} make {decision['challenger']} (version {decision.get('challenger_version')}) champion" \
         if decision["promoted"] else f"{verb} not move the champion"
@@ -115,11 +117,12 @@ def cmd_promote(args) -> None:
 
 
 def cmd_rollback(args) -> None:
-    from textcompress.registry import rollback
+    from textcompress.registry import registry_lock, rollback
 
     project = Path(args.project).resolve()
-    params = _registry_context(project)
-    result = rollback(params["promotion"]["registered_model"], args.reason)
+    params, uri = _registry_context(project)
+    with registry_lock(uri):
+        result = rollback(params["promotion"]["registered_model"], args.reason)
     print(f"champion is version {result['champion']} again; version {result['demoted']} is tagged demoted ({result['reason']})")
 
 

@@ -9,11 +9,14 @@ decision and its reasons are tags on the version and `reports/promotion.json`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -31,6 +34,34 @@ DEMOTED_TAG = "promotion.demoted"  # set by rollback: never promote this version
 METRIC_FIELDS = ("accuracy", "macro_f1", "accuracy_drop", "size_mb", "params", "latency_p50_ms", "latency_p95_ms",
                  "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff", "label_agreement")
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
+
+
+@contextlib.contextmanager
+def registry_lock(tracking_uri: str, timeout_s: float = 600.0):
+    """Serialise registry writers that share one SQLite file (two scheduled pipelines at once):
+    check-then-create of versions and decide-then-move of the alias must not interleave.
+    A tracking server serialises its clients itself, so other URIs need no lock."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        yield
+        return
+    lock_path = Path(tracking_uri[len(prefix):]).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TextcompressError(f"{lock_path}: another pipeline has held the registry lock for {timeout_s:.0f} s. "
+                                            "Fix: wait for it to finish, or remove the file if no pipeline is running")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def file_digest(path: Path) -> str:
