@@ -67,6 +67,14 @@ def _read_delimited(path: Path, text: str, delimiter: str, text_column: str, lab
     # TSV files such as GLUE's do not quote; quotes are part of the sentence there.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        return _delimited_rows(path, reader, delimiter, text_column, label_column)
+    except csv.Error as err:  # a field over csv's size limit, a stray quote, ...
+        raise DataError(path, f"cannot be read as {'TSV' if delimiter == chr(9) else 'CSV'} ({err})",
+                        "check this line for a runaway quote or an overlong field", reader.line_num) from err
+
+
+def _delimited_rows(path: Path, reader, delimiter: str, text_column: str, label_column: str):
     header = next(reader, None)
     if header is None:
         raise DataError(path, "is empty", "provide a header row and at least one example per class", 1)
