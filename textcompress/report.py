@@ -153,6 +153,10 @@ def plot_pareto(report: dict, out_path: Path) -> None:
         front = pareto_front(list(zip(x, y)))
         ax.plot([x[i] for i in front], [y[i] for i in front], "--", color="tab:green", linewidth=1, label="Pareto frontier")
         ax.set_xscale("log")
+        from matplotlib.ticker import FormatStrFormatter
+
+        for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis_formatter(FormatStrFormatter("%g"))  # "3", not "3×10⁰"
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel("validation accuracy (%)")
