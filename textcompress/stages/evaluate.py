@@ -21,12 +21,14 @@ def main(argv=None):
         prepared = Path(args.prepared)
         num_classes = len(load_labels(prepared))
         metrics = {"candidate": args.candidate}
+        candidate = make_session(Path(args.onnx) / MODEL_FILE)
+        teacher = make_session(Path(args.teacher_onnx) / MODEL_FILE)
         for split_name in ("validation", "test"):
             if not (prepared / f"{split_name}.parquet").is_file():
                 continue
             split = load_split(prepared, split_name)
-            predicted = split_logits(make_session(Path(args.onnx) / MODEL_FILE), split).argmax(-1)
-            reference = split_logits(make_session(Path(args.teacher_onnx) / MODEL_FILE), split).argmax(-1)
+            predicted = split_logits(candidate, split).argmax(-1)
+            reference = split_logits(teacher, split).argmax(-1)
             result = evaluate_predictions(predicted, split.labels, num_classes, reference, params["evaluate"]["bootstrap"])
             if split_name == "validation":
                 metrics.update(result)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from textcompress.data import load_split
 from textcompress.export import export_onnx, label_agreement, parity_max_abs_diff
-from textcompress.fileio import atomic_dir, read_json, write_json
+from textcompress.fileio import atomic_dir, write_json
 from textcompress.inference import MODEL_FILE
 from textcompress.modeling import load_bundle
 from textcompress.stages import run_stage
