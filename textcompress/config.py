@@ -43,7 +43,9 @@ DEFAULTS: dict = {
     },
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
     "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
-    "runtime": {"threads": None},  # torch threads for training stages; None = all cores (not tracked by DVC)
+    # Not tracked by DVC. threads: torch threads for training (None = all cores);
+    # device: where training runs (auto = the GPU when there is one).
+    "runtime": {"threads": None, "device": "auto"},
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")
@@ -100,6 +102,8 @@ def _validate(params: dict, path: Path) -> None:
             positive(key, params[section][name], int)
     if isinstance(params["benchmark"]["warmup"], bool) or not isinstance(params["benchmark"]["warmup"], int) or params["benchmark"]["warmup"] < 0:
         raise ParamsError(path, "benchmark.warmup", f"must be a whole number ≥ 0, got {params['benchmark']['warmup']!r}", "e.g. 10")
+    if params["runtime"]["device"] not in ("auto", "cpu", "cuda") and not str(params["runtime"]["device"]).startswith("cuda:"):
+        raise ParamsError(path, "runtime.device", f"unknown device {params['runtime']['device']!r}", "use auto, cpu, cuda or cuda:N")
     if params["data"]["format"] not in ("auto", "tsv", "csv", "jsonl", "parquet", "hf"):
         raise ParamsError(path, "data.format", f"unknown format {params['data']['format']!r}", "use auto, tsv, csv, jsonl, parquet or hf")
     from textcompress.promotion import OBJECTIVES

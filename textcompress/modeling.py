@@ -1,8 +1,11 @@
 """The transformer text classifier: everything its forward pass needs is in this file.
 
 A BERT-family encoder written out in plain PyTorch, so that every compression family
-can change its shape (uneven heads per layer, fewer FFN neurons, fewer layers, other
-attention) and so that it exports to ONNX with dynamic batch and sequence axes.
+can change its shape and so that it exports to ONNX with dynamic batch and sequence axes:
+uneven heads and FFN widths per layer (pruning), fewer layers (distillation), layers that
+share weights and a factorised word embedding (ALBERT-style sharing), low-rank linear
+layers (SVD), and linear-cost attention (elu+1 kernel, Performer, Linformer).
+Everything the shape depends on is in `EncoderConfig`, so a bundle reloads as saved.
 Module names follow Hugging Face's BERT, so a BERT checkpoint loads by name.
 """
 
@@ -41,22 +44,46 @@ class EncoderConfig:
     # Per-layer shapes; pruning makes them uneven. Filled from the scalars when empty.
     layer_heads: list[int] = field(default_factory=list)
     layer_ffn: list[int] = field(default_factory=list)
+    # Attention: softmax (BERT), linear (elu+1 kernel), performer (FAVOR+), linformer.
+    attention: str = "softmax"
+    performer_features: int = 64   # random features per head (performer)
+    linformer_length: int = 64     # keys and values are projected to this many positions (linformer)
+    # ALBERT-style: vocab x embedding_size, then a projection to hidden_size (None: no factorisation).
+    embedding_size: int | None = None
+    # Cross-layer sharing: layer i runs the weights of layer shared_layers[i] (empty: none shared);
+    # `share` says which part is shared: all, attention or ffn.
+    shared_layers: list[int] = field(default_factory=list)
+    share: str = "all"
+    # Low-rank factorisation: module name -> rank of the two thin Linears that replace it.
+    low_rank: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         self.layer_heads = list(self.layer_heads) or [self.num_heads] * self.num_layers
         self.layer_ffn = list(self.layer_ffn) or [self.intermediate_size] * self.num_layers
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention {self.attention!r} is not one of {ATTENTIONS}")
+        if self.share not in ("all", "attention", "ffn"):
+            raise ValueError(f"share {self.share!r} is not one of all, attention, ffn")
+        for i, j in enumerate(self.shared_layers):
+            if not 0 <= j <= i:
+                raise ValueError(f"shared_layers[{i}]={j}: a layer can only reuse itself or an earlier layer")
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
 
+ATTENTIONS = ("softmax", "linear", "performer", "linformer")
+
+
 class Embeddings(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        width = config.embedding_size or config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, width)
+        self.word_projection = nn.Linear(width, config.hidden_size, bias=False) if config.embedding_size else None
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -65,19 +92,45 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         # Single-sentence classification: every token has segment 0.
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        words = self.word_embeddings(input_ids)
+        if self.word_projection is not None:
+            words = self.word_projection(words)
+        x = words + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
         return self.dropout(self.LayerNorm(x))
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, dropout: float):
+    """Multi-head self-attention. `kind` picks how queries meet keys; Q/K/V weights are the same
+    for every kind, which is what lets a linear-attention student start from the teacher."""
+
+    def __init__(self, config: EncoderConfig, num_heads: int):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
-        inner = num_heads * head_dim
-        self.query = nn.Linear(hidden_size, inner)
-        self.key = nn.Linear(hidden_size, inner)
-        self.value = nn.Linear(hidden_size, inner)
-        self.dropout = nn.Dropout(dropout)
+        self.num_heads, self.head_dim, self.kind = num_heads, config.head_dim, config.attention
+        inner = num_heads * config.head_dim
+        self.query = nn.Linear(config.hidden_size, inner)
+        self.key = nn.Linear(config.hidden_size, inner)
+        self.value = nn.Linear(config.hidden_size, inner)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head_gate = None  # set by importance scoring: one multiplier per head (not saved)
+        if self.kind == "performer":
+            self.register_buffer("features", torch.empty(config.performer_features, config.head_dim))
+            self.redraw_features()
+        if self.kind == "linformer":
+            # Projections along the sequence, sliced to the input's length (Wang et al., 2020).
+            k, n = config.linformer_length, config.max_position_embeddings
+            self.key_projection = nn.Parameter(torch.randn(k, n) / math.sqrt(k))
+            self.value_projection = nn.Parameter(torch.randn(k, n) / math.sqrt(k))
+
+    @torch.no_grad()
+    def redraw_features(self, generator: torch.Generator | None = None) -> None:
+        """FAVOR+ draws orthogonal Gaussian features (blocks of a QR), rows scaled to chi lengths."""
+        m, d = self.features.shape
+        blocks = []
+        for _ in range(math.ceil(m / d)):
+            q, _ = torch.linalg.qr(torch.randn(d, d, generator=generator))
+            blocks.append(q.T)
+        norms = torch.randn(m, d, generator=generator).norm(dim=1, keepdim=True)
+        self.features.copy_(torch.cat(blocks)[:m] * norms)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -86,9 +139,46 @@ class SelfAttention(nn.Module):
             return t.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask_bias
-        probs = self.dropout(scores.softmax(dim=-1))
-        return (probs @ v).transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        if self.kind == "softmax":
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask_bias
+            context = self.dropout(scores.softmax(dim=-1)) @ v
+        else:
+            keep = (mask_bias > -1.0).to(x.dtype).transpose(-1, -2)  # (batch, 1, seq, 1): 1 for real tokens
+            context = getattr(self, f"_{self.kind}")(q, k * keep, v * keep, keep)
+        if self.head_gate is not None:
+            context = context * self.head_gate.view(1, -1, 1, 1)
+        return context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+
+    def _linear(self, q, k, v, keep):
+        """Katharopoulos et al. (2020): softmax(qk) replaced by phi(q)·phi(k), phi = elu + 1, so
+        phi(q)·(phi(k)ᵀv) costs O(n) in sequence length."""
+        return _kernel_attention(nn.functional.elu(q) + 1, (nn.functional.elu(k) + 1) * keep, v)
+
+    def _performer(self, q, k, v, keep):
+        """Choromanski et al. (2021): positive random features whose dot product estimates exp(q·k/√d)."""
+        scale = self.head_dim ** -0.25
+        q, k = q * scale, k * scale
+        wq, wk = q @ self.features.T, k @ self.features.T
+        # Subtracting maxima keeps exp() finite; a per-row constant cancels in the normalisation
+        # for queries, while keys need one constant shared by all keys.
+        phi_q = torch.exp(wq - (q * q).sum(-1, keepdim=True) / 2 - wq.amax(dim=-1, keepdim=True))
+        wk_max = wk.amax(dim=(-1, -2), keepdim=True).detach()
+        phi_k = torch.exp(wk - (k * k).sum(-1, keepdim=True) / 2 - wk_max) * keep
+        return _kernel_attention(phi_q + 1e-6, phi_k + 1e-6 * keep, v)
+
+    def _linformer(self, q, k, v, keep):
+        seq = q.shape[2]
+        k_short = self.key_projection[:, :seq] @ k   # (batch, heads, linformer_length, head_dim)
+        v_short = self.value_projection[:, :seq] @ v
+        scores = q @ k_short.transpose(-1, -2) / math.sqrt(self.head_dim)
+        return self.dropout(scores.softmax(dim=-1)) @ v_short
+
+
+def _kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Σ_j phi(q_i)·phi(k_j) v_j / Σ_j phi(q_i)·phi(k_j), computed right to left: O(n·d²)."""
+    kv = phi_k.transpose(-1, -2) @ v                       # (batch, heads, features, head_dim)
+    normaliser = phi_q @ phi_k.sum(dim=-2, keepdim=True).transpose(-1, -2)  # (batch, heads, seq, 1)
+    return (phi_q @ kv) / normaliser.clamp(min=1e-6)
 
 
 class AttentionOutput(nn.Module):
@@ -105,7 +195,7 @@ class AttentionOutput(nn.Module):
 class Attention(nn.Module):
     def __init__(self, config: EncoderConfig, num_heads: int):
         super().__init__()
-        self.self = SelfAttention(config.hidden_size, num_heads, config.head_dim, config.dropout)
+        self.self = SelfAttention(config, num_heads)
         self.output = AttentionOutput(num_heads * config.head_dim, config.hidden_size, config.layer_norm_eps, config.dropout)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
@@ -116,9 +206,11 @@ class Intermediate(nn.Module):
     def __init__(self, hidden_size: int, ffn_size: int):
         super().__init__()
         self.dense = nn.Linear(hidden_size, ffn_size)
+        self.neuron_gate = None  # set by importance scoring: one multiplier per FFN neuron (not saved)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.gelu(self.dense(x))
+        x = nn.functional.gelu(self.dense(x))
+        return x if self.neuron_gate is None else x * self.neuron_gate
 
 
 class Output(AttentionOutput):
@@ -143,6 +235,17 @@ class Encoder(nn.Module):
         self.layer = nn.ModuleList(
             EncoderLayer(config, h, f) for h, f in zip(config.layer_heads, config.layer_ffn)
         )
+        # Sharing ties modules: the shared weights are one tensor, stored and exported once.
+        for i, source in enumerate(config.shared_layers):
+            if source == i:
+                continue
+            target, origin = self.layer[i], self.layer[source]
+            if (config.layer_heads[i], config.layer_ffn[i]) != (config.layer_heads[source], config.layer_ffn[source]):
+                raise ValueError(f"layer {i} cannot share layer {source}'s weights: their shapes differ")
+            if config.share in ("all", "attention"):
+                target.attention = origin.attention
+            if config.share in ("all", "ffn"):
+                target.intermediate, target.output = origin.intermediate, origin.output
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, return_hidden: bool = False):
         hidden = [x]
@@ -163,6 +266,10 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.apply(_init_weights)
+        for name, rank in config.low_rank.items():
+            dense = self.get_submodule(name)
+            parent, _, child = name.rpartition(".")
+            setattr(self.get_submodule(parent), child, LowRankLinear(dense.in_features, dense.out_features, rank))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.to(torch.float32)
@@ -174,6 +281,19 @@ class TextClassifier(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         mask_bias = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * -1e9
         return self.encoder(self.embeddings(input_ids), mask_bias, return_hidden=True)[1]
+
+
+class LowRankLinear(nn.Module):
+    """W ≈ U·V: in -> rank (no bias) -> out, for a rank well below min(in, out)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -208,7 +328,8 @@ def save_bundle(model: TextClassifier, out_dir: str | Path, tokenizer_file: str 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    aliases = shared_aliases(model)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in aliases}
     save_file(state, str(out_dir / "model.safetensors"))
     if Path(tokenizer_file).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
@@ -223,8 +344,23 @@ def load_bundle(bundle_dir: str | Path) -> tuple[TextClassifier, list]:
                                     "Fix: point at a directory written by `teach` or `compress`.")
     config = EncoderConfig(**json.loads((bundle_dir / "config.json").read_text()))
     model = TextClassifier(config)
-    model.load_state_dict(load_file(str(bundle_dir / "model.safetensors")))
+    state = load_file(str(bundle_dir / "model.safetensors"))
+    for alias, original in shared_aliases(model).items():
+        state[alias] = state[original]  # stored once; the config ties the modules again
+    model.load_state_dict(state)
     return model.eval(), json.loads((bundle_dir / "labels.json").read_text())
+
+
+def shared_aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict keys that name a tensor already named by an earlier key (shared layers)."""
+    first, aliases = {}, {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        ident = id(tensor)
+        if ident in first:
+            aliases[key] = first[ident]
+        else:
+            first[ident] = key
+    return aliases
 
 
 # ---------------------------------------------------------------------------

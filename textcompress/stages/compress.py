@@ -23,6 +23,7 @@ class CompressContext:
     validation: Split
     teacher_logits: np.ndarray
     seed: int
+    device: str = "cpu"
 
 
 def candidate_recipe(params: dict, name: str) -> list:
@@ -44,7 +45,7 @@ def main(argv=None):
         teacher, labels = load_bundle(args.teacher)
         prepared = Path(args.prepared)
         ctx = CompressContext(teacher, load_split(prepared, "train"), load_split(prepared, "validation"),
-                              np.load(args.logits), params["seed"])
+                              np.load(args.logits), params["seed"], params["runtime"]["device"])
         model, steps = teacher, []
         for step in recipe:
             technique, step_args = parse_step(step)

@@ -7,7 +7,7 @@ from textcompress.data import load_labels, load_split
 from textcompress.fileio import atomic_dir, write_json
 from textcompress.modeling import from_pretrained_bert, load_bundle, resolve_base, save_bundle
 from textcompress.stages import run_stage
-from textcompress.training import accuracy, predict_logits, seed_everything, train_classifier
+from textcompress.training import accuracy, predict_logits, resolve_device, seed_everything, train_classifier
 
 
 def main(argv=None):
@@ -19,23 +19,24 @@ def main(argv=None):
     def body(params, args):
         cfg, prepared = params["teach"], Path(args.prepared)
         labels, validation = load_labels(prepared), load_split(prepared, "validation")
-        started = time.time()
+        started, device = time.time(), params["runtime"]["device"]
         if cfg["finetuned_teacher"]:
             model, teacher_labels = load_bundle(cfg["finetuned_teacher"])
             if teacher_labels != labels:
                 from textcompress.errors import TextcompressError
                 raise TextcompressError(f"{cfg['finetuned_teacher']}: its labels {teacher_labels} differ from the data's "
                                         f"{labels}. Fix: use a teacher trained on these labels, or unset teach.finetuned_teacher")
-            history = []
+            history, metrics_device = [], "none"
         else:
             seed_everything(params["seed"])
             model = from_pretrained_bert(resolve_base(params["base_model"]), len(labels), cfg["pooling"])
             history = train_classifier(
                 model, load_split(prepared, "train"), epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
                 warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], seed=params["seed"], validation=validation,
-                desc="teach")
-        metrics = {"validation_accuracy": accuracy(predict_logits(model, validation), validation.labels),
-                   "seconds": round(time.time() - started, 1), "history": history}
+                desc="teach", device=device)
+            metrics_device = str(resolve_device(device))
+        metrics = {"validation_accuracy": accuracy(predict_logits(model, validation, device=device), validation.labels),
+                   "seconds": round(time.time() - started, 1), "device": metrics_device, "history": history}
         with atomic_dir(args.out) as tmp:
             save_bundle(model, tmp, prepared / "tokenizer.json", labels)
         write_json(args.metrics, metrics)

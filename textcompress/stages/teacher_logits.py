@@ -18,7 +18,8 @@ def main(argv=None):
 
     def body(params, args):
         model, _ = load_bundle(args.teacher)
-        logits = predict_logits(model, load_split(args.prepared, "train"), desc="teacher logits")
+        logits = predict_logits(model, load_split(args.prepared, "train"), desc="teacher logits",
+                                device=params["runtime"]["device"])
         with atomic_path(args.out) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, logits)

@@ -22,6 +22,7 @@ class Technique:
     defaults: dict
     module: str  # where `apply` lives, imported on use so that params validation stays light
     choices: dict | None = None  # allowed values per argument, where the set is closed
+    bounds: dict | None = None  # (low, high) per numeric argument, inclusive; None for no limit
 
     def apply_fn(self) -> Callable:
         import importlib
@@ -29,13 +30,43 @@ class Technique:
         return getattr(importlib.import_module(self.module), f"apply_{self.name}")
 
 
+# Every step that modifies the model then fine-tunes it against the teacher takes these
+# (see techniques.distillation.recover); kept here so params validation imports no torch.
+RECOVERY = {"epochs": 1.0, "lr": 1.0e-4, "batch_size": 32, "warmup": 0.06, "temperature": 2.0, "alpha": 0.9,
+            "freeze_embeddings": True}
+SCOPES = ("global", "layer")
+COMMON_BOUNDS = {"epochs": (0, None), "lr": (0, 1), "batch_size": (1, None), "warmup": (0, 1), "temperature": (1e-3, None),
+                 "alpha": (0, 1), "importance_batches": (1, None), "round_to": (1, None), "frequency": (1, None)}
+FRACTION_BELOW_ONE = (0, 0.99)
+
 TECHNIQUES: dict[str, Technique] = {
     "distill": Technique(
         "distill", "distillation", "compress",
-        defaults={"student": "bert", "layers": 2, "epochs": 3, "lr": 1.0e-4, "batch_size": 32, "warmup": 0.06,
-                  "temperature": 2.0, "alpha": 0.9},
+        defaults={"student": "bert", "layers": 2, **RECOVERY, "epochs": 3.0, "freeze_embeddings": False},
         module="textcompress.techniques.distillation",
         choices={"student": ("bert", "same")},
+        bounds={"layers": (1, None)},
+    ),
+    "prune_structured": Technique(
+        "prune_structured", "pruning", "compress",
+        defaults={"heads": 0.5, "ffn": 0.5, "scope": "global", "round_to": 16, "importance_batches": 64, **RECOVERY},
+        module="textcompress.techniques.pruning",
+        choices={"scope": SCOPES},
+        bounds={"heads": FRACTION_BELOW_ONE, "ffn": FRACTION_BELOW_ONE},
+    ),
+    "drop_layers": Technique(
+        "drop_layers", "pruning", "compress",
+        defaults={"keep": 3, "strategy": "top", "importance_batches": 16, **RECOVERY},
+        module="textcompress.techniques.pruning",
+        choices={"strategy": ("top", "bottom", "alternate", "importance")},
+        bounds={"keep": (1, None)},
+    ),
+    "prune_magnitude": Technique(
+        "prune_magnitude", "pruning", "compress",
+        defaults={"sparsity": 0.8, "scope": "global", "schedule": "cubic", "frequency": 50, **RECOVERY},
+        module="textcompress.techniques.pruning",
+        choices={"scope": SCOPES, "schedule": ("cubic", "oneshot")},
+        bounds={"sparsity": FRACTION_BELOW_ONE},
     ),
     "quantize": Technique(
         "quantize", "quantization", "export",
@@ -76,6 +107,11 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
             if not _same_kind(value, technique.defaults[key]):
                 raise error(f"step {position} ({name}): {key}={value!r} should be like {technique.defaults[key]!r}",
                             f"give {key} a {type(technique.defaults[key]).__name__} value")
+            low, high = {**COMMON_BOUNDS, **(technique.bounds or {})}.get(key, (None, None))
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    (low is not None and value < low) or (high is not None and value > high)):
+                raise error(f"step {position} ({name}): {key}={value!r} is out of range",
+                            f"use a value from {low} to {high if high is not None else 'any'}")
         if technique.stage == "export":
             seen_export_step = True
         elif seen_export_step:

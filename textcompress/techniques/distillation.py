@@ -42,6 +42,26 @@ def student_from_teacher(teacher: TextClassifier, teacher_layers: list[int]) -> 
     return student
 
 
+def recover(model: TextClassifier, ctx, args: dict, desc: str, step_hook=None) -> list[dict]:
+    """Fine-tune a modified model against the teacher's cached logits, in place: the recovery step
+    that pruning, sharing, decomposition and linear attention call after changing the model.
+    `freeze_embeddings` keeps the word-piece table fixed: it is most of a small model's
+    parameters, the teacher already tuned it, and its optimiser update dominates a step on CPU."""
+    if args["epochs"] <= 0:
+        return []
+    frozen = [model.embeddings.word_embeddings.weight] if args.get("freeze_embeddings") else []
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return train_classifier(
+            model.train(), ctx.train, epochs=args["epochs"], lr=args["lr"], batch_size=args["batch_size"],
+            warmup=args["warmup"], seed=ctx.seed, teacher_logits=ctx.teacher_logits, temperature=args["temperature"],
+            alpha=args["alpha"], validation=ctx.validation, desc=desc, step_hook=step_hook, device=ctx.device)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     if args["student"] == "same":
         student, details = copy.deepcopy(model), {"student": "same (recovery)"}
@@ -51,8 +71,5 @@ def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifie
         details = {"student": "bert", "teacher_layers": used, "layers": len(used)}
     details["params_before"] = count_parameters(model)
     details["params_after"] = count_parameters(student)
-    details["history"] = train_classifier(
-        student.train(), ctx.train, epochs=args["epochs"], lr=args["lr"], batch_size=args["batch_size"],
-        warmup=args["warmup"], seed=ctx.seed, teacher_logits=ctx.teacher_logits,
-        temperature=args["temperature"], alpha=args["alpha"], validation=ctx.validation, desc="distill")
+    details["history"] = recover(student, ctx, args, desc="distill")
     return student, details

@@ -1,0 +1,281 @@
+"""Pruning that removes structure, and unstructured pruning reported honestly.
+
+- `prune_structured`: attention heads and FFN neurons scored by gradient importance
+  (Michel et al., 2019: |∂loss/∂gate| of a multiplier on each head's or neuron's output),
+  the lowest removed globally or per layer, and **physically cut out** of Q/K/V/O and the
+  FFN matrices, so the exported ONNX model is smaller and faster. Heads per layer may end
+  up uneven; every layer keeps at least one head and one neuron.
+- `drop_layers`: remove whole layers (top, bottom, alternate, or the least important).
+- `prune_magnitude`: unstructured, smallest weights zeroed to a target sparsity, globally or
+  per layer, one-shot or on a cubic schedule during fine-tuning (Zhu & Gupta, 2017). The
+  matrices stay dense: ONNX Runtime does not run faster, only the compressed file is smaller.
+
+Every step ends with a recovery fine-tune against the teacher (`distillation.recover`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from textcompress.data import length_bucketed_batches, pad_batch
+from textcompress.modeling import TextClassifier, count_parameters
+from textcompress.techniques.distillation import recover, student_from_teacher
+from textcompress.training import kd_loss
+
+
+# ---------------------------------------------------------------------------
+# Importance
+
+
+def gate_importance(model: TextClassifier, split, teacher_logits, *, batches: int, batch_size: int = 32,
+                    seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Accumulated |∂loss/∂gate| per head and per FFN neuron, layer by layer, over `batches`
+    sampled batches. The loss is the distillation loss against the teacher's logits, so a head
+    matters when removing it moves the model away from the teacher."""
+    _refuse_shared(model, "importance scoring")
+    layers = model.encoder.layer
+    head_gates = [torch.ones(l.attention.self.num_heads, requires_grad=True) for l in layers]
+    neuron_gates = [torch.ones(l.intermediate.dense.out_features, requires_grad=True) for l in layers]
+    for layer, hg, ng in zip(layers, head_gates, neuron_gates):
+        layer.attention.self.head_gate, layer.intermediate.neuron_gate = hg, ng
+    soft = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
+    head_scores = [torch.zeros_like(g) for g in head_gates]
+    neuron_scores = [torch.zeros_like(g) for g in neuron_gates]
+    was_training = model.training
+    model.eval()  # no dropout: scores should measure the weights, not the noise
+    try:
+        order = length_bucketed_batches([len(x) for x in split.input_ids], batch_size, shuffle=True, seed=seed)
+        for index in order[:batches]:
+            ids, mask = pad_batch([split.input_ids[i] for i in index])
+            loss = kd_loss(model(ids, mask), soft[index], torch.from_numpy(split.labels[index]), 2.0, 0.5)
+            grads = torch.autograd.grad(loss, head_gates + neuron_gates)
+            for acc, g in zip(head_scores + neuron_scores, grads):
+                acc += g.abs()
+    finally:
+        for layer in layers:
+            layer.attention.self.head_gate = layer.intermediate.neuron_gate = None
+        model.train(was_training)
+    # Michel et al. normalise head scores per layer (L2), which makes global ranking fair.
+    head_scores = [s / s.norm().clamp(min=1e-12) for s in head_scores]
+    return head_scores, neuron_scores
+
+
+def choose_kept(scores: list[torch.Tensor], remove: float, scope: str, round_to: int = 1) -> list[list[int]]:
+    """Indices to keep per layer after removing the fraction `remove` of all units with the lowest
+    scores (scope `global`: across layers; `layer`: the same fraction from each layer). Every
+    layer keeps at least one unit; with `round_to` > 1 a layer's kept count is rounded up to a
+    multiple of it (matrix kernels like round sizes), never above its current count."""
+    if not 0.0 <= remove < 1.0:
+        raise ValueError(f"the fraction to remove must be in [0, 1), got {remove}")
+    counts = [len(s) for s in scores]
+    if scope == "global":
+        flat = torch.cat(scores)
+        n_remove = int(round(remove * len(flat)))
+        threshold_order = flat.argsort()[:n_remove]
+        removed = torch.zeros(len(flat), dtype=torch.bool)
+        removed[threshold_order] = True
+        keep_counts, start = [], 0
+        for n in counts:
+            keep_counts.append(int((~removed[start:start + n]).sum()))
+            start += n
+    elif scope == "layer":
+        keep_counts = [n - int(round(remove * n)) for n in counts]
+    else:
+        raise ValueError(f"scope must be global or layer, got {scope!r}")
+    kept = []
+    for s, n, k in zip(scores, counts, keep_counts):
+        k = max(1, k)
+        if round_to > 1:
+            k = min(n, -(-k // round_to) * round_to)
+        kept.append(sorted(s.argsort(descending=True)[:k].tolist()))
+    return kept
+
+
+# ---------------------------------------------------------------------------
+# Physical removal
+
+
+def _rows(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(linear.in_features, len(index))
+    out.weight.data = linear.weight.data[index].clone()
+    out.bias.data = linear.bias.data[index].clone()
+    return out
+
+
+def _columns(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(len(index), linear.out_features)
+    out.weight.data = linear.weight.data[:, index].clone()
+    out.bias.data = linear.bias.data.clone()
+    return out
+
+
+def remove_heads_and_neurons(model: TextClassifier, keep_heads: list[list[int]],
+                             keep_neurons: list[list[int]]) -> TextClassifier:
+    """A new, smaller model computing exactly what `model` computes with the other heads' and
+    neurons' outputs multiplied by zero."""
+    _refuse_shared(model, "structured pruning")
+    config = replace(model.config, layer_heads=[len(h) for h in keep_heads],
+                     layer_ffn=[len(n) for n in keep_neurons])
+    pruned = copy.deepcopy(model)
+    pruned.config = config
+    d = config.head_dim
+    for layer, heads, neurons in zip(pruned.encoder.layer, keep_heads, keep_neurons):
+        attn = layer.attention.self
+        rows = torch.tensor([h * d + i for h in heads for i in range(d)], dtype=torch.long)
+        attn.query, attn.key, attn.value = (_rows(m, rows) for m in (attn.query, attn.key, attn.value))
+        attn.num_heads = len(heads)
+        if attn.kind == "performer":
+            pass  # the random features act per head dimension, shared by all heads
+        layer.attention.output.dense = _columns(layer.attention.output.dense, rows)
+        cols = torch.tensor(neurons, dtype=torch.long)
+        layer.intermediate.dense = _rows(layer.intermediate.dense, cols)
+        layer.output.dense = _columns(layer.output.dense, cols)
+    return pruned
+
+
+def _refuse_shared(model: TextClassifier, what: str) -> None:
+    if model.config.shared_layers or model.config.low_rank:
+        raise ValueError(f"{what} works on a model without shared layers or low-rank factors; "
+                         "put pruning steps before sharing and decomposition steps in the recipe")
+
+
+def apply_prune_structured(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    heads, neurons = gate_importance(model, ctx.train, ctx.teacher_logits, batches=args["importance_batches"],
+                                     batch_size=args["batch_size"], seed=ctx.seed)
+    keep_heads = choose_kept(heads, args["heads"], args["scope"])
+    keep_neurons = choose_kept(neurons, args["ffn"], args["scope"], round_to=args["round_to"])
+    pruned = remove_heads_and_neurons(model, keep_heads, keep_neurons)
+    details = {"layer_heads_before": model.config.layer_heads, "layer_heads": pruned.config.layer_heads,
+               "layer_ffn_before": model.config.layer_ffn, "layer_ffn": pruned.config.layer_ffn,
+               "heads_kept": keep_heads, "params_before": count_parameters(model), "params_after": count_parameters(pruned)}
+    details["history"] = recover(pruned, ctx, args, desc="prune_structured recovery")
+    return pruned, details
+
+
+# ---------------------------------------------------------------------------
+# Layer dropping
+
+
+def layers_to_keep(model: TextClassifier, keep: int, strategy: str, ctx=None, batches: int = 16) -> list[int]:
+    n = model.config.num_layers
+    if not 1 <= keep <= n:
+        raise ValueError(f"drop_layers: keep={keep} must be between 1 and the model's {n} layers")
+    if strategy == "top":  # drop the top layers (Sajjad et al.: the least harmful for fine-tuned BERT)
+        return list(range(keep))
+    if strategy == "bottom":
+        return list(range(n - keep, n))
+    if strategy == "alternate":  # spread evenly, always keeping the first and the last layer
+        return sorted({round(i * (n - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
+    if strategy == "importance":  # drop the layers whose removal alone costs least distillation loss
+        costs = []
+        for dropped in range(n):
+            trial = student_from_teacher(model, [i for i in range(n) if i != dropped])
+            costs.append(_kd_loss_on_batches(trial, ctx, batches))
+        return sorted(sorted(range(n), key=lambda i: costs[i], reverse=True)[:keep])
+    raise ValueError(f"drop_layers: unknown strategy {strategy!r}")
+
+
+@torch.no_grad()
+def _kd_loss_on_batches(model, ctx, batches: int) -> float:
+    model.eval()
+    order = length_bucketed_batches([len(x) for x in ctx.train.input_ids], 32, shuffle=True, seed=ctx.seed)
+    soft = torch.from_numpy(np.asarray(ctx.teacher_logits, dtype=np.float32))
+    total = 0.0
+    for index in order[:batches]:
+        ids, mask = pad_batch([ctx.train.input_ids[i] for i in index])
+        total += float(kd_loss(model(ids, mask), soft[index], torch.from_numpy(ctx.train.labels[index]), 2.0, 0.5))
+    return total / max(1, min(batches, len(order)))
+
+
+def apply_drop_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    kept = layers_to_keep(model, args["keep"], args["strategy"], ctx, args["importance_batches"])
+    student = student_from_teacher(model, kept)
+    details = {"layers_kept": kept, "strategy": args["strategy"], "params_before": count_parameters(model),
+               "params_after": count_parameters(student)}
+    details["history"] = recover(student, ctx, args, desc="drop_layers recovery")
+    return student, details
+
+
+# ---------------------------------------------------------------------------
+# Unstructured magnitude pruning
+
+
+def prunable_weights(model: TextClassifier) -> dict[str, nn.Parameter]:
+    """The encoder's linear weight matrices: where the compute is. Embeddings, LayerNorms, biases
+    and the head stay dense."""
+    return {name: p for name, p in model.named_parameters()
+            if name.startswith("encoder.") and name.endswith(".weight") and p.ndim == 2}
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks zeroing the `sparsity` fraction of smallest |w|, globally or per matrix."""
+    if scope == "global":
+        flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
+        k = int(sparsity * flat.numel())
+        threshold = flat.kthvalue(k).values if k > 0 else flat.new_tensor(-1.0)
+        return {n: w.detach().abs() > threshold for n, w in weights.items()}
+    if scope == "layer":
+        masks = {}
+        for n, w in weights.items():
+            k = int(sparsity * w.numel())
+            threshold = w.detach().abs().flatten().kthvalue(k).values if k > 0 else w.new_tensor(-1.0)
+            masks[n] = w.detach().abs() > threshold
+        return masks
+    raise ValueError(f"scope must be global or layer, got {scope!r}")
+
+
+def cubic_sparsity(step: int, total: int, final: float, start_fraction: float = 0.0, end_fraction: float = 0.7) -> float:
+    """Zhu & Gupta's schedule: sparsity rises fast then levels off, reaching `final` at
+    `end_fraction` of training so that the last steps recover at the final sparsity."""
+    begin, end = start_fraction * total, max(1.0, end_fraction * total)
+    if step <= begin:
+        return 0.0
+    progress = min(1.0, (step - begin) / max(1.0, end - begin))
+    return final * (1.0 - (1.0 - progress) ** 3)
+
+
+def sparsity_report(model: TextClassifier) -> dict:
+    weights = prunable_weights(model)
+    zeros = {n: int((w == 0).sum()) for n, w in weights.items()}
+    total = sum(w.numel() for w in weights.values())
+    per_layer = {}
+    for i in range(model.config.num_layers):
+        names = [n for n in weights if n.startswith(f"encoder.layer.{i}.")]
+        count = sum(weights[n].numel() for n in names)
+        per_layer[i] = round(sum(zeros[n] for n in names) / max(1, count), 4)
+    return {"sparsity": round(sum(zeros.values()) / max(1, total), 4), "per_layer_sparsity": per_layer,
+            "pruned_weights": sum(zeros.values()), "prunable_weights": total}
+
+
+def apply_prune_magnitude(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    pruned = copy.deepcopy(model)
+    weights = prunable_weights(pruned)
+    masks: dict[str, torch.Tensor] = {}
+
+    def apply_masks():
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.mul_(masks[n].to(w.device))
+
+    def step_hook(step: int, total: int):
+        target = args["sparsity"] if args["schedule"] == "oneshot" else cubic_sparsity(step, total, args["sparsity"])
+        if step == 1 or step % args["frequency"] == 0 or step == total:
+            masks.update(magnitude_masks(weights, target, args["scope"]))
+        apply_masks()
+
+    if args["schedule"] == "oneshot" or args["epochs"] <= 0:
+        masks.update(magnitude_masks(weights, args["sparsity"], args["scope"]))
+        apply_masks()
+    history = recover(pruned, ctx, args, desc="prune_magnitude", step_hook=step_hook)
+    # The final masks at the target sparsity, whatever the schedule left.
+    masks.update(magnitude_masks(weights, args["sparsity"], args["scope"]))
+    apply_masks()
+    details = {**sparsity_report(pruned), "schedule": args["schedule"], "scope": args["scope"], "history": history,
+               "note": "unstructured zeros: the ONNX matrices stay dense, so ONNX Runtime is not faster; "
+                       "only the compressed file shrinks"}
+    return pruned, details
