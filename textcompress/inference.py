@@ -40,6 +40,17 @@ def split_logits(session: ort.InferenceSession, split: Split, batch_size: int = 
     return out
 
 
+def split_for_model(split: Split, prepared_dir: str | Path, model_dir: str | Path, max_length: int) -> Split:
+    """`split` tokenized the way the model in `model_dir` expects: as prepared, unless the model
+    carries a tokenizer of its own (a trimmed vocabulary), in which case its texts are tokenized again."""
+    own, prepared = Path(model_dir) / "tokenizer.json", Path(prepared_dir) / "tokenizer.json"
+    if not own.is_file() or own.read_bytes() == prepared.read_bytes():
+        return split
+    tokenizer = load_tokenizer(own, max_length)
+    ids = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(split.texts)]
+    return Split(split.texts, ids, split.labels)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)

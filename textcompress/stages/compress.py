@@ -1,6 +1,7 @@
 """Stage `compress@<candidate>`: apply the candidate's PyTorch-level recipe steps to the teacher.
 ONNX-level steps (quantization) run later, in `export`."""
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ class CompressContext:
     teacher_logits: np.ndarray
     seed: int
     device: str = "cpu"
+    tokenizer_file: Path | None = None  # the model's tokenizer; a vocabulary step replaces it
+    max_length: int = 128
+    workdir: Path | None = None  # scratch space for files a step makes (a trimmed tokenizer)
 
 
 def candidate_recipe(params: dict, name: str) -> list:
@@ -44,22 +48,24 @@ def main(argv=None):
         recipe = candidate_recipe(params, args.candidate)
         teacher, labels = load_bundle(args.teacher)
         prepared = Path(args.prepared)
-        ctx = CompressContext(teacher, load_split(prepared, "train"), load_split(prepared, "validation"),
-                              np.load(args.logits), params["seed"], params["runtime"]["device"])
-        model, steps = teacher, []
-        for step in recipe:
-            technique, step_args = parse_step(step)
-            if technique.stage != "compress":
-                continue
-            print(f"{args.candidate}: {technique.name} {step_args}")
-            model, details = technique.apply_fn()(model, step_args, ctx)
-            steps.append({"technique": technique.name, "family": technique.family, "args": step_args, "details": details})
-        summary = {"candidate": args.candidate, "recipe": recipe, "families": recipe_families(recipe), "steps": steps,
-                   "params": count_parameters(model),
-                   "torch_validation_accuracy": accuracy(predict_logits(model, ctx.validation), ctx.validation.labels)}
-        with atomic_dir(args.out) as tmp:
-            save_bundle(model, tmp, prepared / "tokenizer.json", labels)
-            write_json(tmp / "steps.json", summary)
+        with tempfile.TemporaryDirectory() as workdir:
+            ctx = CompressContext(teacher, load_split(prepared, "train"), load_split(prepared, "validation"),
+                                  np.load(args.logits), params["seed"], params["runtime"]["device"],
+                                  prepared / "tokenizer.json", params["data"]["max_length"], Path(workdir))
+            model, steps = teacher, []
+            for step in recipe:
+                technique, step_args = parse_step(step)
+                if technique.stage != "compress":
+                    continue
+                print(f"{args.candidate}: {technique.name} {step_args}")
+                model, details = technique.apply_fn()(model, step_args, ctx)
+                steps.append({"technique": technique.name, "family": technique.family, "args": step_args, "details": details})
+            summary = {"candidate": args.candidate, "recipe": recipe, "families": recipe_families(recipe), "steps": steps,
+                       "params": count_parameters(model),
+                       "torch_validation_accuracy": accuracy(predict_logits(model, ctx.validation), ctx.validation.labels)}
+            with atomic_dir(args.out) as tmp:
+                save_bundle(model, tmp, ctx.tokenizer_file, labels)
+                write_json(tmp / "steps.json", summary)
         print(f"{args.candidate}: {summary['params']:,} parameters, PyTorch validation accuracy {summary['torch_validation_accuracy']:.4f}")
 
     run_stage(__doc__, add, body, argv)

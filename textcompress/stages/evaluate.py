@@ -5,7 +5,7 @@ from pathlib import Path
 from textcompress.data import load_labels, load_split
 from textcompress.evaluation import evaluate_predictions
 from textcompress.fileio import write_json
-from textcompress.inference import MODEL_FILE, make_session, split_logits
+from textcompress.inference import MODEL_FILE, make_session, split_for_model, split_logits
 from textcompress.stages import run_stage
 
 
@@ -27,8 +27,9 @@ def main(argv=None):
             if not (prepared / f"{split_name}.parquet").is_file():
                 continue
             split = load_split(prepared, split_name)
-            predicted = split_logits(candidate, split).argmax(-1)
-            reference = split_logits(teacher, split).argmax(-1)
+            max_length = params["data"]["max_length"]
+            predicted = split_logits(candidate, split_for_model(split, prepared, args.onnx, max_length)).argmax(-1)
+            reference = split_logits(teacher, split_for_model(split, prepared, args.teacher_onnx, max_length)).argmax(-1)
             result = evaluate_predictions(predicted, split.labels, num_classes, reference, params["evaluate"]["bootstrap"])
             if split_name == "validation":
                 metrics.update(result)

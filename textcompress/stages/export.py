@@ -6,7 +6,7 @@ from pathlib import Path
 from textcompress.data import load_split
 from textcompress.export import export_onnx, label_agreement, parity_max_abs_diff
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.inference import MODEL_FILE
+from textcompress.inference import MODEL_FILE, split_for_model
 from textcompress.modeling import load_bundle
 from textcompress.stages import run_stage
 from textcompress.stages.compress import candidate_recipe
@@ -23,7 +23,8 @@ def main(argv=None):
     def body(params, args):
         cfg, recipe = params["export"], candidate_recipe(params, args.candidate)
         model, _ = load_bundle(args.model)
-        validation = load_split(args.prepared, "validation")
+        validation = split_for_model(load_split(args.prepared, "validation"), args.prepared, args.model,
+                                     params["data"]["max_length"])
         with atomic_dir(args.out) as tmp:
             fp32 = tmp / "fp32.onnx"
             export_onnx(model, fp32, cfg["opset"])

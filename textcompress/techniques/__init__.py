@@ -68,6 +68,39 @@ TECHNIQUES: dict[str, Technique] = {
         choices={"scope": SCOPES, "schedule": ("cubic", "oneshot")},
         bounds={"sparsity": FRACTION_BELOW_ONE},
     ),
+    "trim_vocab": Technique(
+        "trim_vocab", "pruning", "compress",
+        defaults={"min_count": 1, "floor": 0},
+        module="textcompress.techniques.vocabulary",
+        bounds={"min_count": (1, None), "floor": (0, None)},
+    ),
+    "share_layers": Technique(
+        "share_layers", "parameter_sharing", "compress",
+        defaults={"groups": 1, "share": "all", "init": "average", **RECOVERY},
+        module="textcompress.techniques.sharing",
+        choices={"share": ("all", "attention", "ffn"), "init": ("average", "first")},
+        bounds={"groups": (1, None)},
+    ),
+    "factorize_embedding": Technique(
+        "factorize_embedding", "tensor_decomposition", "compress",
+        defaults={"size": 128, **RECOVERY},
+        module="textcompress.techniques.decomposition",
+        bounds={"size": (1, None)},
+    ),
+    "low_rank": Technique(
+        "low_rank", "tensor_decomposition", "compress",
+        defaults={"modules": "ffn", "rank": 0, "ratio": 0.0, "energy": 0.0, **RECOVERY},
+        module="textcompress.techniques.decomposition",
+        choices={"modules": ("ffn", "attention", "all")},
+        bounds={"rank": (0, None), "ratio": (0, 1), "energy": (0, 1)},
+    ),
+    "attention": Technique(
+        "attention", "linear_attention", "compress",
+        defaults={"kind": "linear", "features": 64, "length": 64, "redraw": 100, **RECOVERY},
+        module="textcompress.techniques.linear_attention",
+        choices={"kind": ("linear", "performer", "linformer")},
+        bounds={"features": (1, None), "length": (1, None), "redraw": (0, None)},
+    ),
     "quantize": Technique(
         "quantize", "quantization", "export",
         defaults={"mode": "dynamic", "per_channel": False},
@@ -112,6 +145,9 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
                     (low is not None and value < low) or (high is not None and value > high)):
                 raise error(f"step {position} ({name}): {key}={value!r} is out of range",
                             f"use a value from {low} to {high if high is not None else 'any'}")
+        if name == "low_rank" and sum(bool((args or {}).get(k)) for k in ("rank", "ratio", "energy")) != 1:
+            raise error(f"step {position} (low_rank): give exactly one of rank, ratio or energy",
+                        "e.g. `{low_rank: {modules: ffn, energy: 0.9}}`")
         if technique.stage == "export":
             seen_export_step = True
         elif seen_export_step:

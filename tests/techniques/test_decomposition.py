@@ -1,0 +1,91 @@
+"""Tests for textcompress.techniques.decomposition: SVD factors reproduce the layer at full rank,
+ranks follow the rule asked for, layers that would not shrink stay dense, and the factorised
+embedding starts from the teacher's table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from textcompress.data import load_split, pad_batch
+from textcompress.export import export_onnx, parity_max_abs_diff
+from textcompress.modeling import LowRankLinear, TextClassifier, count_parameters, load_bundle, save_bundle
+from textcompress.techniques.decomposition import choose_rank, factorize_embedding, factorize_linear, low_rank
+
+from tests.conftest import tiny_model_config
+
+
+def random_model(layers: int = 2, seed: int = 0) -> TextClassifier:
+    torch.manual_seed(seed)
+    return TextClassifier(tiny_model_config(layers=layers)).eval()
+
+
+def test_full_rank_factors_reproduce_the_linear_and_truncation_is_the_best_low_rank():
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 16)
+    x = torch.randn(5, 24)
+    torch.testing.assert_close(factorize_linear(linear, 16)(x), linear(x), atol=1e-5, rtol=1e-5)
+    w = linear.weight.detach()
+    s = torch.linalg.svdvals(w)
+    f = factorize_linear(linear, 4)
+    approx = f.up.weight @ f.down.weight
+    # Eckart–Young: the truncation error equals the norm of the dropped singular values.
+    assert torch.linalg.matrix_norm(w - approx).item() == pytest.approx(s[4:].norm().item(), rel=1e-4)
+
+
+def test_choose_rank_by_fixed_ratio_and_energy():
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0])  # energy 16, 4, 1, 1 of 22
+    assert choose_rank(s, rank=2) == 2 and choose_rank(s, rank=9) == 4
+    assert choose_rank(s, ratio=0.5) == 2
+    assert choose_rank(s, energy=0.7) == 1 and choose_rank(s, energy=0.9) == 2 and choose_rank(s, energy=0.99) == 4
+    with pytest.raises(ValueError, match="one of"):
+        choose_rank(s)
+
+
+def test_low_rank_replaces_ffn_linears_records_ranks_and_skips_what_would_not_shrink(tiny_prepared, tmp_path):
+    model = random_model()
+    factored, ranks = low_rank(model, modules="ffn", rank=4)
+    assert isinstance(factored.encoder.layer[0].intermediate.dense, LowRankLinear)
+    assert isinstance(factored.encoder.layer[0].attention.self.query, nn.Linear)
+    assert ranks["encoder.layer.1.output.dense"] == 4
+    assert count_parameters(factored) < count_parameters(model)
+    _, dense = low_rank(model, modules="attention", rank=30)  # 30·(32+32) > 32·32
+    assert all(str(v).startswith("dense") for v in dense.values())
+
+    save_bundle(factored, tmp_path / "b", tiny_prepared / "tokenizer.json", [0, 1])
+    reloaded, _ = load_bundle(tmp_path / "b")
+    ids, mask = pad_batch(load_split(tiny_prepared, "validation").input_ids[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids, mask), factored(ids, mask))
+    export_onnx(reloaded, tmp_path / "m.onnx")
+    assert parity_max_abs_diff(reloaded, tmp_path / "m.onnx", load_split(tiny_prepared, "validation")) < 1e-4
+
+
+def test_full_rank_low_rank_model_computes_what_the_original_does(tiny_prepared):
+    model = random_model()
+    factored, _ = low_rank(model, modules="ffn", ratio=1.0)  # nothing shrinks: all stay dense
+    assert factored.config.low_rank == {}
+    ids, mask = pad_batch(load_split(tiny_prepared, "validation").input_ids[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(factored(ids, mask), model(ids, mask))
+
+
+def test_factorized_embedding_starts_from_the_best_rank_e_table(tiny_prepared, tmp_path):
+    model = random_model()
+    small = factorize_embedding(model, 8)
+    assert small.embeddings.word_embeddings.weight.shape == (model.config.vocab_size, 8)
+    table = model.embeddings.word_embeddings.weight.detach()
+    rebuilt = small.embeddings.word_projection(small.embeddings.word_embeddings.weight).detach()
+    s = torch.linalg.svdvals(table)
+    assert torch.linalg.matrix_norm(table - rebuilt).item() == pytest.approx(s[8:].norm().item(), rel=1e-3)
+    full = factorize_embedding(model, model.config.hidden_size - 1)
+    ids, mask = pad_batch(load_split(tiny_prepared, "validation").input_ids[:8])
+    save_bundle(small, tmp_path / "e", tiny_prepared / "tokenizer.json", [0, 1])
+    reloaded, _ = load_bundle(tmp_path / "e")
+    assert reloaded.config.embedding_size == 8
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids, mask), small(ids, mask))
+        assert (full(ids, mask) - model(ids, mask)).abs().max() < (small(ids, mask) - model(ids, mask)).abs().max()
+    with pytest.raises(ValueError, match="below the hidden size"):
+        factorize_embedding(model, 32)

@@ -1,0 +1,56 @@
+"""Tests for textcompress.techniques.vocabulary: unseen pieces dropped, special and single-character
+pieces kept, and the rewritten tokenizer agrees with the trimmed model."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import torch
+
+from textcompress.data import load_split, load_tokenizer, pad_batch
+from textcompress.modeling import TextClassifier, load_bundle
+from textcompress.stages.compress import CompressContext
+from textcompress.techniques import TECHNIQUES
+from textcompress.techniques.vocabulary import apply_trim_vocab, pieces_to_keep
+
+from tests.conftest import tiny_model_config
+
+
+def test_pieces_to_keep_keeps_specials_characters_seen_and_floor():
+    vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "##b": 3, "apple": 4, "##ness": 5, "zebra": 6}
+    counts = Counter({4: 3, 5: 1})
+    assert pieces_to_keep(vocab, {"[PAD]", "[UNK]"}, counts, 1, 0) == ["[PAD]", "[UNK]", "a", "##b", "apple", "##ness"]
+    assert pieces_to_keep(vocab, {"[PAD]", "[UNK]"}, counts, 2, 0) == ["[PAD]", "[UNK]", "a", "##b", "apple"]
+    assert "zebra" in pieces_to_keep(vocab, set(), counts, 1, 7)
+
+
+def test_trim_vocab_shrinks_the_table_and_the_new_tokenizer_feeds_the_same_rows(tiny_prepared, tmp_path):
+    torch.manual_seed(0)
+    model = TextClassifier(tiny_model_config()).eval()
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    # Only half the training set: some pieces of the tiny vocabulary go unseen.
+    half = type(train)(train.texts[:20], train.input_ids[:20], train.labels[:20])
+    ctx = CompressContext(model, half, validation, np.zeros((20, 2), np.float32), 0,
+                          tokenizer_file=tiny_prepared / "tokenizer.json", max_length=32, workdir=tmp_path)
+    before_validation = validation
+    trimmed, details = apply_trim_vocab(model, {**TECHNIQUES["trim_vocab"].defaults}, ctx)
+
+    old_vocab = json.loads((tiny_prepared / "tokenizer.json").read_text())["model"]["vocab"]
+    new_json = json.loads(ctx.tokenizer_file.read_text())
+    assert details["vocab_after"] == trimmed.config.vocab_size == len(new_json["model"]["vocab"]) < len(old_vocab)
+    assert new_json["model"]["vocab"]["[PAD]"] == 0
+    cls = new_json["model"]["vocab"]["[CLS]"]
+    assert new_json["post_processor"]["special_tokens"]["[CLS]"]["ids"] == [cls]
+    tokenizer = load_tokenizer(ctx.tokenizer_file, 32)
+    encoded = tokenizer.encode(train.texts[0])
+    assert encoded.ids[0] == cls and max(encoded.ids) < trimmed.config.vocab_size
+    # Each kept piece keeps its embedding row: the trimmed model computes what the full one did
+    # on a sentence made only of kept pieces.
+    ids_new = [np.asarray(tokenizer.encode(t).ids) for t in train.texts[:4]]
+    ids_old = train.input_ids[:4]
+    with torch.no_grad():
+        torch.testing.assert_close(trimmed(*pad_batch(ids_new)), model(*pad_batch(ids_old)))
+    assert len(ctx.validation) == len(before_validation)
+    assert all(max(ids) < trimmed.config.vocab_size for ids in ctx.validation.input_ids)

@@ -1,0 +1,80 @@
+"""Vocabulary trimming: drop word-pieces the training data never uses.
+
+The word-piece table is most of a small model's bytes (30,522 × 384 floats in MiniLM), and a
+single-task corpus uses a fraction of it. Kept: the special tokens, every single-character
+piece (so that any word still tokenizes into pieces rather than [UNK]), pieces seen at least
+`min_count` times in training, and up to `floor` pieces in the original order. The tokenizer
+is rewritten with the new ids, so the exported model and its tokenizer agree; the training and
+validation sets in the compress context are re-tokenized for the steps that follow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from textcompress.data import Split, load_tokenizer
+from textcompress.modeling import TextClassifier, count_parameters
+
+
+def pieces_to_keep(vocab: dict[str, int], special: set[str], counts: Counter, min_count: int, floor: int) -> list[str]:
+    """Kept pieces in their original id order."""
+    by_id = sorted(vocab, key=vocab.get)
+    keep = {t for t in by_id if t in special or len(t.removeprefix("##")) == 1 or counts[vocab[t]] >= min_count}
+    for t in by_id[:floor]:
+        keep.add(t)
+    return [t for t in by_id if t in keep]
+
+
+def trimmed_tokenizer_json(tokenizer_json: dict, kept: list[str]) -> dict:
+    """The tokenizer with only `kept` pieces, renumbered 0..n-1 in their old order."""
+    new_id = {t: i for i, t in enumerate(kept)}
+    out = copy.deepcopy(tokenizer_json)
+    out["model"]["vocab"] = new_id
+    for added in out.get("added_tokens", []):
+        added["id"] = new_id[added["content"]]
+    for special in (out.get("post_processor") or {}).get("special_tokens", {}).values():
+        special["ids"] = [new_id[t] for t in special["tokens"]]
+    if out.get("padding"):
+        out["padding"]["pad_id"] = new_id[out["padding"]["pad_token"]]
+    return out
+
+
+def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    if model.config.vocab_size != len(json.loads(Path(ctx.tokenizer_file).read_text())["model"]["vocab"]):
+        raise ValueError("trim_vocab: the model's vocabulary no longer matches its tokenizer (trimmed twice?)")
+    tokenizer_json = json.loads(Path(ctx.tokenizer_file).read_text())
+    vocab = tokenizer_json["model"]["vocab"]
+    special = {a["content"] for a in tokenizer_json.get("added_tokens", []) if a.get("special")}
+    counts = Counter(int(i) for ids in ctx.train.input_ids for i in ids)
+    kept = pieces_to_keep(vocab, special, counts, args["min_count"], args["floor"])
+    if "[PAD]" in vocab and kept.index("[PAD]") != 0:
+        raise ValueError("trim_vocab: [PAD] must stay id 0, which batching pads with")
+    old_ids = np.array([vocab[t] for t in kept])
+
+    result = copy.deepcopy(model)
+    result.config = replace(model.config, vocab_size=len(kept))
+    table = model.embeddings.word_embeddings.weight.detach()
+    result.embeddings.word_embeddings = nn.Embedding(len(kept), table.shape[1])
+    result.embeddings.word_embeddings.weight.data = table[old_ids].clone()
+
+    new_json = trimmed_tokenizer_json(tokenizer_json, kept)
+    ctx.tokenizer_file = Path(ctx.workdir) / "tokenizer.json"
+    ctx.tokenizer_file.write_text(json.dumps(new_json, ensure_ascii=False))
+    # Tokenized again (pieces seen fewer than min_count times now split further), as serving will.
+    tokenizer = load_tokenizer(ctx.tokenizer_file, ctx.max_length)
+
+    def retokenized(split: Split) -> Split:
+        return Split(split.texts, [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(split.texts)],
+                     split.labels)
+
+    ctx.train, ctx.validation = retokenized(ctx.train), retokenized(ctx.validation)
+    details = {"vocab_before": len(vocab), "vocab_after": len(kept), "min_count": args["min_count"],
+               "floor": args["floor"], "params_before": count_parameters(model), "params_after": count_parameters(result)}
+    return result, details
