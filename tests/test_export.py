@@ -12,7 +12,7 @@ from textcompress.data import load_split, pad_arrays
 from textcompress.export import export_onnx, label_agreement, onnx_size_bytes, parity_max_abs_diff
 from textcompress.inference import make_session, run_logits
 from textcompress.modeling import load_bundle
-from textcompress.techniques.quantization import apply_quantize
+from textcompress.quantization import apply_quantize
 
 from tests.conftest import CLS_ID, SEP_ID, TINY_VOCAB
 
@@ -109,11 +109,6 @@ def test_dynamic_int8_export_is_smaller_and_agrees_with_fp32(fp32_onnx, int8_onn
 
 def test_label_agreement_of_a_model_with_itself_is_one(fp32_onnx, tiny_prepared):
     assert label_agreement(fp32_onnx, fp32_onnx, load_split(tiny_prepared, "validation")) == 1.0
-
-
-def test_apply_quantize_refuses_an_unknown_mode(fp32_onnx, tmp_path):
-    with pytest.raises(ValueError, match="static"):
-        apply_quantize(fp32_onnx, tmp_path / "out.onnx", {"mode": "static", "per_channel": False})
 
 
 def test_onnx_size_bytes_counts_graph_and_external_data_not_the_tokenizer(tmp_path):

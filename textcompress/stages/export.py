@@ -1,6 +1,7 @@
 """Stage `export@<candidate>`: ONNX export, the parity check, then ONNX-level steps (quantization)."""
 
 import shutil
+from functools import cached_property
 from pathlib import Path
 
 from textcompress.data import load_split
@@ -11,6 +12,18 @@ from textcompress.modeling import load_bundle
 from textcompress.stages import run_stage
 from textcompress.stages.compress import candidate_recipe
 from textcompress.techniques import parse_step
+
+
+class ExportContext:
+    """What an ONNX-level step may use: training sentences (for calibration), loaded on first use
+    and tokenized the way the candidate's tokenizer does."""
+
+    def __init__(self, prepared: Path, model_dir: Path, max_length: int, seed: int):
+        self.prepared, self.model_dir, self.max_length, self.seed = prepared, model_dir, max_length, seed
+
+    @cached_property
+    def train(self):
+        return split_for_model(load_split(self.prepared, "train"), self.prepared, self.model_dir, self.max_length)
 
 
 def main(argv=None):
@@ -25,6 +38,7 @@ def main(argv=None):
         model, _ = load_bundle(args.model)
         validation = split_for_model(load_split(args.prepared, "validation"), args.prepared, args.model,
                                      params["data"]["max_length"])
+        ctx = ExportContext(Path(args.prepared), Path(args.model), params["data"]["max_length"], params["seed"])
         with atomic_dir(args.out) as tmp:
             fp32 = tmp / "fp32.onnx"
             export_onnx(model, fp32, cfg["opset"])
@@ -37,7 +51,7 @@ def main(argv=None):
                 if technique.stage != "export":
                     continue
                 result = tmp / f"step{position}-{technique.name}.onnx"
-                details = technique.apply_fn()(current, result, step_args)
+                details = technique.apply_fn()(current, result, step_args, ctx)
                 report["steps"].append({"technique": technique.name, "family": technique.family, "args": step_args, "details": details})
                 current = result
             if current != fp32:

@@ -3,7 +3,9 @@ when it runs (on the PyTorch model in `compress`, or on the ONNX graph in `expor
 
 A candidate's recipe is an ordered list of one-key mappings, e.g.
     [{distill: {student: bert, layers: 2}}, {quantize: {mode: dynamic}}]
-Each family lives in its own module here and registers its steps below.
+Each PyTorch-level family lives in its own module here and registers its steps below; the
+ONNX-level one (quantization) lives in textcompress/quantization.py, so that changing it
+does not invalidate the trained candidates.
 """
 
 from __future__ import annotations
@@ -103,9 +105,16 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "quantize": Technique(
         "quantize", "quantization", "export",
-        defaults={"mode": "dynamic", "per_channel": False},
-        module="textcompress.techniques.quantization",
-        choices={"mode": ("dynamic",)},
+        # dynamic: int8 weights, activations scaled per batch; static: int8 QDQ calibrated on
+        # `calibration` training sentences with `method`; fp16: half-precision weights (for GPUs).
+        # `exclude`: operator types or node-name fragments kept in fp32 (e.g. LayerNormalization,
+        # Softmax, classifier); `sensitivity` > 0 adds the N MatMuls whose quantization alone
+        # moves the logits most.
+        defaults={"mode": "dynamic", "per_channel": False, "calibration": 256, "method": "minmax",
+                  "exclude": [], "sensitivity": 0},
+        module="textcompress.quantization",
+        choices={"mode": ("dynamic", "static", "fp16"), "method": ("minmax", "entropy", "percentile")},
+        bounds={"calibration": (1, None), "sensitivity": (0, None)},
     ),
 }
 
