@@ -62,10 +62,10 @@ def test_benchmark_candidates_can_skip_memory(two_models, texts):
 
 def test_peak_rss_mb_is_positive_on_a_real_batch(two_models):
     ids, mask = pad_arrays([np.array([CLS_ID, 5, 40, SEP_ID]), np.array([CLS_ID, 9, SEP_ID])])
-    assert peak_rss_mb(two_models["student"], 1, {"input_ids": ids, "attention_mask": mask}) > 0
+    assert peak_rss_mb(two_models["student"] / "model.onnx", 1, {"input_ids": ids, "attention_mask": mask}) > 0
 
 
 def test_peak_rss_mb_failure_names_the_model(two_models):
     ids = np.full((1, 4), 10_000, dtype=np.int64)  # outside the tiny vocabulary: the probe fails
     with pytest.raises(RuntimeError, match="student"):
-        peak_rss_mb(two_models["student"], 1, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        peak_rss_mb(two_models["student"] / "model.onnx", 1, {"input_ids": ids, "attention_mask": np.ones_like(ids)})

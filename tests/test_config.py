@@ -176,7 +176,7 @@ def test_bad_choice_names_candidate(write_params):
 
 
 def test_bad_choice_in_required_candidate(write_params):
-    path = write_params({"candidates": {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "static"}}]}})
+    path = write_params({"candidates": {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "int4"}}]}})
     with raises_params_error(path, "candidates.int8-dynamic"):
         load_params(path)
 
@@ -256,3 +256,19 @@ def test_recipe_families_empty():
 def test_recipe_families_skips_recovery_distillation_and_dedups():
     assert recipe_families([{"distill": {"student": "same"}}, {"quantize": None}]) == ["quantization"]
     assert recipe_families([{"distill": {}}, {"distill": {"layers": 1}}]) == ["distillation"]
+
+
+@pytest.mark.parametrize("step, key", [
+    ({"prune_structured": {"heads": 1.0}}, "heads"),          # removing every head is impossible
+    ({"distill": {"layers": 0}}, "layers"),                   # a student needs a layer
+    ({"prune_magnitude": {"sparsity": 1.5}}, "sparsity"),
+    ({"low_rank": {"modules": "ffn"}}, "one of rank, ratio or energy"),
+    ({"low_rank": {"rank": 8, "energy": 0.9}}, "one of rank, ratio or energy"),
+    ({"attention": {"kind": "sparse"}}, "kind"),
+    ({"quantize": {"mode": "static", "method": "mse"}}, "method"),
+])
+def test_impossible_technique_arguments_are_refused_at_load(write_params, step, key):
+    path = write_params(with_candidates(odd=[step]))
+    with raises_params_error(path, "candidates.odd") as excinfo:
+        load_params(path)
+    assert key in str(excinfo.value)

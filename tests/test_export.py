@@ -123,3 +123,22 @@ def test_onnx_size_bytes_of_a_real_export_is_the_file_size(fp32_onnx, tiny_token
     shutil.copyfile(fp32_onnx, tmp_path / "model.onnx")
     shutil.copyfile(tiny_tokenizer_file, tmp_path / "tokenizer.json")
     assert onnx_size_bytes(tmp_path) == fp32_onnx.stat().st_size
+
+
+def test_compressed_size_shrinks_with_zeros(tmp_path):
+    from textcompress.export import compressed_size_bytes
+
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal(100_000).astype(np.float32)
+    sparse = dense.copy()
+    sparse[rng.random(100_000) < 0.8] = 0.0
+    (tmp_path / "dense.onnx").write_bytes(dense.tobytes())
+    (tmp_path / "sparse.onnx").write_bytes(sparse.tobytes())
+    assert compressed_size_bytes(tmp_path / "sparse.onnx") < 0.5 * compressed_size_bytes(tmp_path / "dense.onnx")
+    assert compressed_size_bytes(tmp_path / "dense.onnx") <= 1.01 * dense.nbytes
+
+
+def test_the_fp32_parent_is_not_counted_in_the_size(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"x" * 100)
+    (tmp_path / "parent.onnx").write_bytes(b"x" * 400)
+    assert onnx_size_bytes(tmp_path) == 100

@@ -127,3 +127,9 @@ def test_beats_with_a_maximised_objective():
     policy = {**POLICY, "objective": "accuracy"}
     assert beats(candidate(5.0, accuracy=0.91), candidate(3.0, accuracy=0.90), policy)[0] is True
     assert beats(candidate(1.0, accuracy=0.89), candidate(3.0, accuracy=0.90), policy)[0] is False
+
+
+def test_a_quantized_candidate_slower_than_its_fp32_parent_is_ineligible():
+    reasons = eligibility_reasons(row(latency_p50_ms=5.0, parent_latency_p50_ms=4.0), GOOD_EXPORT, POLICY)
+    assert len(reasons) == 1 and "not below its fp32 parent" in reasons[0]
+    assert eligibility_reasons(row(latency_p50_ms=3.0, parent_latency_p50_ms=4.0), GOOD_EXPORT, POLICY) == []

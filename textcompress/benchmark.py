@@ -44,9 +44,12 @@ def _percentiles(samples_ns: list[int]) -> tuple[float, float]:
 
 
 def benchmark_candidates(model_dirs: dict[str, Path], texts: list[str], threads: int = 1, warmup: int = 10,
-                         batch_size: int = 32, max_length: int = 128, measure_memory: bool = True) -> dict:
+                         batch_size: int = 32, max_length: int = 128, measure_memory: bool = True,
+                         model_files: dict[str, str] | None = None) -> dict:
+    """`model_files` names another graph than model.onnx in an entry's directory (an fp32 parent)."""
     names = list(model_dirs)
-    sessions = {n: make_session(Path(d) / MODEL_FILE, threads) for n, d in model_dirs.items()}
+    files = {n: Path(d) / (model_files or {}).get(n, MODEL_FILE) for n, d in model_dirs.items()}
+    sessions = {n: make_session(files[n], threads) for n in names}
     tokenizers = {n: load_tokenizer(Path(d) / "tokenizer.json", max_length) for n, d in model_dirs.items()}
 
     tokenize_ns = {n: [] for n in names}
@@ -91,7 +94,7 @@ def benchmark_candidates(model_dirs: dict[str, Path], texts: list[str], threads:
             "batch_latency_p50_ms": _percentiles(batch_ns[n])[0],
             "throughput_per_s": float(len(texts) / (sum(batch_ns[n]) / 1e9)),
             "tokenize_p50_ms": _percentiles(tokenize_ns[n])[0],
-            "peak_rss_mb": peak_rss_mb(model_dirs[n], threads, max(batched[n], key=lambda b: b["input_ids"].size)) if measure_memory else None,
+            "peak_rss_mb": peak_rss_mb(files[n], threads, max(batched[n], key=lambda b: b["input_ids"].size)) if measure_memory else None,
         }
     return {"environment": environment(threads), "sentences": len(texts), "batch_size": batch_size,
             "warmup": warmup, "candidates": results}
@@ -113,12 +116,12 @@ print(int(status[0]) / 1024)
 """
 
 
-def peak_rss_mb(model_dir: Path, threads: int, batch: dict[str, np.ndarray]) -> float:
+def peak_rss_mb(model_file: Path, threads: int, batch: dict[str, np.ndarray]) -> float:
     """Peak resident memory (MB) of a fresh process that loads the model and runs `batch` (real inputs)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "batch.npz", **batch)
-        out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, str(Path(model_dir) / MODEL_FILE), str(threads),
+        out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, str(model_file), str(threads),
                               str(Path(tmp) / "batch.npz")], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"peak memory probe of {model_dir} failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"peak memory probe of {model_file} failed: {out.stderr.strip().splitlines()[-1:]}")
     return float(out.stdout.strip().splitlines()[-1])

@@ -62,7 +62,22 @@ def label_agreement(onnx_a: str | Path, onnx_b: str | Path, split: Split) -> flo
     return float((a == b).mean())
 
 
+PARENT_FILE = "parent.onnx"  # a quantized candidate's fp32 parent, kept for the latency guardrail
+
+
 def onnx_size_bytes(model_dir: str | Path) -> int:
-    """The ONNX graph and its external data files; the tokenizer is not counted."""
+    """The ONNX graph and its external data files; the tokenizer and the fp32 parent are not counted."""
     model_dir = Path(model_dir)
-    return sum(p.stat().st_size for p in model_dir.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data"))
+    return sum(p.stat().st_size for p in model_dir.iterdir()
+               if (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data")) and p.name != PARENT_FILE)
+
+
+def compressed_size_bytes(onnx_path: str | Path) -> int:
+    """The file deflated (zlib, level 6): what zeros from unstructured pruning save in storage and transfer."""
+    import zlib
+
+    compressor, total = zlib.compressobj(6), 0
+    with open(onnx_path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            total += len(compressor.compress(chunk))
+    return total + len(compressor.flush())

@@ -1,7 +1,8 @@
 """The promotion policy, as pure functions over report rows.
 
 A candidate is eligible when it exported faithfully (fp32 parity within tolerance, or a
-quantized model agreeing with its fp32 parent at the gate) and loses at most
+quantized model agreeing with its fp32 parent at the gate, and faster than that parent in
+the same benchmark) and loses at most
 `max_accuracy_drop` points against the teacher. Among eligible candidates the objective
 (default: lowest p50 latency) picks the challenger. The teacher is the reference, not a
 candidate for promotion.
@@ -24,6 +25,10 @@ def eligibility_reasons(row: dict, export_report: dict, policy: dict, teacher_na
     if "agreement_ok" in export_report and not export_report["agreement_ok"]:
         reasons.append(f"label agreement with its fp32 parent {export_report['label_agreement_with_fp32']:.4f} "
                        f"is below the gate {export_report['agreement_gate']}")
+    parent = row.get("parent_latency_p50_ms")
+    if parent is not None and row.get("latency_p50_ms") is not None and row["latency_p50_ms"] >= parent:
+        reasons.append(f"p50 latency {row['latency_p50_ms']:.2f} ms is not below its fp32 parent's {parent:.2f} ms "
+                       "(measured side by side in this run)")
     if row["accuracy_drop"] > policy["max_accuracy_drop"]:
         reasons.append(f"accuracy drop {row['accuracy_drop']:.2f} points exceeds the budget of {policy['max_accuracy_drop']}")
     return reasons

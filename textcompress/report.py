@@ -15,6 +15,7 @@ from textcompress.promotion import eligibility_reasons, pick_challenger
 from textcompress.techniques import recipe_families
 
 TEACHER, BASELINE = "teacher", "int8-dynamic"
+PARENT_SUFFIX = "@fp32-parent"  # benchmark entries timing a quantized candidate's fp32 parent
 BENCH_FIELDS = ("latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "tokenize_p50_ms")
 
 
@@ -33,6 +34,7 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
         exported = _read(onnx_root / name / "export.json") or {}
         metrics = _read(metrics_root / f"{name}.json")
         timing = benchmark["candidates"].get(name)
+        parent_timing = benchmark["candidates"].get(name + PARENT_SUFFIX) or {}
         row = {"name": name, "recipe": recipe, "families": recipe_families(recipe), "status": "ok", "reasons": []}
         missing = [what for what, value in (("evaluation", metrics), ("benchmark", timing), ("teacher evaluation", teacher_accuracy)) if value is None]
         if name in failures or missing:
@@ -45,6 +47,8 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
             "accuracy_drop": None if accuracy is None or teacher_accuracy is None else 100.0 * (teacher_accuracy - accuracy),
             "accuracy_ci": metrics.get("accuracy_ci"),
             "size_mb": onnx_size_bytes(onnx_root / name) / 1e6 if (onnx_root / name).is_dir() else None,
+            "compressed_mb": exported["compressed_bytes"] / 1e6 if "compressed_bytes" in exported else None,
+            "parent_latency_p50_ms": parent_timing.get("latency_p50_ms"),
             "params": steps.get("params"),
             **{field: timing.get(field) for field in BENCH_FIELDS},
             "parity_max_abs_diff": exported.get("parity_max_abs_diff"),
@@ -103,8 +107,8 @@ def to_markdown(report: dict) -> str:
         f"{env.get('threads', '?')} thread(s), {env.get('cpu', '?')}; p50/p95 at batch 1, throughput at batch "
         f"{report['benchmark'].get('batch_size')} over {report['benchmark'].get('sentences')} validation sentences.",
         "",
-        "| candidate | families | accuracy | drop (pts) | 95% CI | size MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | families | accuracy | drop (pts) | 95% CI | size MB | zipped MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         ok = r["status"] == "ok" and teacher.get("status") == "ok"
@@ -114,13 +118,32 @@ def to_markdown(report: dict) -> str:
         eligible = "yes" if r["eligible"] else ("failed" if r["status"] != "ok" else "no")
         lines.append(
             f"| {r['name']} | {', '.join(r['families']) or '—'} | {_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')} | "
-            f"{_fmt(r['accuracy_drop'], '+.2f')} | {ci} | {_fmt(r['size_mb'], '.1f')} | {_fmt(smaller, '.2f')} | "
+            f"{_fmt(r['accuracy_drop'], '+.2f')} | {ci} | {_fmt(r['size_mb'], '.1f')} | {_fmt(r.get('compressed_mb'), '.1f')} | {_fmt(smaller, '.2f')} | "
             f"{_fmt(r['latency_p50_ms'], '.2f')} | {_fmt(faster, '.2f')} | {_fmt(r['latency_p95_ms'], '.2f')} | "
             f"{_fmt(r['throughput_per_s'], '.0f')} | {_fmt(r['params'], ',')} | {eligible} |")
     lines += ["", "## Why not eligible", ""]
     lines += [f"- **{r['name']}**: {'; '.join(r['reasons'])}" for r in report["rows"] if r["reasons"]] or ["- every candidate is eligible"]
-    lines += ["", "![Pareto](pareto.png)", ""]
+    lines += ["", "![Pareto](pareto.png)", "", "## What each step did", ""]
+    for r in report["rows"]:
+        steps = r["details"]["compress"] + r["details"]["export"]
+        if not steps:
+            continue
+        lines.append(f"- **{r['name']}**")
+        for step in steps:
+            shown = {k: v for k, v in (step.get("details") or {}).items() if k not in ("history", "heads_kept", "kept_fp32_by_sensitivity")}
+            lines.append(f"  - `{step['technique']}`: " + ", ".join(f"{k}={_brief(v)}" for k, v in shown.items()))
+        if r.get("parent_latency_p50_ms") is not None:
+            lines.append(f"  - fp32 parent p50 {r['parent_latency_p50_ms']:.2f} ms vs {_fmt(r['latency_p50_ms'], '.2f')} ms quantized")
+    lines.append("")
     return "\n".join(lines)
+
+
+def _brief(value) -> str:
+    """Long per-layer dicts (ranks of 36 matrices) summarised so that the table stays readable."""
+    if isinstance(value, dict) and len(value) > 8:
+        numbers = [v for v in value.values() if isinstance(v, (int, float))]
+        return f"{len(value)} entries" + (f" (min {min(numbers)}, max {max(numbers)})" if numbers else "")
+    return str(value)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

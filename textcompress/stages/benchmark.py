@@ -5,6 +5,8 @@ from pathlib import Path
 from textcompress.benchmark import benchmark_candidates
 from textcompress.data import load_split
 from textcompress.errors import TextcompressError
+from textcompress.export import PARENT_FILE
+from textcompress.report import PARENT_SUFFIX
 from textcompress.fileio import write_json
 from textcompress.inference import MODEL_FILE
 from textcompress.stages import run_stage
@@ -22,7 +24,10 @@ def main(argv=None):
         if not present:
             raise TextcompressError(f"{args.onnx_root}: no exported candidate to benchmark. Fix: run the export stages first")
         texts = load_split(args.prepared, "validation").texts[: cfg["max_sentences"] or None]
-        result = benchmark_candidates(present, texts, cfg["threads"], cfg["warmup"], cfg["batch_size"], params["data"]["max_length"])
+        # A quantized candidate's fp32 parent is timed beside it: the guardrail needs both from one run.
+        parents = {f"{n}{PARENT_SUFFIX}": d for n, d in present.items() if (d / PARENT_FILE).is_file()}
+        result = benchmark_candidates({**present, **parents}, texts, cfg["threads"], cfg["warmup"], cfg["batch_size"],
+                                      params["data"]["max_length"], model_files={n: PARENT_FILE for n in parents})
         result["missing"] = sorted(set(params["candidates"]) - set(present))
         write_json(args.out, result)
         for name, row in result["candidates"].items():
