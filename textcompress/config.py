@@ -43,12 +43,16 @@ DEFAULTS: dict = {
     },
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
     "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
+    # Long-input benchmark of the attention kinds (ONNX Runtime CPU, batch 1, random weights).
+    "attention_benchmark": {"lengths": [128, 256, 512, 1024, 2048, 4096], "kinds": ["softmax", "linear", "performer", "linformer"],
+                            "threads": 1, "repeats": 3, "performer_features": 64, "linformer_length": 256},
     # Not tracked by DVC. threads: torch threads for training (None = all cores);
     # device: where training runs (auto = the GPU when there is one).
     "runtime": {"threads": None, "device": "auto"},
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")
+ATTENTIONS = ("softmax", "linear", "performer", "linformer")  # as in modeling.py, which imports torch
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -102,6 +106,16 @@ def _validate(params: dict, path: Path) -> None:
             positive(key, params[section][name], int)
     if isinstance(params["benchmark"]["warmup"], bool) or not isinstance(params["benchmark"]["warmup"], int) or params["benchmark"]["warmup"] < 0:
         raise ParamsError(path, "benchmark.warmup", f"must be a whole number ≥ 0, got {params['benchmark']['warmup']!r}", "e.g. 10")
+    bench = params["attention_benchmark"]
+    if not isinstance(bench["lengths"], list) or not bench["lengths"] or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in bench["lengths"]):
+        raise ParamsError(path, "attention_benchmark.lengths", f"must be a list of lengths ≥ 2, got {bench['lengths']!r}",
+                          "e.g. [128, 512, 2048, 4096]")
+    if not isinstance(bench["kinds"], list) or any(k not in ATTENTIONS for k in bench["kinds"]):
+        raise ParamsError(path, "attention_benchmark.kinds", f"must list kinds from {list(ATTENTIONS)}, got {bench['kinds']!r}",
+                          "e.g. [softmax, linear, performer, linformer]")
+    for key in ("threads", "repeats", "performer_features", "linformer_length"):
+        positive(f"attention_benchmark.{key}", bench[key], int)
     if params["runtime"]["device"] not in ("auto", "cpu", "cuda") and not str(params["runtime"]["device"]).startswith("cuda:"):
         raise ParamsError(path, "runtime.device", f"unknown device {params['runtime']['device']!r}", "use auto, cpu, cuda or cuda:N")
     if params["data"]["format"] not in ("auto", "tsv", "csv", "jsonl", "parquet", "hf"):

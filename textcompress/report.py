@@ -123,7 +123,9 @@ def to_markdown(report: dict) -> str:
             f"{_fmt(r['throughput_per_s'], '.0f')} | {_fmt(r['params'], ',')} | {eligible} |")
     lines += ["", "## Why not eligible", ""]
     lines += [f"- **{r['name']}**: {'; '.join(r['reasons'])}" for r in report["rows"] if r["reasons"]] or ["- every candidate is eligible"]
-    lines += ["", "![Pareto](pareto.png)", "", "## What each step did", ""]
+    lines += ["", "![Pareto](pareto.png)", ""]
+    lines += attention_section(report.get("attention_benchmark"))
+    lines += ["## What each step did", ""]
     for r in report["rows"]:
         steps = r["details"]["compress"] + r["details"]["export"]
         if not steps:
@@ -136,6 +138,26 @@ def to_markdown(report: dict) -> str:
             lines.append(f"  - fp32 parent p50 {r['parent_latency_p50_ms']:.2f} ms vs {_fmt(r['latency_p50_ms'], '.2f')} ms quantized")
     lines.append("")
     return "\n".join(lines)
+
+
+def attention_section(bench: dict | None) -> list[str]:
+    """Long inputs: where each linear-attention kind overtakes softmax attention (its own benchmark)."""
+    if not bench:
+        return []
+    longest, kinds = bench["lengths"][-1], bench["kinds"]
+    lines = ["## Long inputs: attention kinds against sequence length", "",
+             f"Encoders of the base model's shape ({bench['shape']['layers']} layers, {bench['shape']['hidden']} wide), "
+             f"random weights, ONNX Runtime CPU, batch 1, {bench['environment']['threads']} thread(s); "
+             "latency (ms) / peak memory (MB):", "",
+             "| length | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for i, n in enumerate(bench["lengths"]):
+        lines.append(f"| {n} | " + " | ".join(f"{kinds[k]['latency_ms'][i]:.1f} / {kinds[k]['peak_rss_mb'][i]:.0f}" for k in kinds) + " |")
+    lines.append("")
+    for kind, row in bench["summary"].items():
+        where = f"from length {row['crossover_length']}" if row["crossover_length"] else "at no measured length"
+        lines.append(f"- **{kind}** is faster than softmax {where}; at {longest}: {row['speedup_at_longest']:.1f}× lower latency, "
+                     f"{row['memory_ratio_at_longest']:.1f}× lower peak memory.")
+    return lines + ["", "![Attention kinds](attention_benchmark.png)", ""]
 
 
 def _brief(value) -> str:

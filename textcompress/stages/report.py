@@ -13,6 +13,7 @@ def main(argv=None):
     def add(parser):
         parser.add_argument("--artifacts", default="artifacts")
         parser.add_argument("--benchmark", default="reports/benchmark.json")
+        parser.add_argument("--attention-benchmark", default="reports/attention_benchmark.json")
         parser.add_argument("--out", default="reports")
 
     def body(params, args):
@@ -20,6 +21,8 @@ def main(argv=None):
         failures = read_json(out / FAILURES_FILE) if (out / FAILURES_FILE).is_file() else {}
         report = build_report(params["candidates"], root / "compressed", root / "onnx", root / "metrics",
                               read_json(args.benchmark), params["promotion"], failures)
+        if Path(args.attention_benchmark).is_file():
+            report["attention_benchmark"] = read_json(args.attention_benchmark)
         write_report(report, out)
         print((out / "candidates.md").read_text())
 

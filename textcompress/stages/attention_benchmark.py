@@ -1,0 +1,32 @@
+"""Stage `attention_benchmark`: latency and peak memory of each attention kind against sequence
+length, at the base model's shape with positions extended (see textcompress.attention_benchmark)."""
+
+from pathlib import Path
+
+from textcompress.attention_benchmark import plot_attention_benchmark, run_attention_benchmark
+from textcompress.fileio import write_json
+from textcompress.modeling import from_pretrained_bert, resolve_base
+from textcompress.stages import run_stage
+
+
+def main(argv=None):
+    def add(parser):
+        parser.add_argument("--out", default="reports/attention_benchmark.json")
+        parser.add_argument("--plot", default="reports/attention_benchmark.png")
+
+    def body(params, args):
+        cfg = params["attention_benchmark"]
+        like = from_pretrained_bert(resolve_base(params["base_model"]), 2).config
+        result = run_attention_benchmark(like, cfg["lengths"], cfg["kinds"], cfg["threads"], cfg["repeats"],
+                                         cfg["performer_features"], cfg["linformer_length"])
+        write_json(args.out, result)
+        plot_attention_benchmark(result, Path(args.plot))
+        for kind, row in result["summary"].items():
+            print(f"{kind}: faster than softmax from length {row['crossover_length']}; at {result['lengths'][-1]}: "
+                  f"{row['speedup_at_longest']:.1f}x faster, {row['memory_ratio_at_longest']:.1f}x less peak memory")
+
+    run_stage(__doc__, add, body, argv)
+
+
+if __name__ == "__main__":
+    main()
