@@ -60,9 +60,28 @@ def promote_champion(project_dir: str, params: dict, versions: dict[str, str]) -
     report = read_json(root / "reports" / "candidates.json")
     with registry_lock(uri):
         decision = promote(report, versions, params["promotion"]["registered_model"], params["promotion"],
-                           compare_with_champion=lambda version: measure_champion(root, params, version))
+                           compare_with_champion=lambda version: measure_champion(root, params, version),
+                           paired_test=lambda champion_row: paired_test(root, report["champion"], champion_row))
     write_json(root / "reports" / "promotion.json", decision)
     return decision
+
+
+def paired_test(root: Path, challenger: str, champion_row: dict) -> dict | None:
+    """McNemar's test of the challenger against the champion on this run's validation rows. The
+    champion's predictions come from its evaluation in this run, or from measure_champion."""
+    from textcompress.data import load_split
+    from textcompress.evaluation import mcnemar_test
+
+    def predictions(name: str):
+        path = root / "artifacts" / "metrics" / f"{name}.json"
+        return read_json(path).get("predictions") if path.is_file() else None
+
+    labels = load_split(root / "artifacts" / "prepared", "validation").labels
+    ours = predictions(challenger)
+    theirs = champion_row.get("predictions") or predictions(champion_row["name"])
+    if ours is None or theirs is None or len(ours) != len(theirs) or len(ours) != len(labels):
+        return None
+    return mcnemar_test(np.asarray(ours) == labels, np.asarray(theirs) == labels)
 
 
 def measure_champion(root: Path, params: dict, version) -> dict | None:
@@ -102,7 +121,7 @@ def measure_champion(root: Path, params: dict, version) -> dict | None:
             "latency_p50_ms": timing["champion"]["latency_p50_ms"] * latency,
             "latency_p95_ms": timing["champion"]["latency_p95_ms"] * latency,
             "throughput_per_s": timing["champion"]["throughput_per_s"] * throughput,
-            "size_mb": size_mb}
+            "size_mb": size_mb, "predictions": predicted_ids}
 
 
 def _dvc(project_dir: str, *args: str, fix: str) -> None:

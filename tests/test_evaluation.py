@@ -73,3 +73,17 @@ def test_label_agreement_is_the_share_of_equal_predictions_with_the_reference():
 
 def test_label_agreement_is_none_without_a_reference():
     assert evaluate_predictions(PREDICTED, LABELS, 3, bootstrap=100)["label_agreement"] is None
+
+
+def test_mcnemar_counts_discordant_rows_and_gives_the_exact_p_value():
+    from textcompress.evaluation import mcnemar_test
+
+    a = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 1], dtype=bool)
+    b = np.array([0, 0, 0, 0, 0, 1, 1, 0, 1, 1], dtype=bool)
+    result = mcnemar_test(a, b)
+    assert result["only_a_correct"] == 5 and result["only_b_correct"] == 1 and result["rows"] == 10
+    # two-sided exact binomial, n = 6 discordant, k = 1: 2 * (1 + 6) / 64
+    assert result["p_value"] == pytest.approx(2 * 7 / 64)
+    assert mcnemar_test(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same rows"):
+        mcnemar_test(a, a[:5])

@@ -133,3 +133,26 @@ def test_a_quantized_candidate_slower_than_its_fp32_parent_is_ineligible():
     reasons = eligibility_reasons(row(latency_p50_ms=5.0, parent_latency_p50_ms=4.0), GOOD_EXPORT, POLICY)
     assert len(reasons) == 1 and "not below its fp32 parent" in reasons[0]
     assert eligibility_reasons(row(latency_p50_ms=3.0, parent_latency_p50_ms=4.0), GOOD_EXPORT, POLICY) == []
+
+
+def significance_policy(**extra):
+    return {**POLICY, "require_significance": True, "significance_level": 0.05, **extra}
+
+
+def test_a_significantly_less_accurate_challenger_loses_when_significance_is_required():
+    test = {"only_a_correct": 3, "only_b_correct": 30, "p_value": 1e-6, "rows": 872}
+    challenger, champion = candidate(2.0, drop=0.5), candidate(3.0, drop=0.1)
+    wins, why = beats(challenger, champion, significance_policy(), test)
+    assert not wins and "significantly less accurate" in why
+    # without the requirement the faster challenger wins
+    assert beats(challenger, champion, POLICY, test)[0]
+    # a difference that is not significant does not block it
+    assert beats(challenger, champion, significance_policy(), {**test, "only_a_correct": 12, "only_b_correct": 15, "p_value": 0.7})[0]
+
+
+def test_under_the_accuracy_objective_the_gain_must_be_significant():
+    policy = significance_policy(objective="accuracy")
+    challenger, champion = candidate(2.0, drop=0.1, accuracy=0.91), candidate(3.0, drop=0.3, accuracy=0.90)
+    wins, why = beats(challenger, champion, policy, {"only_a_correct": 10, "only_b_correct": 8, "p_value": 0.81, "rows": 872})
+    assert not wins and "not significant" in why
+    assert beats(challenger, champion, policy, {"only_a_correct": 40, "only_b_correct": 8, "p_value": 1e-5, "rows": 872})[0]

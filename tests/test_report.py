@@ -169,3 +169,16 @@ def test_write_report_writes_its_files(report, tmp_path):
     assert summary["vs_teacher_faster_p50"] == pytest.approx(10.0 / 4.0)
     assert summary["vs_teacher_accuracy_drop_points"] == pytest.approx(0.5)
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporaries behind
+
+
+def test_model_card_names_data_version_teacher_recipe_metrics_and_limits(report, tmp_path):
+    from textcompress.report import model_card
+
+    context = {"data_version": "abc123.dir", "base_model": "minilm-l6", "max_length": 128, "labels": [0, 1]}
+    write_report(report, tmp_path, context)
+    card = (tmp_path / "model_card.md").read_text()
+    assert card == model_card(report, context)
+    assert card.startswith("# Model card: int8-dynamic")
+    for expected in ("abc123.dir", "minilm-l6", "`quantize`", "90.00%", "128 word-pieces", "Limits"):
+        assert expected in card, expected
+    assert "no model to describe" in model_card({**report, "champion": None}, context)

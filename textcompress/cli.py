@@ -95,7 +95,7 @@ def _registry_context(project: Path):
 
 def cmd_promote(args) -> None:
     """Re-decide promotion from this run's report; --dry-run explains and changes nothing."""
-    from tasks.tracking import measure_champion
+    from tasks.tracking import measure_champion, paired_test
     from textcompress.fileio import read_json
     from textcompress.registry import decide, promote, registry_lock
 
@@ -108,12 +108,17 @@ def cmd_promote(args) -> None:
     measure = lambda version: measure_champion(project, params, version)  # noqa: E731
     act = decide if args.dry_run else promote
     with registry_lock(uri):
-        decision = act(report, versions, params["promotion"]["registered_model"], params["promotion"], measure)
+        decision = act(report, versions, params["promotion"]["registered_model"], params["promotion"], measure,
+                       lambda champion_row: paired_test(project, report["champion"], champion_row))
     verb = "would" if args.dry_run else "did"
     outcome = f"{verb} make {decision['challenger']} (version {decision.get('challenger_version')}) champion" \
         if decision["promoted"] else f"{verb} not move the champion"
     print(f"{outcome}: {decision['reason']}")
     print(f"current champion: {decision['previous_champion'] or 'none'}")
+    if decision.get("paired_test"):
+        t = decision["paired_test"]
+        print(f"McNemar on {t['rows']} validation rows: only the challenger right on {t['only_a_correct']}, "
+              f"only the champion on {t['only_b_correct']}, p = {t['p_value']:.3g}")
 
 
 def cmd_rollback(args) -> None:

@@ -40,6 +40,10 @@ DEFAULTS: dict = {
         "registered_model": "sst2-classifier",
         "max_accuracy_drop": 1.0,
         "objective": "latency_p50_ms",
+        # McNemar's test of challenger vs champion on the same validation rows is always reported;
+        # with require_significance, a challenger significantly less accurate is not promoted.
+        "require_significance": False,
+        "significance_level": 0.05,
     },
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
     "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
@@ -128,6 +132,12 @@ def _validate(params: dict, path: Path) -> None:
         raise ParamsError(path, "teach.epochs", f"must be ≥ 0, got {params['teach']['epochs']!r}", "set a number of epochs")
     if params["teach"]["pooling"] not in ("mean", "cls"):
         raise ParamsError(path, "teach.pooling", f"unknown pooling {params['teach']['pooling']!r}", "use mean or cls")
+    if not isinstance(params["promotion"]["require_significance"], bool):
+        raise ParamsError(path, "promotion.require_significance", f"must be true or false, got {params['promotion']['require_significance']!r}",
+                          "write true or false")
+    level = params["promotion"]["significance_level"]
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ParamsError(path, "promotion.significance_level", f"must be between 0 and 1, got {level!r}", "e.g. 0.05")
     drop = params["promotion"]["max_accuracy_drop"]
     if isinstance(drop, bool) or not isinstance(drop, (int, float)):
         raise ParamsError(path, "promotion.max_accuracy_drop", f"must be a number of points, got {drop!r}", "e.g. 1.0")

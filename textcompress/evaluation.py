@@ -1,6 +1,9 @@
-"""Quality of an exported model: accuracy, macro-F1, a bootstrap interval, agreement."""
+"""Quality of an exported model: accuracy, macro-F1, a bootstrap interval, agreement, and the
+paired test that compares two models on the same rows."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -34,3 +37,16 @@ def evaluate_predictions(predicted: np.ndarray, labels: np.ndarray, num_classes:
         "label_agreement": None if reference is None else float((predicted == reference).mean()),
         "rows": int(len(labels)),
     }
+
+
+def mcnemar_test(correct_a, correct_b) -> dict:
+    """Exact McNemar test on paired correctness: only rows where the two models disagree count;
+    under the null hypothesis each such row favours either model with probability 1/2."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired test needs the same rows: {a.shape} vs {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    # Two-sided: twice the smaller tail of Binomial(n, 1/2), capped at 1.
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0
+    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": min(1.0, 2 * tail), "rows": int(a.size)}

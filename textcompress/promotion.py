@@ -46,12 +46,22 @@ def pick_challenger(rows: list[dict], policy: dict) -> str | None:
     return best(eligible, key=lambda r: r[objective])["name"]
 
 
-def beats(challenger: dict, champion: dict, policy: dict) -> tuple[bool, str]:
-    """Does the challenger beat the current champion, both measured in the same run?"""
+def beats(challenger: dict, champion: dict, policy: dict, paired_test: dict | None = None) -> tuple[bool, str]:
+    """Does the challenger beat the current champion, both measured in the same run?
+    `paired_test` (McNemar, challenger as a, champion as b, same validation rows): with
+    `require_significance`, a challenger significantly less accurate than the champion loses,
+    and under the accuracy objective a challenger must be significantly more accurate."""
     objective = policy["objective"]
     better = OBJECTIVES[objective]
     if challenger["accuracy_drop"] > policy["max_accuracy_drop"]:
         return False, "challenger is over the accuracy budget"
+    if policy.get("require_significance") and paired_test is not None:
+        alpha, p = policy.get("significance_level", 0.05), paired_test["p_value"]
+        worse = paired_test["only_b_correct"] > paired_test["only_a_correct"]
+        if worse and p < alpha:
+            return False, f"challenger is significantly less accurate than the champion (McNemar p={p:.3g} < {alpha})"
+        if objective == "accuracy" and (worse or p >= alpha):
+            return False, f"the accuracy gain is not significant (McNemar p={p:.3g}, level {alpha})"
     if champion.get("accuracy_drop") is not None and champion["accuracy_drop"] > policy["max_accuracy_drop"]:
         return True, "the current champion is now over the accuracy budget"
     a, b = challenger[objective], champion[objective]

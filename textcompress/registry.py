@@ -152,12 +152,12 @@ def current_champion(client: MlflowClient, name: str):
 
 
 def decide(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
-           compare_with_champion=None) -> dict:
+           compare_with_champion=None, paired_test=None) -> dict:
     """What promotion would do, and why; changes nothing.
 
     `compare_with_champion(version) -> row` measures a champion that is not among this run's
     candidates (other data or code) side by side with the challenger; without it such a
-    champion is kept."""
+    champion is kept. `paired_test(champion_row) -> dict` compares the two on the same rows."""
     client = MlflowClient()
     challenger = report["champion"]
     rows = {r["name"]: r for r in report["rows"]}
@@ -182,16 +182,18 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
         if champion_row is None:
             decision["reason"] = "the current champion could not be measured in this run; kept"
         else:
-            wins, why = beats(rows[challenger], champion_row, policy)
+            test = paired_test(champion_row) if paired_test is not None else None
+            decision["paired_test"] = test
+            wins, why = beats(rows[challenger], champion_row, policy, test)
             decision.update(promoted=wins, reason=("beats the champion: " if wins else "does not beat the champion: ") + why)
     return decision
 
 
 def promote(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
-            compare_with_champion=None) -> dict:
+            compare_with_champion=None, paired_test=None) -> dict:
     """Carry out `decide`: move `champion` (remembering the one it replaces, for rollback), keep
     `challenger` on a pick that did not win, and record the decision on the version."""
-    decision = decide(report, versions, registered_model, policy, compare_with_champion)
+    decision = decide(report, versions, registered_model, policy, compare_with_champion, paired_test)
     version = decision.get("challenger_version")
     if version is None or decision.get("demoted") or decision["reason"] == "the challenger is already the champion":
         return decision

@@ -213,10 +213,46 @@ def plot_pareto(report: dict, out_path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, out_dir: Path) -> None:
+def model_card(report: dict, context: dict) -> str:
+    """A short card for this run's pick: what it is, what it was measured on, where it stops.
+    `context`: data_version, base_model, max_length, labels (from the stage)."""
+    rows = {r["name"]: r for r in report["rows"]}
+    name = report["champion"]
+    if name is None:
+        return "# Model card\n\nNo candidate met the promotion policy in this run, so there is no model to describe.\n"
+    r, teacher = rows[name], rows[TEACHER]
+    ci = r["accuracy_ci"] or [float("nan")] * 2
+    recipe = "\n".join(f"  {i}. `{next(iter(step))}` {step[next(iter(step))] or ''}" for i, step in enumerate(r["recipe"], 1))
+    return "\n".join([
+        f"# Model card: {name}", "",
+        f"- **What**: a {', '.join(r['families']) or 'uncompressed'} compression of a text classifier fine-tuned from "
+        f"`{context['base_model']}`; labels {context['labels']}.",
+        f"- **Data**: training and validation as versioned by DVC (data.dvc md5 `{context['data_version']}`).",
+        f"- **Teacher**: validation accuracy {100 * teacher['accuracy']:.2f}%, {teacher['size_mb']:.1f} MB, "
+        f"p50 {teacher['latency_p50_ms']:.2f} ms.",
+        "- **Recipe**:", recipe,
+        f"- **Quality** ({r.get('label_agreement') is not None and 'agreement with the teacher ' + format(r['label_agreement'], '.4f') or ''}): "
+        f"accuracy {100 * r['accuracy']:.2f}% (95% bootstrap CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f}), "
+        f"{r['accuracy_drop']:+.2f} points against the teacher, macro-F1 {r['macro_f1']:.4f}.",
+        f"- **Cost**: {r['size_mb']:.1f} MB ({teacher['size_mb'] / r['size_mb']:.1f}× smaller), p50 {r['latency_p50_ms']:.2f} ms "
+        f"({teacher['latency_p50_ms'] / r['latency_p50_ms']:.1f}× faster), {r['throughput_per_s']:.0f} sentences/s at batch "
+        f"{report['benchmark'].get('batch_size')}; {report['environment'].get('cpu', '?')}, ONNX Runtime "
+        f"{report['environment'].get('onnxruntime', '?')}, {report['environment'].get('threads', '?')} thread(s).",
+        "- **Limits**: inputs are cut to "
+        f"{context['max_length']} word-pieces; measured on one validation set in one domain and language, so accuracy "
+        "elsewhere is unknown; latency is this machine's, and ratios between candidates transfer better than milliseconds; "
+        "int8 models may differ from fp32 on borderline inputs (see label agreement).",
+        "",
+    ])
+
+
+def write_report(report: dict, out_dir: Path, card_context: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_pareto(report, out_dir / "pareto.png")
     write_json(out_dir / "candidates.json", report)
     with atomic_path(out_dir / "candidates.md") as tmp:
         tmp.write_text(to_markdown(report))
+    if card_context is not None:
+        with atomic_path(out_dir / "model_card.md") as tmp:
+            tmp.write_text(model_card(report, card_context))
     write_json(out_dir / "summary.json", summary(report))

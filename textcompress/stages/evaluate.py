@@ -33,6 +33,7 @@ def main(argv=None):
             result = evaluate_predictions(predicted, split.labels, num_classes, reference, params["evaluate"]["bootstrap"])
             if split_name == "validation":
                 metrics.update(result)
+                metrics["predictions"] = predicted.astype(int).tolist()  # for paired tests at promotion
             else:
                 metrics["test"] = result
         write_json(args.out, metrics)
