@@ -17,7 +17,8 @@ from textcompress.fileio import write_json
 from textcompress.inference import OnnxTextClassifier
 from textcompress.modeling import load_bundle
 from textcompress.errors import TextcompressError
-from textcompress.registry import CHALLENGER, CHAMPION, DEMOTED_TAG, decide, log_candidates, promote, rollback
+from textcompress.registry import (ARCHIVED_TAG, CHALLENGER, CHAMPION, DEMOTED_TAG, archive_old_versions, decide,
+                                   log_candidates, promote, rollback)
 from textcompress.techniques.distillation import student_from_teacher
 
 MODEL = "test-classifier"
@@ -150,6 +151,32 @@ def test_a_pick_that_loses_becomes_the_challenger_alias(project):
     promote(report, versions, MODEL, POLICY)
     aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
     assert str(aliases[CHAMPION]) == versions["student"] and str(aliases[CHALLENGER]) == versions["teacher"]
+
+
+def test_retention_archives_old_versions_but_never_the_champion_or_its_rollback_target(project):
+    rows = [row("teacher", 1.0, 2.0), row("student", 1.0, 1.0)]
+    report, versions = log(project, rows, "teacher")
+    promote(report, versions, MODEL, POLICY)
+    report["champion"] = "student"
+    promote(report, versions, MODEL, POLICY)  # student champion; teacher is its rollback target
+    for data_version in ("v2", "v3"):  # later runs add versions nobody promotes
+        log_candidates(report, project / "artifacts" / "onnx", project / "reports", MODEL, "registry-test", project,
+                       data_version=data_version, max_length=32)
+    client = mlflow.MlflowClient()
+    all_versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
+    assert len(all_versions) == 6
+
+    preview = archive_old_versions(MODEL, keep=1, dry_run=True)
+    assert not any(v.tags.get(ARCHIVED_TAG) for v in client.search_model_versions(f"name='{MODEL}'"))
+    result = archive_old_versions(MODEL, keep=1)
+    assert result["archived"] == preview["archived"]
+    assert versions["student"] not in result["archived"] and versions["teacher"] not in result["archived"]
+    assert result["protected"][versions["student"]] == CHAMPION
+    assert result["protected"][versions["teacher"]] == "rollback target"
+    assert sorted(int(v) for v in result["archived"]) == [v for v in all_versions[:-1] if str(v) not in versions.values()]
+    for v in result["archived"]:
+        assert client.get_model_version(MODEL, v).tags[ARCHIVED_TAG] == "true"
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
 
 
 CONCURRENT_PIPELINE = """

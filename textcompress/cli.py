@@ -131,6 +131,28 @@ def cmd_rollback(args) -> None:
     print(f"champion is version {result['champion']} again; version {result['demoted']} is tagged demoted ({result['reason']})")
 
 
+def cmd_gc(args) -> None:
+    """Retention: archive old registry versions (never the champion), then drop DVC cache entries
+    that no kept revision uses."""
+    import subprocess
+
+    from textcompress.registry import archive_old_versions, registry_lock
+
+    project = Path(args.project).resolve()
+    params, uri = _registry_context(project)
+    with registry_lock(uri):
+        result = archive_old_versions(params["promotion"]["registered_model"], args.keep_versions, args.dry_run)
+    verb = "would archive" if args.dry_run else "archived"
+    print(f"{result['registered_model']}: {verb} versions {result['archived'] or 'none'}; kept "
+          + ", ".join(f"{v} ({why})" for v, why in sorted(result["protected"].items(), key=lambda x: int(x[0]))))
+    scope = ["--workspace"] + (["--all-commits"] if args.keep_git_history else [])
+    command = [sys.executable, "-m", "dvc", "gc", *scope, "--force"] + (["--dry"] if args.dry_run else [])
+    print("$ dvc gc " + " ".join(command[4:]))
+    done = subprocess.run(command, cwd=project)
+    if done.returncode != 0:
+        raise TextcompressError(f"dvc gc failed (exit {done.returncode}). Fix: see DVC's message above")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="textcompress", description=__doc__)
     parser.add_argument("--project", default=".", help="the project directory (default: here)")
@@ -150,6 +172,11 @@ def main(argv=None) -> None:
     rollback = sub.add_parser("rollback", help="move `champion` back to the version it replaced")
     rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
     rollback.set_defaults(func=cmd_rollback)
+    gc = sub.add_parser("gc", help="retention: archive old registry versions and collect unused DVC cache")
+    gc.add_argument("--keep-versions", type=int, default=10, help="newest registry versions to keep (default 10)")
+    gc.add_argument("--keep-git-history", action="store_true", help="also keep cache used by any git commit")
+    gc.add_argument("--dry-run", action="store_true", help="say what would go; remove and tag nothing")
+    gc.set_defaults(func=cmd_gc)
     args = parser.parse_args(argv)
     try:
         args.func(args)

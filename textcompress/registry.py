@@ -213,6 +213,37 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
     return decision
 
 
+ARCHIVED_TAG = "retention.archived"
+
+
+def archive_old_versions(registered_model: str, keep: int, dry_run: bool = False) -> dict:
+    """Tag every version but the `keep` newest as archived (a scheduled job may then delete them),
+    never one that holds the `champion` or `challenger` alias, nor the version a rollback would
+    restore. Returns what it archived and what it protected."""
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{registered_model}'")
+    except MlflowException as err:
+        raise TextcompressError(f"{registered_model}: cannot list its versions ({err}). Fix: check mlflow.tracking_uri") from err
+    newest_first = sorted(versions, key=lambda v: int(v.version), reverse=True)
+    protected = {str(v.version): f"newest {keep}" for v in newest_first[:keep]}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            aliased = client.get_model_version_by_alias(registered_model, alias)
+        except MlflowException:
+            continue
+        protected[str(aliased.version)] = alias
+        restore = aliased.tags.get("promotion.replaced_version")
+        if alias == CHAMPION and restore:
+            protected[restore] = "rollback target"
+    archived = [str(v.version) for v in newest_first
+                if str(v.version) not in protected and v.tags.get(ARCHIVED_TAG) != "true"]
+    if not dry_run:
+        for version in archived:
+            client.set_model_version_tag(registered_model, version, ARCHIVED_TAG, "true")
+    return {"registered_model": registered_model, "archived": archived, "protected": protected, "dry_run": dry_run}
+
+
 def rollback(registered_model: str, reason: str) -> dict:
     """Move `champion` back to the version it replaced; tag the demoted version so that later
     scheduled runs do not promote it again."""
