@@ -18,21 +18,35 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.stages import StageFailed, remove_outputs, run_dvc_stage, stage_order
+from tasks.notify import notify
+from tasks.stages import StageFailed, pipeline_is_up_to_date, remove_outputs, run_dvc_stage, stage_order
 from tasks.tracking import log_to_mlflow, promote_champion, pull_data, push_artifacts
 from textcompress.config import load_params
 from textcompress.fileio import write_json
 from textcompress.stages.report import FAILURES_FILE
 
 
-@flow(name="textcompress-pipeline", log_prints=True)
-def pipeline(project_dir: str = ".", pull: bool = True) -> dict:
+def _notify_failure(flow, flow_run, state) -> None:
+    root = Path(flow_run.parameters.get("project_dir", ".")).resolve()
+    try:
+        cfg = load_params(root / "params.yaml")["notify"]
+    except Exception:  # noqa: BLE001 - bad params are the failure being reported; use the environment only
+        cfg = {"on": ["failure"]}
+    notify(cfg, "failure", f"textcompress run {flow_run.name} failed", str(state.message), root)
+
+
+@flow(name="textcompress-pipeline", log_prints=True, on_failure=[_notify_failure])
+def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = False) -> dict:
+    """`skip_unchanged` (scheduled runs): after pulling the data, stop if DVC says nothing changed."""
     root = Path(project_dir).resolve()
     os.chdir(root)  # DVC and relative MLflow paths are project-relative
     params = load_params(root / "params.yaml")
     timings: dict[str, float] = {}
     if pull:
         print(pull_data(str(root)))
+    if skip_unchanged and (root / "reports" / "run.json").is_file() and pipeline_is_up_to_date(root):
+        print("neither data nor params nor code changed since the last run: nothing to do")
+        return {"skipped": True, "reason": "nothing changed"}
 
     stages = stage_order(root)
     failures: dict[str, str] = {}
@@ -64,6 +78,11 @@ def pipeline(project_dir: str = ".", pull: bool = True) -> dict:
     summary = {"stages": statuses, "seconds": timings, "failed": failures, "versions": versions,
                "promotion": decision, "push": pushed}
     write_json(root / "reports" / "run.json", summary)
+    if decision["promoted"]:
+        notify(params["notify"], "promotion", f"{decision['challenger']} is the new champion of {decision['registered_model']}",
+               decision["reason"], root)
+    notify(params["notify"], "completion", "textcompress run finished",
+           f"failed candidates: {sorted(failures) or 'none'}; promotion: {decision['reason']}", root)
     print((root / "reports" / "candidates.md").read_text())
     print(f"promotion: {decision['reason']}" + (f" -> {decision['challenger']} is champion" if decision["promoted"] else ""))
     print(f"report: {root / 'reports'}  ONNX files: {root / 'artifacts' / 'onnx'}  MLflow: {params['mlflow']['tracking_uri']}"

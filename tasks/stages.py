@@ -7,6 +7,7 @@ Prefect owns retries, failure isolation and observability. Only failures a retry
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -59,6 +60,15 @@ def stage_order(project_dir: Path) -> list[StageInfo]:
             downstream = [d.addressing for d in nx.ancestors(graph, stage) if getattr(d, "cmd", None)]
             result.append(StageInfo(name, candidate, [o.def_path for o in stage.outs], downstream))
         return result
+
+
+def pipeline_is_up_to_date(project_dir: Path) -> bool:
+    """True when DVC reports no stage or data file changed: nothing a scheduled run could redo."""
+    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project_dir, capture_output=True,
+                          text=True, env=project_env())
+    if done.returncode != 0:
+        return False  # let the run itself say what is wrong
+    return json.loads(done.stdout or "{}") == {}
 
 
 def _transient_only(task, task_run, state) -> bool:

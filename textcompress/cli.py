@@ -39,6 +39,28 @@ def cmd_run(args) -> None:
     pipeline(project_dir=str(project), pull=not args.no_pull)
 
 
+def scheduled_deployment(project: Path, params: dict, cron: str | None = None) -> dict:
+    """Options of the Prefect deployment `textcompress schedule` serves: the flow on a cron
+    schedule, each run pulling data and skipping everything when nothing changed."""
+    return {"name": params["schedule"]["name"], "cron": cron or params["schedule"]["cron"],
+            "parameters": {"project_dir": str(project), "pull": True, "skip_unchanged": True},
+            "description": "textcompress: scheduled retraining (skips when neither data nor params changed)"}
+
+
+def cmd_schedule(args) -> None:
+    """Serve the pipeline as a Prefect deployment on a cron schedule (runs until stopped)."""
+    from textcompress.config import load_params
+
+    project = Path(args.project).resolve()
+    params = load_params(activate_params(args.params, project))
+    options = scheduled_deployment(project, params, args.cron)
+    from flows.pipeline import pipeline
+
+    print(f"serving deployment textcompress-pipeline/{options['name']} on cron '{options['cron']}' "
+          f"(Ctrl-C stops; `prefect deployment run textcompress-pipeline/{options['name']}` runs it now)")
+    pipeline.serve(**options)
+
+
 def cmd_predict(args) -> None:
     import mlflow
     import pandas as pd
@@ -172,6 +194,10 @@ def main(argv=None) -> None:
     rollback = sub.add_parser("rollback", help="move `champion` back to the version it replaced")
     rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
     rollback.set_defaults(func=cmd_rollback)
+    schedule = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)")
+    schedule.add_argument("--params", default="params.yaml", help="params file the scheduled runs use")
+    schedule.add_argument("--cron", help="cron expression (default: schedule.cron in params)")
+    schedule.set_defaults(func=cmd_schedule)
     gc = sub.add_parser("gc", help="retention: archive old registry versions and collect unused DVC cache")
     gc.add_argument("--keep-versions", type=int, default=10, help="newest registry versions to keep (default 10)")
     gc.add_argument("--keep-git-history", action="store_true", help="also keep cache used by any git commit")

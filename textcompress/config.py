@@ -47,6 +47,10 @@ DEFAULTS: dict = {
     },
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
     "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
+    # Who hears about a run: events from failure, promotion, completion; sinks as in tasks/notify.py.
+    "notify": {"on": ["failure", "promotion"], "webhook": None, "block": None, "log_file": None},
+    # `textcompress schedule`: a Prefect deployment of the pipeline served on this cron schedule.
+    "schedule": {"name": "textcompress-scheduled", "cron": "0 3 * * 1"},
     # Long-input benchmark of the attention kinds (ONNX Runtime CPU, batch 1, random weights).
     "attention_benchmark": {"lengths": [128, 256, 512, 1024, 2048, 4096], "kinds": ["softmax", "linear", "performer", "linformer"],
                             "threads": 1, "repeats": 3, "performer_features": 64, "linformer_length": 256},
@@ -132,6 +136,14 @@ def _validate(params: dict, path: Path) -> None:
         raise ParamsError(path, "teach.epochs", f"must be ≥ 0, got {params['teach']['epochs']!r}", "set a number of epochs")
     if params["teach"]["pooling"] not in ("mean", "cls"):
         raise ParamsError(path, "teach.pooling", f"unknown pooling {params['teach']['pooling']!r}", "use mean or cls")
+    events = params["notify"]["on"]
+    if not isinstance(events, list) or any(e not in ("failure", "promotion", "completion") for e in events):
+        raise ParamsError(path, "notify.on", f"must list events from failure, promotion, completion; got {events!r}",
+                          "e.g. [failure, promotion]")
+    cron = params["schedule"]["cron"]
+    if not isinstance(cron, str) or len(cron.split()) != 5:
+        raise ParamsError(path, "schedule.cron", f"must be a cron expression of five fields, got {cron!r}",
+                          'e.g. "0 3 * * 1" (Mondays at 03:00)')
     if not isinstance(params["promotion"]["require_significance"], bool):
         raise ParamsError(path, "promotion.require_significance", f"must be true or false, got {params['promotion']['require_significance']!r}",
                           "write true or false")

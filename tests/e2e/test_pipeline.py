@@ -3,6 +3,7 @@ on a tiny profile (a few hundred rows, a tiny BERT built here). Nothing is mocke
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -59,7 +60,10 @@ def project(tmp_path_factory) -> Path:
     write_tiny_tsv(project / "data" / "train.tsv", tiny_sentiment_rows(300, 1))
     write_tiny_tsv(project / "data" / "validation.tsv", tiny_sentiment_rows(60, 2))
     base = write_tiny_base(root / "tiny-bert")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    # The defaults, not params.yaml: `make run PARAMS=...` rewrites that file.
+    from textcompress.config import DEFAULTS
+
+    params = copy.deepcopy(DEFAULTS)
     params.update(base_model=str(base), seed=0)
     params["data"].update(train="data/train.tsv", validation="data/validation.tsv", max_length=32)
     params["teach"].update(epochs=3, lr=3e-3, batch_size=16)
@@ -70,6 +74,8 @@ def project(tmp_path_factory) -> Path:
     params["evaluate"]["bootstrap"] = 100
     params["promotion"]["max_accuracy_drop"] = 5.0  # the tiny task is coarse: one validation row is 1.7 points
     params["pipeline"]["push_remote"] = "tmp"
+    params["attention_benchmark"].update(lengths=[16, 64], repeats=1, linformer_length=8, performer_features=8)
+    params["notify"].update(on=["failure", "promotion", "completion"], log_file="reports/notifications.jsonl")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
@@ -92,16 +98,17 @@ def runs(project, prefect_harness):
     try:
         first = pipeline(project_dir=str(project), pull=True)
         second = pipeline(project_dir=str(project), pull=True)
+        scheduled = pipeline(project_dir=str(project), pull=True, skip_unchanged=True)
     finally:
         os.chdir(cwd)
-    return first, second
+    return first, second, scheduled
 
 
 @pytest.mark.e2e
 def test_first_run_runs_every_stage(runs):
-    first, _ = runs
+    first, _, _ = runs
     assert first["failed"] == {}
-    expected = {"prepare", "teach", "teacher_logits", "benchmark", "report"} | {
+    expected = {"prepare", "teach", "teacher_logits", "benchmark", "attention_benchmark", "report"} | {
         f"{s}@{c}" for s in ("compress", "export", "evaluate") for c in ("teacher", "int8-dynamic", "distill-l2")}
     assert set(first["stages"]) == expected
     assert set(first["stages"].values()) == {"ran"}
@@ -147,7 +154,7 @@ def test_registry_champion_labels_raw_text(runs, project):
 def test_second_run_reruns_nothing_and_adds_no_versions(runs, project):
     import mlflow
 
-    first, second = runs
+    first, second, _ = runs
     assert set(second["stages"].values()) == {"cached"}
     assert second["versions"] == first["versions"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
@@ -158,7 +165,7 @@ def test_second_run_reruns_nothing_and_adds_no_versions(runs, project):
 
 @pytest.mark.e2e
 def test_artifacts_were_pushed_to_the_users_remote(runs, project):
-    first, _ = runs
+    first, _, _ = runs
     assert first["push"] == "pushed to tmp"
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "-r", "tmp"], cwd=project,
                             capture_output=True, text=True, check=True).stdout
@@ -181,3 +188,20 @@ def test_changing_one_candidate_invalidates_only_its_stages(runs, project):
     # DVC lists the stages whose own params or deps changed; evaluate@distill-l2 follows from its export.
     assert "compress@distill-l2" in changed
     assert changed <= {"compress@distill-l2", "export@distill-l2", "evaluate@distill-l2", "benchmark", "report"}
+
+
+@pytest.mark.e2e
+def test_a_scheduled_run_with_nothing_changed_skips_everything(runs, project):
+    _, _, scheduled = runs
+    assert scheduled == {"skipped": True, "reason": "nothing changed"}
+
+
+@pytest.mark.e2e
+def test_promotion_and_completion_were_notified(runs, project):
+    events = [json.loads(line) for line in (project / "reports" / "notifications.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("completion") == 2  # two full runs; the skipped one sends nothing
+    assert kinds.count("promotion") == 1  # only the first run moved the champion
+    promotion = next(e for e in events if e["event"] == "promotion")
+    report = json.loads((project / "reports" / "candidates.json").read_text())
+    assert report["champion"] in promotion["subject"]
