@@ -31,7 +31,7 @@ def _notify_failure(flow, flow_run, state) -> None:
     try:
         cfg = load_params(root / "params.yaml")["notify"]
     except Exception:  # noqa: BLE001 - bad params are the failure being reported; use the environment only
-        cfg = {"on": ["failure"]}
+        cfg = {"events": ["failure"]}
     notify(cfg, "failure", f"textcompress run {flow_run.name} failed", str(state.message), root)
 
 

@@ -20,7 +20,7 @@ EVENTS = ("failure", "promotion", "completion")
 
 def notify(cfg: dict, event: str, subject: str, body: str, project_dir: Path | None = None) -> list[str]:
     """Send one event to every configured sink that listens to it. Returns the sinks reached."""
-    if event not in (cfg.get("on") or []):
+    if event not in (cfg.get("events") or []):
         return []
     reached = []
     webhook = cfg.get("webhook") or os.environ.get("TEXTCOMPRESS_NOTIFY_WEBHOOK")

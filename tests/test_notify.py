@@ -34,7 +34,7 @@ def webhook():
 
 def test_an_event_reaches_the_webhook_and_the_log_file(webhook, tmp_path):
     url, received = webhook
-    cfg = {"on": ["promotion"], "webhook": url, "block": None, "log_file": "notes.jsonl"}
+    cfg = {"events": ["promotion"], "webhook": url, "block": None, "log_file": "notes.jsonl"}
     reached = notify(cfg, "promotion", "tiny-int8 is the new champion", "latency_p50_ms: 1.1 vs 2.3", tmp_path)
     assert reached == ["webhook", "log_file"]
     assert received == [{"subject": "tiny-int8 is the new champion", "body": "latency_p50_ms: 1.1 vs 2.3", "event": "promotion"}]
@@ -44,7 +44,7 @@ def test_an_event_reaches_the_webhook_and_the_log_file(webhook, tmp_path):
 
 def test_events_not_listened_to_are_not_sent(webhook, tmp_path):
     url, received = webhook
-    cfg = {"on": ["failure"], "webhook": url, "block": None, "log_file": "notes.jsonl"}
+    cfg = {"events": ["failure"], "webhook": url, "block": None, "log_file": "notes.jsonl"}
     assert notify(cfg, "completion", "done", "fine", tmp_path) == []
     assert received == [] and not (tmp_path / "notes.jsonl").exists()
 
@@ -52,11 +52,11 @@ def test_events_not_listened_to_are_not_sent(webhook, tmp_path):
 def test_the_environment_can_name_the_webhook(webhook, tmp_path, monkeypatch):
     url, received = webhook
     monkeypatch.setenv("TEXTCOMPRESS_NOTIFY_WEBHOOK", url)
-    assert notify({"on": ["failure"]}, "failure", "run failed", "teach: out of memory", tmp_path) == ["webhook"]
+    assert notify({"events": ["failure"]}, "failure", "run failed", "teach: out of memory", tmp_path) == ["webhook"]
     assert received[0]["event"] == "failure"
 
 
 def test_a_broken_sink_is_reported_and_does_not_raise(tmp_path, capsys):
-    cfg = {"on": ["failure"], "webhook": "http://127.0.0.1:9/nothing-listens", "block": None, "log_file": "n.jsonl"}
+    cfg = {"events": ["failure"], "webhook": "http://127.0.0.1:9/nothing-listens", "block": None, "log_file": "n.jsonl"}
     assert notify(cfg, "failure", "x", "y", tmp_path) == ["log_file"]
     assert "notification via webhook failed" in capsys.readouterr().out

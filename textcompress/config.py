@@ -48,7 +48,7 @@ DEFAULTS: dict = {
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
     "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
     # Who hears about a run: events from failure, promotion, completion; sinks as in tasks/notify.py.
-    "notify": {"on": ["failure", "promotion"], "webhook": None, "block": None, "log_file": None},
+    "notify": {"events": ["failure", "promotion"], "webhook": None, "block": None, "log_file": None},
     # `textcompress schedule`: a Prefect deployment of the pipeline served on this cron schedule.
     "schedule": {"name": "textcompress-scheduled", "cron": "0 3 * * 1"},
     # Long-input benchmark of the attention kinds (ONNX Runtime CPU, batch 1, random weights).
@@ -136,9 +136,9 @@ def _validate(params: dict, path: Path) -> None:
         raise ParamsError(path, "teach.epochs", f"must be ≥ 0, got {params['teach']['epochs']!r}", "set a number of epochs")
     if params["teach"]["pooling"] not in ("mean", "cls"):
         raise ParamsError(path, "teach.pooling", f"unknown pooling {params['teach']['pooling']!r}", "use mean or cls")
-    events = params["notify"]["on"]
+    events = params["notify"]["events"]
     if not isinstance(events, list) or any(e not in ("failure", "promotion", "completion") for e in events):
-        raise ParamsError(path, "notify.on", f"must list events from failure, promotion, completion; got {events!r}",
+        raise ParamsError(path, "notify.events", f"must list events from failure, promotion, completion; got {events!r}",
                           "e.g. [failure, promotion]")
     cron = params["schedule"]["cron"]
     if not isinstance(cron, str) or len(cron.split()) != 5:

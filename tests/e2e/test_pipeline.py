@@ -75,7 +75,7 @@ def project(tmp_path_factory) -> Path:
     params["promotion"]["max_accuracy_drop"] = 5.0  # the tiny task is coarse: one validation row is 1.7 points
     params["pipeline"]["push_remote"] = "tmp"
     params["attention_benchmark"].update(lengths=[16, 64], repeats=1, linformer_length=8, performer_features=8)
-    params["notify"].update(on=["failure", "promotion", "completion"], log_file="reports/notifications.jsonl")
+    params["notify"].update(events=["failure", "promotion", "completion"], log_file="reports/notifications.jsonl")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
