@@ -76,9 +76,11 @@ def _transient_only(task, task_run, state) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=_transient_only, task_run_name="dvc repro {stage}")
-def run_dvc_stage(stage: str, project_dir: str) -> str:
-    """Run (or skip, when DVC says it is up to date) one stage. Returns "ran" or "cached"."""
-    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=project_dir,
+def run_dvc_stage(stage: str, project_dir: str, upstream: bool = False) -> str:
+    """Run (or skip, when DVC says it is up to date) one stage, with the stages it depends on when
+    `upstream` (a fresh sweep workspace). Returns "ran" or "cached"."""
+    only = [] if upstream else ["--single-item"]
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *only, stage], cwd=project_dir,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=project_env())
     tail: deque[bytes] = deque(maxlen=40)
     ran = False  # DVC says "Running stage" when it runs the command, nothing of the kind when cached

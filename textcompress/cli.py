@@ -39,6 +39,17 @@ def cmd_run(args) -> None:
     pipeline(project_dir=str(project), pull=not args.no_pull)
 
 
+def cmd_sweep(args) -> None:
+    project = Path(args.project).resolve()
+    activate_params(args.params, project)
+    from flows.sweep import sweep
+
+    summary = sweep(str(project), workers=args.workers, runner=args.runner, address=args.address, pull=not args.no_pull)
+    info = summary["sweep"]
+    print(f"sweep on {info['runner']} ({info['workers']} workers): candidates trained in {info['fan_out_seconds']} s, "
+          f"whole sweep {info['seconds']} s; failed: {[c['candidate'] for c in info['candidates'] if c['status'] != 'ok'] or 'none'}")
+
+
 def scheduled_deployment(project: Path, params: dict, cron: str | None = None) -> dict:
     """Options of the Prefect deployment `textcompress schedule` serves: the flow on a cron
     schedule, each run pulling data and skipping everything when nothing changed."""
@@ -194,6 +205,13 @@ def main(argv=None) -> None:
     rollback = sub.add_parser("rollback", help="move `champion` back to the version it replaced")
     rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
     rollback.set_defaults(func=cmd_rollback)
+    sweep = sub.add_parser("sweep", help="train the candidates in parallel on Dask or Ray, then run the pipeline once")
+    sweep.add_argument("--params", default="params.yaml", help="params file, e.g. params/pruning.yaml")
+    sweep.add_argument("--workers", type=int, default=2, help="local workers (ignored with --address)")
+    sweep.add_argument("--runner", choices=("dask", "ray", "local"), default="dask")
+    sweep.add_argument("--address", help="an existing cluster: tcp://host:8786 (Dask) or ray://host:10001 (Ray)")
+    sweep.add_argument("--no-pull", action="store_true", help="do not `dvc pull data.dvc` first")
+    sweep.set_defaults(func=cmd_sweep)
     schedule = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)")
     schedule.add_argument("--params", default="params.yaml", help="params file the scheduled runs use")
     schedule.add_argument("--cron", help="cron expression (default: schedule.cron in params)")

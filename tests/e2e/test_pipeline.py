@@ -3,10 +3,8 @@ on a tiny profile (a few hundred rows, a tiny BERT built here). Nothing is mocke
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,80 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_VOCAB, build_tiny_tokenizer, tiny_model_config, tiny_sentiment_rows, write_tiny_tsv
+from tests.e2e.tiny_project import build_tiny_project
 
-REPO = Path(__file__).resolve().parents[2]
 CONTRACT_FIELDS = {"name", "recipe", "families", "accuracy", "macro_f1", "accuracy_drop", "accuracy_ci", "size_mb", "params",
                    "latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff",
                    "label_agreement", "eligible", "status", "reasons", "details"}
 
 
-def sh(*cmd, cwd):
-    subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True)
-
-
-def write_tiny_base(path: Path) -> Path:
-    """A randomly initialised tiny BERT in Hugging Face's layout: config.json, model.safetensors, tokenizer.json."""
-    import torch
-    from safetensors.torch import save_file
-
-    from textcompress.modeling import TextClassifier
-
-    torch.manual_seed(0)
-    config = tiny_model_config()
-    model = TextClassifier(config)
-    path.mkdir(parents=True)
-    weights = {f"bert.{k}": v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
-    save_file(weights, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": len(TINY_VOCAB), "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
-        "intermediate_size": config.intermediate_size, "max_position_embeddings": config.max_position_embeddings}))
-    build_tiny_tokenizer().save(str(path / "tokenizer.json"))
-    return path
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A fresh git + DVC project holding this repo's pipeline, tiny data pushed to a temporary remote."""
-    root = tmp_path_factory.mktemp("e2e")
-    project, remote = root / "project", root / "remote"
-    project.mkdir()
-    for name in ("dvc.yaml",):
-        shutil.copy(REPO / name, project / name)
-    for package in ("textcompress", "flows", "tasks"):
-        shutil.copytree(REPO / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
-    write_tiny_tsv(project / "data" / "train.tsv", tiny_sentiment_rows(300, 1))
-    write_tiny_tsv(project / "data" / "validation.tsv", tiny_sentiment_rows(60, 2))
-    base = write_tiny_base(root / "tiny-bert")
-    # The defaults, not params.yaml: `make run PARAMS=...` rewrites that file.
-    from textcompress.config import DEFAULTS
-
-    params = copy.deepcopy(DEFAULTS)
-    params.update(base_model=str(base), seed=0)
-    params["data"].update(train="data/train.tsv", validation="data/validation.tsv", max_length=32)
-    params["teach"].update(epochs=3, lr=3e-3, batch_size=16)
-    params["candidates"] = {  # the three candidates every run has, sized for a 2-layer model
-        "teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}],
-        "distill-l2": [{"distill": {"student": "bert", "layers": 1, "epochs": 3, "lr": 3e-3, "batch_size": 16}}]}
-    params["benchmark"].update(max_sentences=30, warmup=2)
-    params["evaluate"]["bootstrap"] = 100
-    params["promotion"]["max_accuracy_drop"] = 5.0  # the tiny task is coarse: one validation row is 1.7 points
-    params["pipeline"]["push_remote"] = "tmp"
-    params["attention_benchmark"].update(lengths=[16, 64], repeats=1, linformer_length=8, performer_features=8)
-    params["notify"].update(events=["failure", "promotion", "completion"], log_file="reports/notifications.jsonl")
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
-    sh("git", "init", "-q", cwd=project)
-    sh(sys.executable, "-m", "dvc", "init", "-q", cwd=project)
-    sh(sys.executable, "-m", "dvc", "remote", "add", "-d", "tmp", str(remote), cwd=project)
-    sh(sys.executable, "-m", "dvc", "add", "-q", "data", cwd=project)
-    sh(sys.executable, "-m", "dvc", "push", "-q", "data.dvc", cwd=project)
-    shutil.rmtree(project / "data")  # the flow must bring it back from the remote
-    sh(*git, "add", "-A", cwd=project)
-    sh(*git, "commit", "-qm", "tiny project", cwd=project)
-    return project
+    return build_tiny_project(tmp_path_factory.mktemp("e2e"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,129 @@
+"""A parallel sweep: candidates trained at once on a Dask (or Ray) cluster, then one pipeline run.
+
+    shared stages in the project -> each candidate's compress/export/evaluate in its own
+    workspace, fanned out by the task runner -> the pipeline flow in the project (which finds
+    every candidate's outputs in DVC's run-cache) -> one benchmark, report, registry, promotion
+
+Each candidate runs in its own workspace (a copy of the project's files sharing its DVC
+cache), so DVC's repository lock is never contended and a crashed candidate cannot touch
+another's outputs. The shared cache is how results come back: `dvc repro` in the project
+sees that each stage already ran with the same code, data and params, and checks out its
+outputs instead of running it again. Workers must see the project's file system and cache
+(one machine here; a shared file system in production).
+
+Run: textcompress sweep --workers 2 [--runner dask|ray] [--address tcp://scheduler:8786]
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, task
+
+from flows.pipeline import pipeline
+from tasks.stages import StageFailed, project_env, run_dvc_stage, stage_order
+from textcompress.config import load_params
+from textcompress.errors import TextcompressError
+
+WORKSPACES = ".sweep"  # under the project; ignored by git and DVC
+
+
+def cache_dir(project: Path) -> Path:
+    """The DVC cache the project uses: the configured one, else .dvc/cache."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=project, capture_output=True, text=True,
+                         env=project_env())
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else project / ".dvc" / "cache"
+
+
+def make_workspace(project: Path, candidate: str) -> Path:
+    """A fresh copy of the project's tracked and untracked (not ignored) files, its own git repo,
+    the same DVC remotes and the project's cache."""
+    workspace = project / WORKSPACES / candidate
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=project, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = project / name
+        if source.is_file() and not name.startswith(WORKSPACES + "/"):
+            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, workspace / name)
+    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache_dir(project))], cwd=workspace,
+                   check=True, capture_output=True, env=project_env())
+    # The data itself comes from the shared cache, not the remote.
+    subprocess.run([sys.executable, "-m", "dvc", "checkout", "-q"] + [p.name for p in project.glob("*.dvc") if p.is_file()],
+                   cwd=workspace, capture_output=True, env=project_env())
+    return workspace
+
+
+@task(task_run_name="candidate {candidate}")
+def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = False) -> dict:
+    """compress/export/evaluate of one candidate in its own workspace; upstream shared stages
+    come out of the run-cache. A failure is returned, not raised: the others go on."""
+    project = Path(project_dir)
+    started = time.time()
+    workspace = make_workspace(project, candidate)
+    try:
+        for stage in (f"compress@{candidate}", f"export@{candidate}", f"evaluate@{candidate}"):
+            run_dvc_stage.fn(stage, str(workspace), upstream=True)
+        status = {"candidate": candidate, "status": "ok"}
+    except StageFailed as err:
+        status = {"candidate": candidate, "status": "failed", "error": str(err)}
+    finally:
+        if not keep_workspace:
+            shutil.rmtree(workspace, ignore_errors=True)
+    return {**status, "seconds": round(time.time() - started, 1)}
+
+
+def task_runner(kind: str, workers: int, address: str | None):
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        # Threads are enough: each task waits on a `dvc repro` subprocess that does the work.
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": False})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as err:
+            raise TextcompressError("--runner ray needs prefect-ray. Fix: pip install 'textcompress[ray]'") from err
+        return RayTaskRunner(address=address) if address else RayTaskRunner(init_kwargs={"num_cpus": workers})
+    if kind == "local":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    raise TextcompressError(f"unknown runner {kind!r}. Fix: use dask, ray or local")
+
+
+def sweep(project_dir: str = ".", workers: int = 2, runner: str = "dask", address: str | None = None,
+          pull: bool = True) -> dict:
+    """Fan the candidates out on `runner`, then run the pipeline once over their results."""
+    root = Path(project_dir).resolve()
+    params = load_params(root / "params.yaml")
+    started = time.time()
+    shared = [s.name for s in stage_order(root) if s.candidate is None and s.name.split("@")[0] in
+              ("prepare", "teach", "teacher_logits")]
+
+    @flow(name="textcompress-sweep", log_prints=True, task_runner=task_runner(runner, workers, address))
+    def fan_out() -> list[dict]:
+        for stage in shared:  # once, here, so that workspaces find them in the run-cache
+            run_dvc_stage(stage, str(root))
+        futures = [train_candidate.submit(str(root), c) for c in params["candidates"]]
+        return [f.result() for f in futures]
+
+    if pull:
+        from tasks.tracking import pull_data
+
+        pull_data(str(root))
+    trained = fan_out()
+    fanned = time.time() - started
+    summary = pipeline(project_dir=str(root), pull=False)
+    summary["sweep"] = {"runner": runner, "workers": workers, "address": address, "candidates": trained,
+                        "fan_out_seconds": round(fanned, 1), "seconds": round(time.time() - started, 1)}
+    return summary
