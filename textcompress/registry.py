@@ -110,7 +110,7 @@ def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_
             mlflow.log_params({"recipe": json.dumps(row["recipe"])[:6000], "families": ",".join(row["families"]) or "none",
                                "data_version": data_version})
             mlflow.log_metrics({k: float(row[k]) for k in METRIC_FIELDS if row.get(k) is not None})
-            for name in ("pareto.png", "candidates.md"):
+            for name in ("pareto.png", "candidates.md", "model_card.md", "attention_benchmark.png"):
                 if (reports_dir / name).is_file():
                     mlflow.log_artifact(str(reports_dir / name))
             mlflow.log_dict(row, "candidate.json")
