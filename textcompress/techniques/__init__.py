@@ -70,6 +70,13 @@ TECHNIQUES: dict[str, Technique] = {
         choices={"scope": SCOPES, "schedule": ("cubic", "oneshot")},
         bounds={"sparsity": FRACTION_BELOW_ONE},
     ),
+    "prune_movement": Technique(
+        "prune_movement", "pruning", "compress",
+        defaults={"sparsity": 0.8, "scope": "global", "frequency": 50, **RECOVERY},
+        module="textcompress.techniques.pruning",
+        choices={"scope": SCOPES},
+        bounds={"sparsity": FRACTION_BELOW_ONE},
+    ),
     "trim_vocab": Technique(
         "trim_vocab", "pruning", "compress",
         defaults={"min_count": 1, "floor": 0},
