@@ -35,16 +35,16 @@ class Technique:
 # Every step that modifies the model then fine-tunes it against the teacher takes these
 # (see techniques.distillation.recover); kept here so params validation imports no torch.
 RECOVERY = {"epochs": 1.0, "lr": 1.0e-4, "batch_size": 32, "warmup": 0.06, "temperature": 2.0, "alpha": 0.9,
-            "freeze_embeddings": True}
+            "freeze_embeddings": True, "hidden_weight": 0.0, "attention_weight": 0.0}
 SCOPES = ("global", "layer")
-COMMON_BOUNDS = {"epochs": (0, None), "lr": (0, 1), "batch_size": (1, None), "warmup": (0, 1), "temperature": (1e-3, None),
+COMMON_BOUNDS = {"hidden_weight": (0, None), "attention_weight": (0, None), "epochs": (0, None), "lr": (0, 1), "batch_size": (1, None), "warmup": (0, 1), "temperature": (1e-3, None),
                  "alpha": (0, 1), "importance_batches": (1, None), "round_to": (1, None), "frequency": (1, None)}
 FRACTION_BELOW_ONE = (0, 0.99)
 
 TECHNIQUES: dict[str, Technique] = {
     "distill": Technique(
         "distill", "distillation", "compress",
-        defaults={"student": "bert", "layers": 2, **RECOVERY, "epochs": 3.0, "freeze_embeddings": False},
+        defaults={"student": "bert", "layers": 2, "layer_map": [], **RECOVERY, "epochs": 3.0, "freeze_embeddings": False},
         module="textcompress.techniques.distillation",
         choices={"student": ("bert", "same")},
         bounds={"layers": (1, None)},
