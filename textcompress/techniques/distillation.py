@@ -123,6 +123,24 @@ def recover(model: TextClassifier, ctx, args: dict, desc: str, step_hook=None, l
         ctx.teacher.to("cpu")
 
 
+def with_augmented_data(ctx, multiplier: int):
+    """A context whose training set adds `multiplier` augmented copies labelled by the teacher."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from textcompress.data import Split
+    from textcompress.techniques.augmentation import augmented_split
+    from textcompress.training import predict_logits
+
+    vocab = json.loads(Path(ctx.tokenizer_file).read_text())["model"]["vocab"]
+    extra = augmented_split(ctx.train, multiplier, vocab.get("[MASK]", vocab.get("[UNK]", 0)), ctx.seed)
+    logits = predict_logits(ctx.teacher, extra, device=ctx.device, desc="teacher labels for augmented data")
+    train = Split(ctx.train.texts + extra.texts, ctx.train.input_ids + extra.input_ids,
+                  np.concatenate([ctx.train.labels, logits.argmax(-1)]))
+    return dataclasses.replace(ctx, train=train, teacher_logits=np.concatenate([ctx.teacher_logits, logits]))
+
+
 def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     if args["student"] == "same":
         student, details = copy.deepcopy(model), {"student": "same (recovery)"}
@@ -139,5 +157,9 @@ def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifie
     if args["hidden_weight"] or args["attention_weight"]:
         details["losses"] = {"hidden_weight": args["hidden_weight"], "attention_weight": args["attention_weight"],
                              "layer_map": layer_map or default_layer_map(student.config.num_layers, ctx.teacher.config.num_layers)}
+    if args["augment"]:
+        rows = len(ctx.train)
+        ctx = with_augmented_data(ctx, args["augment"])
+        details["augmented_rows"] = len(ctx.train) - rows
     details["history"] = recover(student, ctx, args, desc="distill", layer_map=layer_map)
     return student, details
