@@ -538,3 +538,21 @@ def test_pad_batch_of_prepared_split(good_files, tiny_tokenizer_file, tmp_path):
     assert mask.sum(dim=1).tolist() == [len(x) for x in split.input_ids]
     assert (ids[mask == 0] == 0).all()
     assert (ids[:, 0] == CLS_ID).all()
+
+
+def test_selection_split_is_carved_from_training_and_kept_apart(tmp_path, tiny_tokenizer_file):
+    from textcompress.config import DEFAULTS
+    from textcompress.data import load_split, prepare
+
+    from tests.conftest import tiny_sentiment_rows, write_tiny_tsv
+
+    params = dict(DEFAULTS["data"], train=str(write_tiny_tsv(tmp_path / "train.tsv", tiny_sentiment_rows(200, 1))),
+                  validation=str(write_tiny_tsv(tmp_path / "validation.tsv", tiny_sentiment_rows(40, 2))),
+                  max_length=32, selection_fraction=0.1)
+    stats = prepare(params, tiny_tokenizer_file, tmp_path / "prepared")
+    train, selection = load_split(tmp_path / "prepared", "train"), load_split(tmp_path / "prepared", "selection")
+    assert len(selection) == 20 and len(train) == 180 and stats["selection"]["rows"] == 20
+    original = [t for t, _ in tiny_sentiment_rows(200, 1)]
+    assert sorted(selection.texts + train.texts) == sorted(original)  # every row lands on exactly one side
+    again = prepare(params, tiny_tokenizer_file, tmp_path / "again")
+    assert load_split(tmp_path / "again", "selection").texts == selection.texts and again == stats  # seeded

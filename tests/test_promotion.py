@@ -156,3 +156,12 @@ def test_under_the_accuracy_objective_the_gain_must_be_significant():
     wins, why = beats(challenger, champion, policy, {"only_a_correct": 10, "only_b_correct": 8, "p_value": 0.81, "rows": 872})
     assert not wins and "not significant" in why
     assert beats(challenger, champion, policy, {"only_a_correct": 40, "only_b_correct": 8, "p_value": 1e-5, "rows": 872})[0]
+
+
+def test_choosing_on_the_selection_split_checks_the_budget_there():
+    policy = {**POLICY, "select_on": "selection"}
+    chosen = row(accuracy_drop=3.0, selection_accuracy_drop=0.4)  # over on validation, fine on selection
+    assert eligibility_reasons(chosen, GOOD_EXPORT, policy) == []
+    over = eligibility_reasons(row(accuracy_drop=0.2, selection_accuracy_drop=2.0), GOOD_EXPORT, policy)
+    assert len(over) == 1 and "on the selection split" in over[0]
+    assert "no selection accuracy" in eligibility_reasons(row(), GOOD_EXPORT, policy)[0]

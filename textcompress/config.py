@@ -21,6 +21,9 @@ DEFAULTS: dict = {
         "label_column": "label",
         "max_length": 128,
         "limit_train": None,  # keep the first N training rows (quick profiles)
+        # Carve this fraction of training rows (seeded, random) into a `selection` split that
+        # promotion.select_on: selection chooses candidates on, so validation only gates.
+        "selection_fraction": 0.0,
     },
     "base_model": "minilm-l6",
     "teach": {
@@ -43,6 +46,9 @@ DEFAULTS: dict = {
         # McNemar's test of challenger vs champion on the same validation rows is always reported;
         # with require_significance, a challenger significantly less accurate is not promoted.
         "require_significance": False,
+        # Where the accuracy budget is checked when choosing among candidates: validation, or the
+        # selection split carved from training (data.selection_fraction); validation still gates.
+        "select_on": "validation",
         "significance_level": 0.05,
     },
     "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
@@ -144,6 +150,14 @@ def _validate(params: dict, path: Path) -> None:
     if not isinstance(cron, str) or len(cron.split()) != 5:
         raise ParamsError(path, "schedule.cron", f"must be a cron expression of five fields, got {cron!r}",
                           'e.g. "0 3 * * 1" (Mondays at 03:00)')
+    fraction = params["data"]["selection_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 0.5:
+        raise ParamsError(path, "data.selection_fraction", f"must be from 0 to below 0.5, got {fraction!r}", "e.g. 0.05, or 0 for none")
+    if params["promotion"]["select_on"] not in ("validation", "selection"):
+        raise ParamsError(path, "promotion.select_on", f"unknown split {params['promotion']['select_on']!r}", "use validation or selection")
+    if params["promotion"]["select_on"] == "selection" and not fraction:
+        raise ParamsError(path, "promotion.select_on", "is selection but data.selection_fraction is 0",
+                          "set data.selection_fraction (e.g. 0.05) or select_on: validation")
     if not isinstance(params["promotion"]["require_significance"], bool):
         raise ParamsError(path, "promotion.require_significance", f"must be true or false, got {params['promotion']['require_significance']!r}",
                           "write true or false")

@@ -208,6 +208,8 @@ def prepare(data_params: dict, tokenizer_file: str | Path, out_dir: str | Path) 
             raise DataError(source, "has no rows", "add examples below the header")
         splits[split] = (source, rows, normalise_labels(source, rows))
 
+    if data_params.get("selection_fraction"):
+        splits = {**splits, **carve_selection(splits["train"], data_params["selection_fraction"])}
     train_source, _, train_labels = splits["train"]
     label_map = build_label_map(train_source, train_labels)
     index = {label: i for i, label in enumerate(label_map)}
@@ -232,6 +234,19 @@ def prepare(data_params: dict, tokenizer_file: str | Path, out_dir: str | Path) 
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def carve_selection(train: tuple, fraction: float, seed: int = 0) -> dict:
+    """Split (source, rows, labels) of training into train and a random `selection` part."""
+    source, rows, labels = train
+    chosen = set(np.random.default_rng(seed).permutation(len(rows))[: int(round(fraction * len(rows)))].tolist())
+    if not chosen or len(chosen) == len(rows):
+        raise DataError(source, f"selection_fraction {fraction} of {len(rows)} rows leaves one side empty",
+                        "use a larger training set or another data.selection_fraction")
+    keep = [i for i in range(len(rows)) if i not in chosen]
+    picked = sorted(chosen)
+    return {"train": (source, [rows[i] for i in keep], [labels[i] for i in keep]),
+            "selection": (source, [rows[i] for i in picked], [labels[i] for i in picked])}
 
 
 def load_tokenizer(tokenizer_file: str | Path, max_length: int) -> Tokenizer:

@@ -112,6 +112,7 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, inner)
         self.dropout = nn.Dropout(config.dropout)
         self.head_gate = None  # set by importance scoring: one multiplier per head (not saved)
+        self.recorded = None  # a list while attention maps are being recorded (softmax only)
         if self.kind == "performer":
             self.register_buffer("features", torch.empty(config.performer_features, config.head_dim))
             self.redraw_features()
@@ -141,7 +142,10 @@ class SelfAttention(nn.Module):
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         if self.kind == "softmax":
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask_bias
-            context = self.dropout(scores.softmax(dim=-1)) @ v
+            probs = scores.softmax(dim=-1)
+            if self.recorded is not None:
+                self.recorded.append(probs)
+            context = self.dropout(probs) @ v
         else:
             keep = (mask_bias > -1.0).to(x.dtype).transpose(-1, -2)  # (batch, 1, seq, 1): 1 for real tokens
             context = getattr(self, f"_{self.kind}")(q, k * keep, v * keep, keep)
@@ -279,8 +283,22 @@ class TextClassifier(nn.Module):
         return self.classifier(self.dropout(pool(hidden, mask, self.config.pooling)))
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        mask_bias = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * -1e9
-        return self.encoder(self.embeddings(input_ids), mask_bias, return_hidden=True)[1]
+        return self.forward_with_hidden(input_ids, attention_mask)[1]
+
+    def forward_with_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, attentions: bool = False):
+        """(logits, hidden states: embeddings then each layer, attention maps per layer or None)."""
+        mask = attention_mask.to(torch.float32)
+        mask_bias = (1.0 - mask)[:, None, None, :] * -1e9
+        layers = [layer.attention.self for layer in self.encoder.layer]
+        for attn in layers:  # a module shared by several layers records once per use, in order
+            attn.recorded = [] if attentions else None
+        try:
+            last, hidden = self.encoder(self.embeddings(input_ids), mask_bias, return_hidden=True)
+            maps = [attn.recorded.pop(0) for attn in layers] if attentions else None
+        finally:
+            for attn in layers:
+                attn.recorded = None
+        return self.classifier(self.dropout(pool(last, mask, self.config.pooling))), hidden, maps
 
 
 class LowRankLinear(nn.Module):

@@ -171,6 +171,9 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
     decision["challenger_version"] = version
     if client.get_model_version(registered_model, version).tags.get(DEMOTED_TAG):
         decision.update(demoted=True, reason=f"version {version} was rolled back before and is not promoted again")
+    elif rows[challenger]["accuracy_drop"] > policy["max_accuracy_drop"]:  # chosen on a selection split
+        decision["reason"] = (f"chosen on the selection split, but {rows[challenger]['accuracy_drop']:.2f} points below the "
+                              f"teacher on validation, over the budget of {policy['max_accuracy_drop']}: not promoted")
     elif champion is None:
         decision.update(promoted=True, reason="no champion yet")
     elif str(champion.version) == version:

@@ -28,6 +28,7 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
     failures = failures or {}
     teacher_metrics = _read(metrics_root / f"{TEACHER}.json")
     teacher_accuracy = teacher_metrics["accuracy"] if teacher_metrics else None
+    teacher_selection = (teacher_metrics or {}).get("selection", {}).get("accuracy")
     rows = []
     for name, recipe in candidates.items():
         steps = _read(compressed_root / name / "steps.json") or {}
@@ -41,7 +42,10 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
             row.update(status="failed", reasons=[failures.get(name) or f"no {', '.join(missing)} result"])
         metrics, timing = metrics or {}, timing or {}
         accuracy = metrics.get("accuracy")
+        selection = metrics.get("selection", {}).get("accuracy")
         row.update({
+            "selection_accuracy": selection,
+            "selection_accuracy_drop": None if selection is None or teacher_selection is None else 100.0 * (teacher_selection - selection),
             "accuracy": accuracy,
             "macro_f1": metrics.get("macro_f1"),
             "accuracy_drop": None if accuracy is None or teacher_accuracy is None else 100.0 * (teacher_accuracy - accuracy),

@@ -223,3 +223,71 @@ def test_apply_distill_checks_layers_against_the_model_it_cuts(tiny_prepared):
     args = {**TECHNIQUES["distill"].defaults, "layers": 2, "epochs": 1}
     with pytest.raises(ValueError, match="distill: layers"):
         apply_distill(shallower, args, ctx)
+
+
+# ---------------------------------------------------------------------------
+# Hidden-state and attention-map distillation
+
+
+def test_default_layer_map_spreads_student_layers_over_the_teacher():
+    from textcompress.techniques.distillation import default_layer_map
+
+    assert default_layer_map(2, 6) == [2, 5]
+    assert default_layer_map(3, 6) == [1, 3, 5]
+    assert default_layer_map(6, 6) == list(range(6))
+
+
+def test_intermediate_losses_vanish_for_a_copy_of_the_teacher_and_grow_for_another_model(tiny_prepared, batch):
+    from textcompress.techniques.distillation import DistillationLoss
+
+    teacher = random_teacher(layers=2)
+    ids, mask = batch
+    labels = torch.zeros(ids.shape[0], dtype=torch.long)
+    index = np.arange(ids.shape[0])
+    logits = teacher(ids, mask).detach().numpy()
+    copy_of_teacher = copy.deepcopy(teacher)
+    plain = DistillationLoss(teacher, logits, 32, [0, 1], 2.0, 0.9, 0.0, 0.0)(copy_of_teacher, ids, mask, labels, index)
+    full = DistillationLoss(teacher, logits, 32, [0, 1], 2.0, 0.9, 5.0, 5.0)(copy_of_teacher, ids, mask, labels, index)
+    torch.testing.assert_close(full, plain)  # identical hidden states and attention maps add nothing
+    other = random_teacher(layers=2, seed=3)
+    with_terms = DistillationLoss(teacher, logits, 32, [0, 1], 2.0, 0.9, 5.0, 5.0)(other, ids, mask, labels, index)
+    without = DistillationLoss(teacher, logits, 32, [0, 1], 2.0, 0.9, 0.0, 0.0)(other, ids, mask, labels, index)
+    assert with_terms > without
+
+
+def test_a_narrower_student_learns_hidden_states_through_a_trained_projection(batch):
+    from textcompress.techniques.distillation import DistillationLoss
+
+    teacher = random_teacher(layers=2)
+    narrow = TextClassifier(replace(tiny_model_config(layers=1), hidden_size=16, num_heads=2, intermediate_size=32))
+    ids, mask = batch
+    loss_module = DistillationLoss(teacher, teacher(ids, mask).detach().numpy(), 16, [1], 2.0, 0.9, 1.0, 0.0)
+    assert loss_module.projections[0].weight.shape == (32, 16)
+    assert not any(p is q for p in loss_module.parameters() for q in teacher.parameters())  # the teacher never trains
+    loss = loss_module(narrow, ids, mask, torch.zeros(ids.shape[0], dtype=torch.long), np.arange(ids.shape[0]))
+    loss.backward()
+    assert loss_module.projections[0].weight.grad.abs().sum() > 0
+
+
+def test_apply_distill_with_hidden_and_attention_losses_records_them(tiny_prepared, tiny_teacher):
+    teacher, _ = load_bundle(tiny_teacher)
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    args = {**TECHNIQUES["distill"].defaults, "layers": 1, "epochs": 1, "lr": 1e-3, "hidden_weight": 1.0,
+            "attention_weight": 1.0, "layer_map": [1]}
+    student, details = apply_distill(teacher, args, ctx)
+    assert details["losses"] == {"hidden_weight": 1.0, "attention_weight": 1.0, "layer_map": [1]}
+    assert np.isfinite(details["history"][0]["loss"])
+    assert next(teacher.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="layer_map"):
+        apply_distill(teacher, {**args, "layer_map": [0, 1]}, ctx)
+
+
+def test_forward_with_hidden_records_one_attention_map_per_use_of_a_shared_layer(batch):
+    model = random_teacher(layers=3, shared_layers=[0, 0, 0]).eval()
+    ids, mask = batch
+    logits, hidden, maps = model.forward_with_hidden(ids, mask, attentions=True)
+    assert len(hidden) == 4 and len(maps) == 3
+    assert not torch.equal(maps[0], maps[1])  # the same weights see different inputs
+    torch.testing.assert_close(logits, model(ids, mask))
+    assert model.encoder.layer[0].attention.self.recorded is None

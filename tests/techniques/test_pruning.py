@@ -172,3 +172,41 @@ def test_apply_prune_magnitude_reaches_the_target_and_says_it_is_not_faster(ctx)
     assert set(details["per_layer_sparsity"]) == {0, 1}
     assert "not faster" in details["note"]
     assert (ctx.teacher.encoder.layer[0].intermediate.dense.weight != 0).all()  # teacher untouched
+
+
+def test_keep_masks_drop_exactly_the_fraction_even_with_ties():
+    from textcompress.techniques.pruning import keep_masks
+
+    scores = {"a": torch.zeros(10, 10), "b": torch.zeros(5, 4)}  # all tied, as movement scores start
+    masks = keep_masks(scores, 0.8, "global")
+    assert sum(int(m.sum()) for m in masks.values()) == 120 - int(0.8 * 120)
+    assert all(int(m.sum()) == m.numel() - int(0.8 * m.numel()) for m in keep_masks(scores, 0.8, "layer").values())
+
+
+def test_straight_through_mask_passes_gradients_to_masked_weights():
+    from textcompress.techniques.pruning import MovementMask
+
+    weight = torch.ones(2, 3, requires_grad=True)
+    mask = MovementMask((2, 3))
+    mask.mask[0] = 0.0
+    effective = mask(weight)
+    assert torch.equal(effective[0], torch.zeros(3))
+    (effective * torch.arange(6.0).view(2, 3)).sum().backward()
+    assert torch.equal(weight.grad, torch.arange(6.0).view(2, 3))  # masked row too
+
+
+def test_movement_pruning_reaches_the_sparsity_and_leaves_plain_weights(ctx):
+    from textcompress.techniques.pruning import apply_prune_movement
+
+    args = {**TECHNIQUES["prune_movement"].defaults, "sparsity": 0.7, "frequency": 2, "epochs": 1, "lr": 1e-3}
+    pruned, details = apply_prune_movement(ctx.teacher, args, ctx)
+    weights = prunable_weights(pruned)
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    assert zeros / sum(w.numel() for w in weights.values()) == pytest.approx(0.7, abs=0.005)
+    assert details["sparsity"] == pytest.approx(0.7, abs=0.005) and "not faster" in details["note"]
+    assert not any("parametrizations" in name for name in pruned.state_dict())  # saves and exports as usual
+    # Movement keeps weights that moved away from zero, not simply the largest ones.
+    magnitude_kept = magnitude_masks(prunable_weights(ctx.teacher), 0.7, "global")
+    moved_kept = {n: w != 0 for n, w in weights.items()}
+    overlap = sum(int((magnitude_kept[n] & moved_kept[n]).sum()) for n in weights)
+    assert overlap < sum(int(m.sum()) for m in moved_kept.values())

@@ -23,7 +23,7 @@ def main(argv=None):
         metrics = {"candidate": args.candidate}
         candidate = make_session(Path(args.onnx) / MODEL_FILE)
         teacher = make_session(Path(args.teacher_onnx) / MODEL_FILE)
-        for split_name in ("validation", "test"):
+        for split_name in ("validation", "test", "selection"):
             if not (prepared / f"{split_name}.parquet").is_file():
                 continue
             split = load_split(prepared, split_name)
@@ -35,7 +35,7 @@ def main(argv=None):
                 metrics.update(result)
                 metrics["predictions"] = predicted.astype(int).tolist()  # for paired tests at promotion
             else:
-                metrics["test"] = result
+                metrics[split_name] = result
         write_json(args.out, metrics)
         print(f"{args.candidate}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
               f"agreement with teacher {metrics['label_agreement']:.4f}")

@@ -35,19 +35,22 @@ class Technique:
 # Every step that modifies the model then fine-tunes it against the teacher takes these
 # (see techniques.distillation.recover); kept here so params validation imports no torch.
 RECOVERY = {"epochs": 1.0, "lr": 1.0e-4, "batch_size": 32, "warmup": 0.06, "temperature": 2.0, "alpha": 0.9,
-            "freeze_embeddings": True}
+            "freeze_embeddings": True, "hidden_weight": 0.0, "attention_weight": 0.0}
 SCOPES = ("global", "layer")
-COMMON_BOUNDS = {"epochs": (0, None), "lr": (0, 1), "batch_size": (1, None), "warmup": (0, 1), "temperature": (1e-3, None),
+COMMON_BOUNDS = {"hidden_weight": (0, None), "attention_weight": (0, None), "epochs": (0, None), "lr": (0, 1), "batch_size": (1, None), "warmup": (0, 1), "temperature": (1e-3, None),
                  "alpha": (0, 1), "importance_batches": (1, None), "round_to": (1, None), "frequency": (1, None)}
 FRACTION_BELOW_ONE = (0, 0.99)
 
 TECHNIQUES: dict[str, Technique] = {
     "distill": Technique(
         "distill", "distillation", "compress",
-        defaults={"student": "bert", "layers": 2, **RECOVERY, "epochs": 3.0, "freeze_embeddings": False},
+        # augment: copies of the training set augmented and labelled by the teacher (0: off;
+        # at most 4, about ten minutes of teacher labelling on 2 CPU cores for SST-2).
+        defaults={"student": "bert", "layers": 2, "layer_map": [], "augment": 0, **RECOVERY, "epochs": 3.0,
+                  "freeze_embeddings": False},
         module="textcompress.techniques.distillation",
         choices={"student": ("bert", "same")},
-        bounds={"layers": (1, None)},
+        bounds={"layers": (1, None), "augment": (0, 4)},
     ),
     "prune_structured": Technique(
         "prune_structured", "pruning", "compress",
@@ -68,6 +71,13 @@ TECHNIQUES: dict[str, Technique] = {
         defaults={"sparsity": 0.8, "scope": "global", "schedule": "cubic", "frequency": 50, **RECOVERY},
         module="textcompress.techniques.pruning",
         choices={"scope": SCOPES, "schedule": ("cubic", "oneshot")},
+        bounds={"sparsity": FRACTION_BELOW_ONE},
+    ),
+    "prune_movement": Technique(
+        "prune_movement", "pruning", "compress",
+        defaults={"sparsity": 0.8, "scope": "global", "frequency": 50, **RECOVERY},
+        module="textcompress.techniques.pruning",
+        choices={"scope": SCOPES},
         bounds={"sparsity": FRACTION_BELOW_ONE},
     ),
     "trim_vocab": Technique(

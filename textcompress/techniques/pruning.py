@@ -7,8 +7,12 @@
   up uneven; every layer keeps at least one head and one neuron.
 - `drop_layers`: remove whole layers (top, bottom, alternate, or the least important).
 - `prune_magnitude`: unstructured, smallest weights zeroed to a target sparsity, globally or
-  per layer, one-shot or on a cubic schedule during fine-tuning (Zhu & Gupta, 2017). The
-  matrices stay dense: ONNX Runtime does not run faster, only the compressed file is smaller.
+  per layer, one-shot or on a cubic schedule during fine-tuning (Zhu & Gupta, 2017).
+- `prune_movement`: unstructured, first-order movement pruning (Sanh et al., 2020): a weight's
+  score accumulates −w·∂L/∂w during fine-tuning (weights moving towards zero lose), the lowest
+  scores are masked on the cubic schedule, and masked weights keep receiving gradients
+  (straight-through), so a weight can come back while the mask is still moving.
+Both leave dense matrices: ONNX Runtime does not run faster, only the compressed file is smaller.
 
 Every step ends with a recovery fine-tune against the teacher (`distillation.recover`).
 """
@@ -212,21 +216,31 @@ def prunable_weights(model: TextClassifier) -> dict[str, nn.Parameter]:
             if name.startswith("encoder.") and name.endswith(".weight") and p.ndim == 2}
 
 
+def keep_masks(scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
+    """Boolean masks keeping the highest scores: exactly the `sparsity` fraction dropped, across all
+    matrices (`global`) or from each (`layer`); ties are broken by position, never all pruned."""
+    def top(flat: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        kept = flat.numel() - int(sparsity * flat.numel())
+        if kept > 0:
+            keep[torch.topk(flat, kept, sorted=False).indices] = True
+        return keep
+
+    if scope == "global":
+        flat = torch.cat([s.detach().flatten() for s in scores.values()])
+        keep, masks, start = top(flat), {}, 0
+        for n, s in scores.items():
+            masks[n] = keep[start:start + s.numel()].view_as(s)
+            start += s.numel()
+        return masks
+    if scope == "layer":
+        return {n: top(s.detach().flatten()).view_as(s) for n, s in scores.items()}
+    raise ValueError(f"scope must be global or layer, got {scope!r}")
+
+
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
     """Boolean keep-masks zeroing the `sparsity` fraction of smallest |w|, globally or per matrix."""
-    if scope == "global":
-        flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-        k = int(sparsity * flat.numel())
-        threshold = flat.kthvalue(k).values if k > 0 else flat.new_tensor(-1.0)
-        return {n: w.detach().abs() > threshold for n, w in weights.items()}
-    if scope == "layer":
-        masks = {}
-        for n, w in weights.items():
-            k = int(sparsity * w.numel())
-            threshold = w.detach().abs().flatten().kthvalue(k).values if k > 0 else w.new_tensor(-1.0)
-            masks[n] = w.detach().abs() > threshold
-        return masks
-    raise ValueError(f"scope must be global or layer, got {scope!r}")
+    return keep_masks({n: w.detach().abs() for n, w in weights.items()}, sparsity, scope)
 
 
 def cubic_sparsity(step: int, total: int, final: float, start_fraction: float = 0.0, end_fraction: float = 0.7) -> float:
@@ -276,6 +290,71 @@ def apply_prune_magnitude(model: TextClassifier, args: dict, ctx) -> tuple[TextC
     masks.update(magnitude_masks(weights, args["sparsity"], args["scope"]))
     apply_masks()
     details = {**sparsity_report(pruned), "schedule": args["schedule"], "scope": args["scope"], "history": history,
+               "note": "unstructured zeros: the ONNX matrices stay dense, so ONNX Runtime is not faster; "
+                       "only the compressed file shrinks"}
+    return pruned, details
+
+
+# ---------------------------------------------------------------------------
+# Movement pruning
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """w ⊙ mask forward; the gradient passes to every w, masked or not (Sanh et al.'s estimator)."""
+
+    @staticmethod
+    def forward(ctx, weight, mask):
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class MovementMask(nn.Module):
+    """A parametrization: the layer computes with its weight masked; the dense weight trains on."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.register_buffer("mask", torch.ones(shape))
+
+    def forward(self, weight):
+        return _StraightThroughMask.apply(weight, self.mask)
+
+
+def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    from torch.nn.utils import parametrize
+
+    pruned = copy.deepcopy(model)
+    names = list(prunable_weights(pruned))
+    modules = {n: pruned.get_submodule(n.rsplit(".", 1)[0]) for n in names}
+    for module in modules.values():
+        parametrize.register_parametrization(module, "weight", MovementMask(module.weight.shape))
+    dense = {n: m.parametrizations.weight.original for n, m in modules.items()}
+    scores = {n: torch.zeros_like(w) for n, w in dense.items()}
+
+    def set_masks(sparsity: float):
+        for n, keep in keep_masks(scores, sparsity, args["scope"]).items():
+            modules[n].parametrizations.weight[0].mask.copy_(keep.to(scores[n].dtype))
+
+    def step_hook(step: int, total: int):
+        with torch.no_grad():
+            for n, w in dense.items():
+                if w.grad is not None:
+                    if scores[n].device != w.device:
+                        scores[n] = scores[n].to(w.device)
+                    scores[n] -= w.grad * w  # first-order: moving away from zero raises the score
+            if step % args["frequency"] == 0 or step == total:
+                set_masks(cubic_sparsity(step, total, args["sparsity"]))
+
+    history = recover(pruned, ctx, args, desc="prune_movement", step_hook=step_hook)
+    with torch.no_grad():
+        for n in scores:
+            scores[n] = scores[n].to("cpu")
+        set_masks(args["sparsity"])
+    for module in modules.values():  # bake w ⊙ mask into a plain weight
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    details = {**sparsity_report(pruned), "scope": args["scope"], "history": history,
                "note": "unstructured zeros: the ONNX matrices stay dense, so ONNX Runtime is not faster; "
                        "only the compressed file shrinks"}
     return pruned, details

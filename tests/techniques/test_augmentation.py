@@ -1,0 +1,59 @@
+"""Tests for textcompress.techniques.augmentation and its use in `distill`: special tokens stay,
+n-grams are short, rates follow the arguments, and the teacher labels what was made."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from textcompress.data import Split, load_split
+from textcompress.modeling import load_bundle
+from textcompress.stages.compress import CompressContext
+from textcompress.techniques import TECHNIQUES
+from textcompress.techniques.augmentation import augment_ids, augmented_split
+from textcompress.techniques.distillation import apply_distill
+from textcompress.training import predict_logits
+
+CLS, SEP, MASK = 2, 3, 4
+
+
+def sentence(n: int) -> np.ndarray:
+    return np.array([CLS] + list(range(10, 10 + n)) + [SEP])
+
+
+def test_augmented_sentences_keep_their_ends_and_follow_the_rates():
+    rng = np.random.default_rng(0)
+    unigram = np.array([50, 51]), np.array([0.5, 0.5])
+    masked = [augment_ids(sentence(20), rng, MASK, *unigram, mask=0.3, replace=0.0, ngram=0.0) for _ in range(200)]
+    assert all(a[0] == CLS and a[-1] == SEP and len(a) == 22 for a in masked)
+    assert np.mean([np.mean(a[1:-1] == MASK) for a in masked]) == pytest_approx(0.3)
+    replaced = [augment_ids(sentence(20), rng, MASK, *unigram, mask=0.0, replace=0.5, ngram=0.0) for _ in range(200)]
+    assert np.mean([np.isin(a[1:-1], [50, 51]).mean() for a in replaced]) == pytest_approx(0.5)
+    cut = [augment_ids(sentence(20), rng, MASK, *unigram, mask=0.0, replace=0.0, ngram=1.0) for _ in range(50)]
+    assert all(1 <= len(a) - 2 <= 5 for a in cut)
+    # a cut keeps a contiguous run of the sentence
+    assert all(np.all(np.diff(a[1:-1]) == 1) for a in cut)
+
+
+def pytest_approx(value):
+    import pytest
+
+    return pytest.approx(value, abs=0.05)
+
+
+def test_augmented_split_makes_multiplier_copies():
+    train = Split(["a", "b"], [sentence(3), sentence(4)], np.array([0, 1]))
+    extra = augmented_split(train, 3, MASK, seed=0)
+    assert len(extra) == 6 and all(t.startswith("[augmented") for t in extra.texts)
+
+
+def test_distill_with_augmentation_trains_on_teacher_labelled_copies(tiny_prepared, tiny_teacher):
+    teacher, _ = load_bundle(tiny_teacher)
+    train = load_split(tiny_prepared, "train")
+    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0,
+                          tokenizer_file=tiny_prepared / "tokenizer.json")
+    args = {**TECHNIQUES["distill"].defaults, "layers": 1, "epochs": 1, "lr": 1e-3, "augment": 2}
+    _, details = apply_distill(teacher, args, ctx)
+    assert details["augmented_rows"] == 2 * len(train)
+    # one epoch over three times the rows
+    assert details["history"][0]["steps"] == -(-3 * len(train) // args["batch_size"])
+    assert len(ctx.train) == len(train)  # the caller's context is left as it was
