@@ -132,9 +132,7 @@ def remove_heads_and_neurons(model: TextClassifier, keep_heads: list[list[int]],
         attn = layer.attention.self
         rows = torch.tensor([h * d + i for h in heads for i in range(d)], dtype=torch.long)
         attn.query, attn.key, attn.value = (_rows(m, rows) for m in (attn.query, attn.key, attn.value))
-        attn.num_heads = len(heads)
-        if attn.kind == "performer":
-            pass  # the random features act per head dimension, shared by all heads
+        attn.num_heads = len(heads)  # Performer's random features act per head dimension: nothing to cut
         layer.attention.output.dense = _columns(layer.attention.output.dense, rows)
         cols = torch.tensor(neurons, dtype=torch.long)
         layer.intermediate.dense = _rows(layer.intermediate.dense, cols)

@@ -24,15 +24,6 @@ def group_sources(num_layers: int, groups: int) -> list[int]:
     return [bounds[g] for g in range(groups) for _ in range(bounds[g], bounds[g + 1])]
 
 
-def _parts(layer, share: str):
-    parts = []
-    if share in ("all", "attention"):
-        parts.append(layer.attention)
-    if share in ("all", "ffn"):
-        parts += [layer.intermediate, layer.output]
-    return parts
-
-
 def share_layers(model: TextClassifier, groups: int, share: str = "all", init: str = "average") -> TextClassifier:
     """A copy of `model` whose layers share weights by group. `init`: `average` of the group's
     layers, or `first` (the group's first layer as it is)."""

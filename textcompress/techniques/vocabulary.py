@@ -47,10 +47,10 @@ def trimmed_tokenizer_json(tokenizer_json: dict, kept: list[str]) -> dict:
 
 
 def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
-    if model.config.vocab_size != len(json.loads(Path(ctx.tokenizer_file).read_text())["model"]["vocab"]):
-        raise ValueError("trim_vocab: the model's vocabulary no longer matches its tokenizer (trimmed twice?)")
     tokenizer_json = json.loads(Path(ctx.tokenizer_file).read_text())
     vocab = tokenizer_json["model"]["vocab"]
+    if model.config.vocab_size != len(vocab):
+        raise ValueError("trim_vocab: the model's vocabulary no longer matches its tokenizer (trimmed twice?)")
     special = {a["content"] for a in tokenizer_json.get("added_tokens", []) if a.get("special")}
     counts = Counter(int(i) for ids in ctx.train.input_ids for i in ids)
     kept = pieces_to_keep(vocab, special, counts, args["min_count"], args["floor"])
