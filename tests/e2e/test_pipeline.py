@@ -139,33 +139,3 @@ def test_promotion_and_completion_were_notified(runs, project):
     promotion = next(e for e in events if e["event"] == "promotion")
     report = json.loads((project / "reports" / "candidates.json").read_text())
     assert report["champion"] in promotion["subject"]
-
-
-@pytest.mark.e2e
-def test_one_run_of_the_served_schedule_is_triggered_and_completes(runs, project):
-    """The deployment `textcompress schedule` serves, registered with a Prefect runner; one run is
-    triggered by hand and executed by the runner (nothing changed, so it skips)."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.runner import Runner
-
-    from flows.pipeline import pipeline
-    from textcompress.cli import scheduled_deployment
-    from textcompress.config import load_params
-
-    options = scheduled_deployment(project, load_params(project / "params.yaml"), cron="0 3 * * 1")
-    runner = Runner(name="textcompress-test-runner", pause_on_shutdown=False)
-    runner.add_deployment(pipeline.to_deployment(**options))
-    with get_client(sync_client=True) as client:
-        stored = client.read_deployment_by_name(f"textcompress-pipeline/{options['name']}")
-        assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * 1"]
-    flow_run = run_deployment(f"textcompress-pipeline/{options['name']}", timeout=0)
-    cwd = os.getcwd()
-    try:
-        asyncio.run(runner.start(run_once=True))
-    finally:
-        os.chdir(cwd)
-    with get_client(sync_client=True) as client:
-        assert client.read_flow_run(flow_run.id).state.is_completed()
