@@ -13,7 +13,7 @@ from prefect import task
 
 from tasks.stages import project_env
 from textcompress.errors import TextcompressError
-from textcompress.fileio import read_json, write_json
+from textcompress.fileio import data_version, read_json, write_json
 from textcompress.registry import registry_lock
 
 READ_ONLY_REMOTES = {"shared"}  # the team's data remote: never pushed to
@@ -25,16 +25,6 @@ def tracking_uri(uri: str, project_dir: Path) -> str:
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         return prefix + str((project_dir / uri[len(prefix):]).resolve())
     return uri
-
-
-def data_version(project_dir: Path) -> str:
-    """The md5 that data.dvc pins (or 'untracked')."""
-    import yaml
-
-    pointer = project_dir / "data.dvc"
-    if not pointer.is_file():
-        return "untracked"
-    return str(yaml.safe_load(pointer.read_text())["outs"][0]["md5"])
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], task_run_name="log candidates to MLflow")

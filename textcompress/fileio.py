@@ -65,3 +65,13 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def data_version(project_dir: Path) -> str:
+    """The md5 that data.dvc pins (or 'untracked')."""
+    import yaml
+
+    pointer = Path(project_dir) / "data.dvc"
+    if not pointer.is_file():
+        return "untracked"
+    return str(yaml.safe_load(pointer.read_text())["outs"][0]["md5"])

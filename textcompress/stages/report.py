@@ -2,23 +2,17 @@
 
 from pathlib import Path
 
-from textcompress.fileio import read_json
+from textcompress.data import load_labels
+from textcompress.fileio import data_version, read_json
 from textcompress.report import build_report, write_report
 from textcompress.stages import run_stage
 
 FAILURES_FILE = "failures.json"  # written by the flow when a candidate's stage failed
 
 
-def card_context(params: dict, data_dvc: Path = Path("data.dvc")) -> dict:
-    import yaml
-
-    version = "unknown (no data.dvc)"
-    if data_dvc.is_file():
-        outs = (yaml.safe_load(data_dvc.read_text()) or {}).get("outs") or [{}]
-        version = outs[0].get("md5", version)
-    return {"data_version": version, "base_model": params["base_model"], "max_length": params["data"]["max_length"],
-            "labels": read_json(Path("artifacts/prepared") / "labels.json")
-            if Path("artifacts/prepared/labels.json").is_file() else "see labels.json"}
+def card_context(params: dict, prepared: Path) -> dict:
+    return {"data_version": data_version(Path(".")), "base_model": params["base_model"],
+            "max_length": params["data"]["max_length"], "labels": load_labels(prepared)}
 
 
 def main(argv=None):
@@ -35,7 +29,7 @@ def main(argv=None):
                               read_json(args.benchmark), params["promotion"], failures)
         if Path(args.attention_benchmark).is_file():
             report["attention_benchmark"] = read_json(args.attention_benchmark)
-        write_report(report, out, card_context(params))
+        write_report(report, out, card_context(params, root / "prepared"))
         print((out / "candidates.md").read_text())
 
     run_stage(__doc__, add, body, argv)
