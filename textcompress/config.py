@@ -61,8 +61,9 @@ DEFAULTS: dict = {
     "attention_benchmark": {"lengths": [128, 256, 512, 1024, 2048, 4096], "kinds": ["softmax", "linear", "performer", "linformer"],
                             "threads": 1, "repeats": 3, "performer_features": 64, "linformer_length": 256},
     # Not tracked by DVC. threads: torch threads for training (None = all cores);
-    # device: where training runs (auto = the GPU when there is one).
-    "runtime": {"threads": None, "device": "auto"},
+    # device: where training runs (auto = the GPU when there is one); cache_dir: the teacher's
+    # hidden states that distillation candidates share (fp16, keyed by teacher and data).
+    "runtime": {"threads": None, "device": "auto", "cache_dir": "artifacts/teacher-states"},
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")

@@ -342,7 +342,7 @@ def count_parameters(model: nn.Module) -> int:
 # Bundles on disk: config.json + model.safetensors + tokenizer.json + labels.json
 
 
-def save_bundle(model: TextClassifier, out_dir: str | Path, tokenizer_file: str | Path, labels: list) -> None:
+def save_bundle(model: nn.Module, out_dir: str | Path, tokenizer_file: str | Path, labels: list) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
@@ -354,19 +354,37 @@ def save_bundle(model: TextClassifier, out_dir: str | Path, tokenizer_file: str 
     (out_dir / "labels.json").write_text(json.dumps(labels) + "\n")
 
 
-def load_bundle(bundle_dir: str | Path) -> tuple[TextClassifier, list]:
+def load_bundle(bundle_dir: str | Path) -> tuple[nn.Module, list]:
     bundle_dir = Path(bundle_dir)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "labels.json"):
         if not (bundle_dir / name).is_file():
             raise TextcompressError(f"{bundle_dir}: not a model bundle ({name} is missing). "
                                     "Fix: point at a directory written by `teach` or `compress`.")
-    config = EncoderConfig(**json.loads((bundle_dir / "config.json").read_text()))
-    model = TextClassifier(config)
+    model = model_from_config(json.loads((bundle_dir / "config.json").read_text()))
     state = load_file(str(bundle_dir / "model.safetensors"))
     for alias, original in shared_aliases(model).items():
         state[alias] = state[original]  # stored once; the config ties the modules again
     model.load_state_dict(state)
     return model.eval(), json.loads((bundle_dir / "labels.json").read_text())
+
+
+def model_from_config(config: dict) -> nn.Module:
+    """A freshly initialised model of the class a bundle's config.json names (`architecture`;
+    a transformer when absent): the BERT-style encoder here, or a recurrent or convolutional
+    student from their own files."""
+    config = dict(config)
+    architecture = config.get("architecture", "transformer")
+    if architecture == "rnn":
+        from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig
+        return RecurrentClassifier(RecurrentConfig(**config))
+    if architecture == "cnn":
+        from textcompress.modeling_cnn import ConvClassifier, ConvConfig
+        return ConvClassifier(ConvConfig(**config))
+    if architecture != "transformer":
+        raise TextcompressError(f"config.json: unknown architecture {architecture!r}. "
+                                "Fix: one of transformer, rnn, cnn (a bundle written by `teach` or `compress`)")
+    config.pop("architecture", None)
+    return TextClassifier(EncoderConfig(**config))
 
 
 def shared_aliases(model: nn.Module) -> dict[str, str]:

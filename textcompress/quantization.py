@@ -9,7 +9,8 @@
 - `mode: fp16`: weights and compute in half precision with fp32 inputs and outputs. For GPU
   targets: CPUs without native fp16 arithmetic run it slower than fp32, and the report says so.
 Both int8 modes quantize the word-piece embedding (a Gather), the bulk of a small model's
-bytes. `exclude` keeps operator types or nodes (by name fragment) in fp32; `sensitivity: N`
+bytes; dynamic mode also quantizes LSTM weights, while GRU and Conv nodes stay fp32 and the
+step's details list them (`kept_fp32_ops`). `exclude` keeps operator types or nodes (by name fragment) in fp32; `sensitivity: N`
 also keeps the N MatMuls whose quantization alone moves the calibration logits most.
 """
 
@@ -24,6 +25,10 @@ import onnx
 from textcompress.data import Split, length_bucketed_batches, pad_arrays
 
 INT8_OPS = ["MatMul", "Gather"]
+# Dynamic mode also quantizes LSTM weights (ONNX Runtime's DynamicQuantizeLSTM). It has no
+# int8 kernel for GRU (and none is worth it here for Conv), so those stay fp32 and are reported.
+DYNAMIC_ONLY_OPS = ["LSTM"]
+FP32_REPORTED_OPS = ("LSTM", "GRU", "RNN", "Conv")
 
 
 def calibration_batches(split: Split, sentences: int, batch_size: int = 16, seed: int = 0,
@@ -64,7 +69,7 @@ def _quantize(onnx_in: Path, onnx_out: Path, args: dict, batches: list[dict], ex
 
     if args["mode"] == "dynamic":
         quantize_dynamic(str(onnx_in), str(onnx_out), weight_type=QuantType.QInt8, per_channel=bool(args["per_channel"]),
-                         op_types_to_quantize=INT8_OPS, nodes_to_exclude=excluded, nodes_to_quantize=only)
+                         op_types_to_quantize=INT8_OPS + DYNAMIC_ONLY_OPS, nodes_to_exclude=excluded, nodes_to_quantize=only)
         return
 
     class Reader(CalibrationDataReader):
@@ -136,4 +141,16 @@ def apply_quantize(onnx_in: Path, onnx_out: Path, args: dict, ctx=None) -> dict:
         if args["mode"] == "static":
             details.update(calibration_sentences=min(args["calibration"], len(ctx.train)), method=args["method"])
     details.update(bytes_before=onnx_in.stat().st_size, bytes_after=onnx_out.stat().st_size)
+    kept = fp32_heavy_ops(onnx_out)
+    if kept:
+        details["kept_fp32_ops"] = kept
     return details
+
+
+def fp32_heavy_ops(onnx_path: Path) -> dict[str, int]:
+    """Recurrent and convolution nodes the quantizer left in fp32 (no int8 kernel for them in this mode)."""
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        if node.op_type in FP32_REPORTED_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

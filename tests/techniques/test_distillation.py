@@ -291,3 +291,214 @@ def test_forward_with_hidden_records_one_attention_map_per_use_of_a_shared_layer
     assert not torch.equal(maps[0], maps[1])  # the same weights see different inputs
     torch.testing.assert_close(logits, model(ids, mask))
     assert model.encoder.layer[0].attention.self.recorded is None
+
+
+# ---------------------------------------------------------------------------
+# Each loss term trains; the logit MSE of Tang et al.
+
+
+@pytest.mark.parametrize("terms", [
+    {"logit_loss": "mse"},
+    {"hidden_weight": 1.0},
+    {"attention_weight": 1.0},
+])
+def test_each_loss_term_decreases_on_a_fixed_batch(batch, terms):
+    from textcompress.techniques.distillation import DistillationLoss
+
+    teacher = random_teacher(layers=2)
+    student = random_teacher(layers=1, seed=5, dropout=0.0).train()
+    ids, mask = batch
+    labels, index = torch.zeros(ids.shape[0], dtype=torch.long), np.arange(ids.shape[0])
+    logits = (teacher(ids, mask) * 3).detach().numpy()
+    args = {"hidden_weight": 0.0, "attention_weight": 0.0, "logit_loss": "kl", **terms}
+    loss_module = DistillationLoss(teacher, logits, 32, [1], 2.0, 1.0, args["hidden_weight"], args["attention_weight"],
+                                   args["logit_loss"])
+    plain = DistillationLoss(teacher, logits, 32, [1], 2.0, 1.0, 0.0, 0.0, args["logit_loss"])
+
+    def term():  # the term under test alone (the logit part is subtracted for the intermediate ones)
+        with torch.no_grad():
+            total = loss_module(student, ids, mask, labels, index)
+            return float(total - plain(student, ids, mask, labels, index)) if args["logit_loss"] == "kl" else float(total)
+
+    optimizer = torch.optim.Adam(list(student.parameters()) + list(loss_module.parameters()), lr=3e-3)
+    before = term()
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss_module(student, ids, mask, labels, index).backward()
+        optimizer.step()
+    assert before > 0 and term() < 0.8 * before, (before, term())
+
+
+def test_logit_mse_is_zero_for_the_teachers_own_logits(batch):
+    from textcompress.techniques.distillation import DistillationLoss
+
+    teacher = random_teacher(layers=1)
+    ids, mask = batch
+    logits = teacher(ids, mask).detach()
+    loss = DistillationLoss(teacher, logits.numpy(), 32, [], 2.0, 1.0, 0.0, 0.0, "mse")(
+        copy.deepcopy(teacher), ids, mask, torch.zeros(ids.shape[0], dtype=torch.long), np.arange(ids.shape[0]))
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# Narrower BERT students
+
+
+def test_projecting_onto_the_identity_basis_changes_nothing(batch):
+    from textcompress.techniques.distillation import project_width
+
+    teacher = random_teacher(layers=2)
+    same = project_width(teacher, torch.eye(32)).eval()
+    ids, mask = batch
+    with torch.no_grad():
+        torch.testing.assert_close(same(ids, mask), teacher(ids, mask))
+
+
+def test_a_projected_student_carries_the_teachers_states_in_the_basis(batch, tiny_prepared):
+    """Narrowed to 3/4 of the width along the top principal directions, the student's embedding
+    output is close to the teacher's projected one, far closer than a random basis gives."""
+    from textcompress.techniques.distillation import hidden_basis, project_width
+
+    teacher = random_teacher(layers=2)
+    split = load_split(tiny_prepared, "train")
+    basis = hidden_basis(teacher, split, 24, batches=4)
+    assert basis.shape == (32, 24)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(24), atol=1e-5, rtol=0)
+    random_basis, _ = torch.linalg.qr(torch.randn(32, 24, generator=torch.Generator().manual_seed(0)))
+    ids, mask = batch
+    real = mask.bool()
+
+    def error(b):
+        narrow = project_width(teacher, b).eval()
+        with torch.no_grad():
+            got = narrow.hidden_states(ids, mask)[-1][real]
+            want = teacher.hidden_states(ids, mask)[-1][real] @ b
+        return float((got - want).norm() / want.norm())
+
+    assert narrow_config_ok(project_width(teacher, basis))
+    assert error(basis) < error(random_basis)
+
+
+def narrow_config_ok(model) -> bool:
+    c = model.config
+    return c.hidden_size == 24 and c.head_dim == 8 and model.embeddings.word_embeddings.weight.shape[1] == 24
+
+
+def test_apply_distill_narrows_heads_neurons_and_width_and_trains_with_the_basis(tiny_prepared, tiny_teacher, tmp_path):
+    from textcompress.export import export_onnx
+    from textcompress.inference import make_session, run_logits
+
+    teacher, _ = load_bundle(tiny_teacher)
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    args = {**TECHNIQUES["distill"].defaults, "layers": 2, "width": 16, "ffn": 24, "epochs": 1, "lr": 1e-3,
+            "hidden_weight": 1.0}
+    student, details = apply_distill(teacher, args, ctx)
+    assert student.config.hidden_size == 16 and student.config.layer_heads == [2, 2]  # head size 8 kept
+    assert student.config.layer_ffn == [24, 24]
+    assert details["narrowed"] == {"width": 16, "layer_heads": [2, 2], "layer_ffn": [24, 24]}
+    assert details["losses"]["layer_map"] == [0, 1]
+    export_onnx(student, tmp_path / "model.onnx")
+    ids, mask = pad_batch(validation.input_ids[:8])
+    with torch.no_grad():
+        expected = student(ids, mask).numpy()
+    assert np.abs(run_logits(make_session(tmp_path / "model.onnx"), ids.numpy(), mask.numpy()) - expected).max() < 1e-4
+    with pytest.raises(ValueError, match="width=20 must be a multiple of the head size 8"):
+        apply_distill(teacher, {**args, "width": 20}, ctx)
+
+
+# ---------------------------------------------------------------------------
+# Word-level students (BiLSTM, GRU, CNN)
+
+
+@pytest.mark.parametrize("kind,extra", [("lstm", {"layers": 1}), ("gru", {"layers": 1, "pooling": "last"}),
+                                        ("cnn", {"filters": 16})])
+def test_word_level_students_learn_from_the_teacher_and_start_from_its_embedding(tiny_prepared, tiny_teacher, kind, extra):
+    from textcompress.techniques.distillation import embedding_table
+
+    teacher, _ = load_bundle(tiny_teacher)
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    args = {**TECHNIQUES["distill"].defaults, "student": kind, "embedding_size": 16, "hidden_size": 16, "epochs": 6,
+            "lr": 5e-3, "batch_size": 16, "logit_loss": "mse", "alpha": 0.5, **extra}
+    untrained_args = {**args, "epochs": 0}
+    untrained, _ = apply_distill(teacher, untrained_args, ctx)
+    torch.testing.assert_close(untrained.word_embeddings.weight, embedding_table(teacher, 16))
+
+    student, details = apply_distill(teacher, args, ctx)
+    assert details["student"] == kind and details["config"]["embedding_size"] == 16
+    assert details["params_after"] < details["params_before"]
+    teacher_agreement = (predict_logits(student, validation).argmax(-1) == predict_logits(teacher, validation).argmax(-1)).mean()
+    assert teacher_agreement >= 0.85, details["history"]
+
+
+def test_embedding_table_projects_onto_principal_directions():
+    from textcompress.techniques.distillation import embedding_table
+
+    teacher = random_teacher(layers=1)
+    full = embedding_table(teacher, 32)
+    torch.testing.assert_close(full, teacher.embeddings.word_embeddings.weight)
+    small = embedding_table(teacher, 8)
+    assert small.shape == (teacher.config.vocab_size, 8)
+    # Pairwise geometry is kept as far as 8 directions allow: the projection is a contraction.
+    assert torch.cdist(small, small).max() <= torch.cdist(full, full).max() + 1e-5
+    with pytest.raises(ValueError, match="embedding_size=64 is wider"):
+        embedding_table(teacher, 64)
+
+
+def test_intermediate_losses_are_refused_for_a_recurrent_student(tiny_prepared, tiny_teacher):
+    teacher, _ = load_bundle(tiny_teacher)
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    args = {**TECHNIQUES["distill"].defaults, "student": "lstm", "layers": 1, "hidden_weight": 1.0, "epochs": 1}
+    with pytest.raises(ValueError, match="need a transformer student, not rnn; set them to 0"):
+        apply_distill(teacher, args, ctx)
+
+
+# ---------------------------------------------------------------------------
+# The teacher's hidden states are cached once and reused
+
+
+def test_a_second_candidate_reads_cached_states_and_never_runs_the_teacher(tiny_prepared, tiny_teacher, tmp_path):
+    from textcompress.techniques.distillation import CachedTeacherStates
+
+    teacher, _ = load_bundle(tiny_teacher)
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0, cache_dir=tmp_path)
+    calls = []
+    original = teacher.forward_with_hidden
+    teacher.forward_with_hidden = lambda *a, **k: calls.append(1) or original(*a, **k)
+    args = {**TECHNIQUES["distill"].defaults, "layers": 1, "epochs": 1, "lr": 1e-3, "hidden_weight": 1.0, "layer_map": [1]}
+
+    apply_distill(teacher, args, ctx)
+    first = len(calls)
+    assert first == -(-len(train) // 128)  # one pass over the training set, batches of 128
+    cached = list(tmp_path.glob("*/layer1.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).dtype == np.float16
+
+    apply_distill(teacher, {**args, "lr": 2e-3}, ctx)  # another candidate mapping the same layer
+    assert len(calls) == first
+
+    apply_distill(teacher, {**args, "layer_map": [0]}, ctx)  # a new layer: one more pass, for it alone
+    assert len(calls) == 2 * first and len(list(tmp_path.glob("*/layer*.npy"))) == 2
+
+    # The cached states are the teacher's, within fp16 rounding.
+    states = CachedTeacherStates(teacher, train, [1], tmp_path)
+    index = np.array([3, 0, 7])
+    ids, mask = pad_batch([train.input_ids[i] for i in index])
+    with torch.no_grad():
+        want = original(ids, mask)[1][2]
+    got = states.batch(index, ids.shape[1], "cpu")[1]
+    torch.testing.assert_close(got * mask[..., None], want * mask[..., None], atol=2e-2, rtol=1e-2)
+    assert states.passes == 0
+
+
+def test_states_are_computed_live_when_caching_is_off_or_attention_maps_are_needed(tiny_prepared, tiny_teacher, tmp_path):
+    from textcompress.techniques.distillation import teacher_states
+
+    teacher, _ = load_bundle(tiny_teacher)
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    ctx = CompressContext(teacher, train, validation, np.zeros((len(train), 2), dtype=np.float32), seed=0, cache_dir=tmp_path)
+    assert teacher_states(ctx, [1], {"teacher_states": "live", "hidden_weight": 1.0}) is None
+    assert teacher_states(ctx, [1], {"teacher_states": "auto", "hidden_weight": 1.0, "attention_weight": 1.0}) is None
+    assert teacher_states(ctx, [1], {"teacher_states": "auto", "hidden_weight": 1.0}) is not None

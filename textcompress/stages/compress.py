@@ -28,6 +28,7 @@ class CompressContext:
     tokenizer_file: Path | None = None  # the model's tokenizer; a vocabulary step replaces it
     max_length: int = 128
     workdir: Path | None = None  # scratch space for files a step makes (a trimmed tokenizer)
+    cache_dir: Path | None = None  # teacher hidden states shared by candidates (None: not cached)
 
 
 def candidate_recipe(params: dict, name: str) -> list:
@@ -51,7 +52,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as workdir:
             ctx = CompressContext(teacher, load_split(prepared, "train"), load_split(prepared, "validation"),
                                   np.load(args.logits), params["seed"], params["runtime"]["device"],
-                                  prepared / "tokenizer.json", params["data"]["max_length"], Path(workdir))
+                                  prepared / "tokenizer.json", params["data"]["max_length"], Path(workdir),
+                                  Path(params["runtime"]["cache_dir"]))
             model, steps = teacher, []
             for step in recipe:
                 technique, step_args = parse_step(step)

@@ -34,8 +34,12 @@ class Technique:
 
 # Every step that modifies the model then fine-tunes it against the teacher takes these
 # (see techniques.distillation.recover); kept here so params validation imports no torch.
+# logit_loss: kl (soft labels at `temperature`) or mse (on logits, Tang et al.); teacher_states:
+# where hidden-state targets come from: auto (cached in fp16 below a size limit), cache, live.
 RECOVERY = {"epochs": 1.0, "lr": 1.0e-4, "batch_size": 32, "warmup": 0.06, "temperature": 2.0, "alpha": 0.9,
-            "freeze_embeddings": True, "hidden_weight": 0.0, "attention_weight": 0.0}
+            "freeze_embeddings": True, "hidden_weight": 0.0, "attention_weight": 0.0, "logit_loss": "kl",
+            "teacher_states": "auto"}
+RECOVERY_CHOICES = {"logit_loss": ("kl", "mse"), "teacher_states": ("auto", "cache", "live")}
 SCOPES = ("global", "layer")
 COMMON_BOUNDS = {"hidden_weight": (0, None), "attention_weight": (0, None), "epochs": (0, None), "lr": (0, 1), "batch_size": (1, None), "warmup": (0, 1), "temperature": (1e-3, None),
                  "alpha": (0, 1), "importance_batches": (1, None), "round_to": (1, None), "frequency": (1, None)}
@@ -44,13 +48,19 @@ FRACTION_BELOW_ONE = (0, 0.99)
 TECHNIQUES: dict[str, Technique] = {
     "distill": Technique(
         "distill", "distillation", "compress",
+        # student: bert (teacher layers `layers`, narrowed to `width` / `ffn` when set), lstm, gru,
+        # cnn (own embedding of `embedding_size`, 0: the teacher's width), or same (recovery).
+        # layers: teacher layers for bert (a count or indices), recurrent layers for lstm/gru.
         # augment: copies of the training set augmented and labelled by the teacher (0: off;
         # at most 4, about ten minutes of teacher labelling on 2 CPU cores for SST-2).
-        defaults={"student": "bert", "layers": 2, "layer_map": [], "augment": 0, **RECOVERY, "epochs": 3.0,
-                  "freeze_embeddings": False},
+        defaults={"student": "bert", "layers": 2, "layer_map": [], "augment": 0, "width": 0, "ffn": 0,
+                  "embedding_size": 0, "hidden_size": 300, "bidirectional": True, "pooling": "max", "head_size": 0,
+                  "filters": 100, "kernel_sizes": [3, 4, 5], "dropout": 0.1,
+                  **RECOVERY, "epochs": 3.0, "freeze_embeddings": False},
         module="textcompress.techniques.distillation",
-        choices={"student": ("bert", "same")},
-        bounds={"layers": (1, None), "augment": (0, 4)},
+        choices={"student": ("bert", "same", "lstm", "gru", "cnn"), "pooling": ("max", "mean", "last")},
+        bounds={"layers": (1, None), "augment": (0, 4), "width": (0, None), "ffn": (0, None), "embedding_size": (0, None),
+                "hidden_size": (1, None), "head_size": (0, None), "filters": (1, None), "dropout": (0, 0.9)},
     ),
     "prune_structured": Technique(
         "prune_structured", "pruning", "compress",
@@ -153,7 +163,7 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
         for key, value in (args or {}).items():
             if key not in technique.defaults:
                 raise error(f"step {position} ({name}): unknown argument {key!r}", f"use one of {sorted(technique.defaults)}")
-            allowed = (technique.choices or {}).get(key)
+            allowed = {**RECOVERY_CHOICES, **(technique.choices or {})}.get(key)
             if allowed and value not in allowed:
                 raise error(f"step {position} ({name}): {key}={value!r} is not supported", f"use one of {list(allowed)}")
             if not _same_kind(value, technique.defaults[key]):

@@ -1,0 +1,108 @@
+"""Recurrent text classifiers (LSTM or GRU, uni- or bidirectional): everything their forward
+pass needs is in this file.
+
+Word-piece embedding (optionally narrower than the table it was initialised from) ->
+stacked recurrent layers -> pooling over real tokens -> optional ReLU layer -> linear head,
+as in Tang et al. (2019), "Distilling task-specific knowledge from BERT into simple neural
+networks". Inputs are the transformer's (input_ids, attention_mask, right-padded), so every
+stage and the ONNX serving contract stay the same.
+
+Padding never changes a sentence's result: the backward direction reads each row's real
+tokens reversed in place (a gather), so it starts at the sentence's last real token instead
+of at the padding, and pooling ignores padded positions. That is also what keeps ONNX export
+simple: a plain LSTM/GRU op per direction, no packed sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+CELLS = ("lstm", "gru")
+POOLINGS = ("max", "mean", "last")
+
+
+@dataclass
+class RecurrentConfig:
+    vocab_size: int
+    embedding_size: int
+    hidden_size: int  # per direction
+    cell: str = "lstm"
+    num_layers: int = 1
+    bidirectional: bool = True
+    pooling: str = "max"
+    head_size: int = 0  # a ReLU layer of this width before the classifier (Tang et al.: 400); 0: none
+    dropout: float = 0.1
+    num_labels: int = 2
+    architecture: str = "rnn"  # how a bundle's config.json says which model class to build
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell {self.cell!r} is not one of {CELLS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+        if min(self.embedding_size, self.hidden_size, self.num_layers) < 1:
+            raise ValueError("embedding_size, hidden_size and num_layers must be at least 1")
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+
+def reverse_real_tokens(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's first `length` positions reversed, padding left where it is. Its own inverse."""
+    positions = torch.arange(x.shape[1], device=x.device)[None, :]
+    index = torch.where(positions < lengths[:, None], lengths[:, None] - 1 - positions, positions)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+class RecurrentLayer(nn.Module):
+    """One layer: a forward-direction RNN and, if bidirectional, one over the reversed real tokens."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, bidirectional: bool):
+        super().__init__()
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.forward_rnn = rnn(input_size, hidden_size, batch_first=True)
+        self.backward_rnn = rnn(input_size, hidden_size, batch_first=True) if bidirectional else None
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out, _ = self.forward_rnn(x)
+        if self.backward_rnn is None:
+            return out
+        back, _ = self.backward_rnn(reverse_real_tokens(x, lengths))
+        return torch.cat([out, reverse_real_tokens(back, lengths)], dim=-1)
+
+
+class RecurrentClassifier(nn.Module):
+    def __init__(self, config: RecurrentConfig):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size)
+        sizes = [config.embedding_size] + [config.output_size] * (config.num_layers - 1)
+        self.layers = nn.ModuleList(
+            RecurrentLayer(config.cell, size, config.hidden_size, config.bidirectional) for size in sizes)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Sequential(nn.Linear(config.output_size, config.head_size), nn.ReLU(),
+                                  nn.Dropout(config.dropout)) if config.head_size else nn.Identity()
+        self.classifier = nn.Linear(config.head_size or config.output_size, config.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(dim=1)
+        x = self.dropout(self.word_embeddings(input_ids))
+        for layer in self.layers:
+            x = self.dropout(layer(x, lengths))
+        return self.classifier(self.head(self.pool(x, attention_mask, lengths)))
+
+    def pool(self, x: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        real = attention_mask[..., None].to(x.dtype)
+        if self.config.pooling == "max":
+            return (x * real - (1.0 - real) * 1e4).amax(dim=1)
+        if self.config.pooling == "mean":
+            return (x * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
+        # last: the forward direction's state at the last real token; the backward direction
+        # ended at the first token.
+        h = self.config.hidden_size
+        last = x.gather(1, (lengths - 1).clamp(min=0)[:, None, None].expand(-1, 1, x.shape[-1]))[:, 0]
+        return torch.cat([last[:, :h], x[:, 0, h:]], dim=-1) if self.config.bidirectional else last
