@@ -62,8 +62,9 @@ DEFAULTS: dict = {
                             "threads": 1, "repeats": 3, "performer_features": 64, "linformer_length": 256},
     # Not tracked by DVC. threads: torch threads for training (None = all cores);
     # device: where training runs (auto = the GPU when there is one); cache_dir: the teacher's
-    # hidden states that distillation candidates share (fp16, keyed by teacher and data).
-    "runtime": {"threads": None, "device": "auto", "cache_dir": "artifacts/teacher-states"},
+    # hidden states and augmented-data labels that distillation candidates share (keyed by the
+    # teacher's weights and the data), outside the work tree so that sweep workspaces share it too.
+    "runtime": {"threads": None, "device": "auto", "cache_dir": "~/.cache/textcompress/teacher-states"},
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")

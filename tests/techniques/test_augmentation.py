@@ -57,3 +57,19 @@ def test_distill_with_augmentation_trains_on_teacher_labelled_copies(tiny_prepar
     # one epoch over three times the rows
     assert details["history"][0]["steps"] == -(-3 * len(train) // args["batch_size"])
     assert len(ctx.train) == len(train)  # the caller's context is left as it was
+
+
+def test_augmented_rows_are_labelled_by_the_teacher_once_for_all_candidates(tiny_prepared, tiny_teacher, tmp_path):
+    teacher, _ = load_bundle(tiny_teacher)
+    train = load_split(tiny_prepared, "train")
+    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0,
+                          tokenizer_file=tiny_prepared / "tokenizer.json", cache_dir=tmp_path)
+    calls = []
+    original = teacher.forward
+    teacher.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    args = {**TECHNIQUES["distill"].defaults, "student": "cnn", "filters": 4, "epochs": 1, "augment": 1}
+    apply_distill(teacher, args, ctx)
+    labelled = len(calls)
+    assert labelled > 0 and len(list(tmp_path.glob("*/logits.npy"))) == 1
+    _, details = apply_distill(teacher, {**args, "student": "gru", "layers": 1, "hidden_size": 8}, ctx)
+    assert len(calls) == labelled and details["augmented_rows"] == len(train)

@@ -53,7 +53,7 @@ def main(argv=None):
             ctx = CompressContext(teacher, load_split(prepared, "train"), load_split(prepared, "validation"),
                                   np.load(args.logits), params["seed"], params["runtime"]["device"],
                                   prepared / "tokenizer.json", params["data"]["max_length"], Path(workdir),
-                                  Path(params["runtime"]["cache_dir"]))
+                                  Path(params["runtime"]["cache_dir"]).expanduser())
             model, steps = teacher, []
             for step in recipe:
                 technique, step_args = parse_step(step)

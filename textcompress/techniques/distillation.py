@@ -386,7 +386,8 @@ def recover(model: nn.Module, ctx, args: dict, desc: str, step_hook=None, layer_
 
 
 def with_augmented_data(ctx, multiplier: int):
-    """A context whose training set adds `multiplier` augmented copies labelled by the teacher."""
+    """A context whose training set adds `multiplier` augmented copies labelled by the teacher
+    (their logits cached beside the hidden states, so other candidates reuse them)."""
     import dataclasses
     import json
 
@@ -396,7 +397,15 @@ def with_augmented_data(ctx, multiplier: int):
 
     vocab = json.loads(Path(ctx.tokenizer_file).read_text())["model"]["vocab"]
     extra = augmented_split(ctx.train, multiplier, vocab.get("[MASK]", vocab.get("[UNK]", 0)), ctx.seed)
-    logits = predict_logits(ctx.teacher, extra, device=ctx.device, desc="teacher labels for augmented data")
+    cached = Path(ctx.cache_dir) / fingerprint(ctx.teacher, extra) / "logits.npy" if getattr(ctx, "cache_dir", None) else None
+    if cached is not None and cached.is_file():  # another candidate with the same augmentation labelled it
+        logits = np.load(cached)
+    else:
+        logits = predict_logits(ctx.teacher, extra, device=ctx.device, desc="teacher labels for augmented data")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp, open(tmp, "wb") as f:
+                np.save(f, logits)
     train = Split(ctx.train.texts + extra.texts, ctx.train.input_ids + extra.input_ids,
                   np.concatenate([ctx.train.labels, logits.argmax(-1)]))
     return dataclasses.replace(ctx, train=train, teacher_logits=np.concatenate([ctx.teacher_logits, logits]))
