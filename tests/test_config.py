@@ -203,6 +203,32 @@ def test_compress_step_after_export_step_names_candidate(write_params):
     assert "after an ONNX-level step" in str(excinfo.value)
 
 
+@pytest.mark.parametrize("later,message", [
+    ({"prune_structured": {}}, "step 2 (prune_structured) works on transformer models, but step 1 made a lstm student"),
+    ({"factorize_embedding": {}}, "step 2 (factorize_embedding) works on transformer models"),
+])
+def test_a_transformer_step_after_a_word_level_student_names_both_steps(write_params, later, message):
+    path = write_params(with_candidates(rnn=[{"distill": {"student": "lstm", "layers": 1}}, later]))
+    with raises_params_error(path, "candidates.rnn") as excinfo:
+        load_params(path)
+    assert message in str(excinfo.value) and "distill: {student: same}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("key,value", [("width", 256), ("layer_map", [1]), ("hidden_weight", 1.0)])
+def test_bert_only_arguments_are_refused_for_a_word_level_student(write_params, key, value):
+    path = write_params(with_candidates(cnn=[{"distill": {"student": "cnn", key: value}}]))
+    with raises_params_error(path, "candidates.cnn") as excinfo:
+        load_params(path)
+    assert f"{key} applies to bert students, not cnn" in str(excinfo.value)
+
+
+def test_a_word_level_student_may_be_recovered_and_quantized(write_params):
+    params = load_params(write_params(with_candidates(rnn=[
+        {"distill": {"student": "gru", "layers": 1}}, {"distill": {"student": "same", "epochs": 1}},
+        {"quantize": {"mode": "dynamic"}}])))
+    assert len(params["candidates"]["rnn"]) == 3
+
+
 def test_bad_candidate_name(write_params):
     path = write_params(with_candidates(**{"bad name!": []}))
     with raises_params_error(path, "candidates.bad name!"):

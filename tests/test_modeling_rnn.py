@@ -51,18 +51,19 @@ def test_a_sentence_gets_the_same_logits_alone_and_padded_in_a_batch(name):
             torch.testing.assert_close(batched[row], alone[0], atol=1e-6, rtol=0)
 
 
-def test_the_backward_direction_reads_the_sentence_from_its_end():
-    """With only the backward LSTM's weights changed, the last-token output of the forward
-    direction stays and the backward state at the first token changes."""
+def test_the_backward_direction_starts_at_each_rows_last_real_token():
+    """In a padded batch, the backward RNN's output at a row's first token is what it gives
+    after reading that row's real tokens from last to first, and never the padding."""
     model = build("bilstm-max")
-    ids = torch.from_numpy(pad_arrays(SENTENCES[:1])[0])
+    ids, mask = (torch.from_numpy(a) for a in pad_arrays(SENTENCES))
+    lengths = mask.sum(dim=1)
     x = model.word_embeddings(ids)
-    lengths = torch.tensor([len(SENTENCES[0])])
     layer = model.layers[0]
     with torch.no_grad():
         out = layer(x, lengths)
-        expected_first_backward, _ = layer.backward_rnn(x.flip(1))
-        torch.testing.assert_close(out[0, 0, 8:], expected_first_backward[0, -1])
+        for row, sentence in enumerate(SENTENCES):
+            alone, _ = layer.backward_rnn(x[row : row + 1, : len(sentence)].flip(1))
+            torch.testing.assert_close(out[row, 0, 8:], alone[0, -1])
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -96,3 +97,24 @@ def test_unknown_architecture_in_a_bundle_names_the_fix(tmp_path, tiny_tokenizer
 def test_recurrent_config_refuses_impossible_shapes(bad):
     with pytest.raises(ValueError):
         RecurrentConfig(**{"vocab_size": VOCAB, "embedding_size": 8, "hidden_size": 8, **bad})
+
+
+def test_dynamic_int8_quantizes_lstm_weights_and_reports_the_grus_it_keeps_fp32(tmp_path):
+    import onnx
+
+    from textcompress.quantization import apply_quantize
+
+    ids, mask = pad_arrays(SENTENCES)
+    args = {"mode": "dynamic", "per_channel": False, "exclude": [], "sensitivity": 0, "calibration": 8, "method": "minmax"}
+    for name, kept in [("bilstm-max", {}), ("bigru-2-last-head", {"GRU": 4})]:
+        model = build(name)
+        export_onnx(model, tmp_path / f"{name}.onnx")
+        details = apply_quantize(tmp_path / f"{name}.onnx", tmp_path / f"{name}-int8.onnx", args)
+        ops = {n.op_type for n in onnx.load(str(tmp_path / f"{name}-int8.onnx")).graph.node}
+        assert details.get("kept_fp32_ops", {}) == kept
+        if name == "bilstm-max":
+            assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+        with torch.no_grad():
+            expected = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        got = run_logits(make_session(tmp_path / f"{name}-int8.onnx"), ids, mask)
+        assert np.abs(got - expected).max() < 0.1  # int8 weights: close, not equal

@@ -141,7 +141,7 @@ def apply_quantize(onnx_in: Path, onnx_out: Path, args: dict, ctx=None) -> dict:
         if args["mode"] == "static":
             details.update(calibration_sentences=min(args["calibration"], len(ctx.train)), method=args["method"])
     details.update(bytes_before=onnx_in.stat().st_size, bytes_after=onnx_out.stat().st_size)
-    kept = fp32_heavy_ops(onnx_out)
+    kept = fp32_heavy_ops(onnx_out) if args["mode"] != "fp16" else {}
     if kept:
         details["kept_fp32_ops"] = kept
     return details

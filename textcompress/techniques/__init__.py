@@ -139,6 +139,10 @@ TECHNIQUES: dict[str, Technique] = {
 }
 
 
+WORD_LEVEL_STUDENTS = ("lstm", "gru", "cnn")
+BERT_STUDENT_ONLY = ("width", "ffn", "layer_map", "hidden_weight", "attention_weight")
+
+
 def parse_step(step) -> tuple[Technique, dict]:
     """One recipe step -> (technique, arguments with defaults filled in)."""
     (name, args), = step.items()
@@ -150,7 +154,7 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
     """Raise `error(problem, fix)` for the first thing wrong with a recipe."""
     if not isinstance(recipe, list):
         raise error(f"must be a list of steps, got {type(recipe).__name__}", "write `[]` or `[{technique: {...}}, ...]`")
-    seen_export_step = False
+    seen_export_step, word_level = False, None
     for position, step in enumerate(recipe, start=1):
         if not isinstance(step, dict) or len(step) != 1:
             raise error(f"step {position} must be a mapping with one technique", "write e.g. `{quantize: {mode: dynamic}}`")
@@ -177,6 +181,16 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
         if name == "low_rank" and sum(bool((args or {}).get(k)) for k in ("rank", "ratio", "energy")) != 1:
             raise error(f"step {position} (low_rank): give exactly one of rank, ratio or energy",
                         "e.g. `{low_rank: {modules: ffn, energy: 0.9}}`")
+        student = (args or {}).get("student", technique.defaults.get("student")) if name == "distill" else None
+        if word_level and technique.stage == "compress" and student != "same":
+            raise error(f"step {position} ({name}) works on transformer models, but step {word_level[0]} made a "
+                        f"{word_level[1]} student", "after it only `distill: {student: same}` and `quantize` can follow")
+        if student in WORD_LEVEL_STUDENTS:
+            misplaced = [k for k in BERT_STUDENT_ONLY if (args or {}).get(k)]
+            if misplaced:
+                raise error(f"step {position} (distill): {misplaced[0]} applies to bert students, not {student}",
+                            f"remove {misplaced[0]}")
+            word_level = (position, student)
         if technique.stage == "export":
             seen_export_step = True
         elif seen_export_step:

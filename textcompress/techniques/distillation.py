@@ -51,9 +51,14 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 # Teacher hidden states: computed once, fp16 on disk, reused by every candidate
 
 
+# Bump when what is cached changes meaning (e.g. the forward pass that computes the states).
+CACHE_VERSION = 1
+
+
 def fingerprint(teacher: nn.Module, split) -> str:
-    """Identifies (teacher weights, training ids): what the cached states depend on."""
-    digest = hashlib.sha256()
+    """Identifies (cache version, teacher config and weights, training ids): what cached states
+    and labels depend on. The cache lives outside DVC, so this key is what keeps it honest."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}{sorted(vars(teacher.config).items())}".encode())
     for key, tensor in sorted(teacher.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -168,7 +173,7 @@ class DistillationLoss(nn.Module):
             if self.hidden_weight:
                 diff = (self.projections[i](hidden[i + 1]) - teacher_hidden[j]) * real
                 loss = loss + self.hidden_weight * diff.pow(2).sum() / (real.sum() * diff.shape[-1])
-            if maps and attention[i].shape == teacher_attention[j].shape:
+            if maps:
                 t, s = teacher_attention[j], attention[i].clamp(min=1e-9)
                 rows = real[:, None, :, :]  # (batch, 1, query, 1)
                 kl = (t * (t.clamp(min=1e-9).log() - s.log())).sum(-1, keepdim=True)
@@ -202,6 +207,11 @@ def distillation_loss(model: nn.Module, ctx, args: dict, layer_map: list[int] | 
         if args.get("attention_weight") and model.config.attention != "softmax":
             raise ValueError("attention-map distillation needs softmax attention in the student; set attention_weight: 0")
         layer_map = layer_map or default_layer_map(model.config.num_layers, ctx.teacher.config.num_layers)
+        if args.get("attention_weight"):
+            heads = [(model.config.layer_heads[i], ctx.teacher.config.layer_heads[j]) for i, j in enumerate(layer_map)]
+            if any(s != t for s, t in heads):
+                raise ValueError(f"attention-map distillation compares maps head by head, but the student's heads per "
+                                 f"mapped layer differ from the teacher's {heads}; set attention_weight: 0 (use hidden_weight)")
         states = teacher_states(ctx, layer_map, args)
     return DistillationLoss(ctx.teacher, ctx.teacher_logits, getattr(model.config, "hidden_size", 0), layer_map or [],
                             args["temperature"], args["alpha"], args.get("hidden_weight", 0.0),
@@ -212,6 +222,8 @@ def teacher_states(ctx, layer_map: list[int], args: dict) -> CachedTeacherStates
     """Cached states for the mapped layers, or None (the teacher runs on the fly): attention maps
     are always computed on the fly, and `teacher_states: auto` caches only below the size limit."""
     mode = args.get("teacher_states", "auto")
+    if mode == "cache" and getattr(ctx, "cache_dir", None) is None:
+        raise ValueError("teacher_states: cache needs runtime.cache_dir; set it, or use teacher_states: auto")
     if mode == "live" or args.get("attention_weight") or getattr(ctx, "cache_dir", None) is None:
         return None
     if mode == "auto" and CachedTeacherStates.size_bytes(ctx.teacher, ctx.train, layer_map) > STATES_CACHE_LIMIT_BYTES:
@@ -251,9 +263,10 @@ def student_from_teacher(teacher: TextClassifier, teacher_layers: list[int]) -> 
 
 
 @torch.no_grad()
-def hidden_basis(model: TextClassifier, split, width: int, batches: int = 32, seed: int = 0) -> torch.Tensor:
-    """(hidden, width): orthonormal columns spanning the top principal directions of the
-    model's residual stream (every layer's output at real tokens, uncentred)."""
+def hidden_basis(model: TextClassifier, split, width: int, batches: int = 32, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """(hidden, width) orthonormal columns spanning the top principal directions of the model's
+    residual stream (every layer's output at real tokens, uncentred), and the share of the
+    stream's energy they keep."""
     model.eval()
     d = model.config.hidden_size
     moment = torch.zeros(d, d, dtype=torch.float64)
@@ -262,15 +275,17 @@ def hidden_basis(model: TextClassifier, split, width: int, batches: int = 32, se
         for h in model.hidden_states(ids, mask):
             real = h[mask.bool()].double()
             moment += real.T @ real
-    _, vectors = torch.linalg.eigh(moment)  # ascending eigenvalues
-    return vectors[:, -width:].flip(-1).to(torch.float32)
+    values, vectors = torch.linalg.eigh(moment)  # ascending eigenvalues
+    return vectors[:, -width:].flip(-1).to(torch.float32), float(values[-width:].sum() / values.sum())
 
 
-def project_width(model: TextClassifier, basis: torch.Tensor) -> TextClassifier:
+def project_width(model: TextClassifier, basis: torch.Tensor, energy: float = 1.0) -> TextClassifier:
     """A model whose residual stream is the original's carried in `basis` coordinates: weights
     that read it are multiplied by the basis, weights that write it by its transpose, and
-    LayerNorm scales are averaged over it. Heads keep their size; their count must already fit
-    (see narrow_student). Exact when the basis is the identity; an initialisation otherwise."""
+    LayerNorm scales are averaged over it and rescaled by √(energy·hidden/width), since a
+    LayerNorm over fewer coordinates would otherwise output a projection of the wrong length.
+    Heads keep their size; their count must already fit (see narrow_student). Exact for a
+    permutation of the coordinates; an initialisation otherwise."""
     config = model.config
     if config.low_rank or config.embedding_size or config.shared_layers:
         raise ValueError("distill: width narrows a plain encoder; put distill before sharing and decomposition steps")
@@ -278,10 +293,10 @@ def project_width(model: TextClassifier, basis: torch.Tensor) -> TextClassifier:
     narrow = TextClassifier(replace(config, hidden_size=width, num_heads=width // config.head_dim))
     reads = ("query.weight", "key.weight", "value.weight", "intermediate.dense.weight", "classifier.weight",
              "word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight")
-    state = {}
+    state, norm_scale = {}, (energy * d / width) ** 0.5
     for key, t in model.state_dict().items():
         if key.endswith("LayerNorm.weight"):
-            t = (basis * basis).T @ t
+            t = (basis * basis).T @ t * norm_scale
         elif key.endswith("LayerNorm.bias") or key.endswith("output.dense.bias"):
             t = basis.T @ t
         elif key.endswith("output.dense.weight"):
@@ -297,7 +312,7 @@ def narrow_student(student: TextClassifier, ctx, width: int, ffn: int) -> tuple[
     """Keep the `width / head_dim` most important heads and the `ffn` most important neurons of
     every layer (gradient importance, as structured pruning scores them), then project the
     residual stream to `width`. Returns (student, basis or None, details)."""
-    from textcompress.techniques.pruning import choose_kept, gate_importance, remove_heads_and_neurons
+    from textcompress.techniques.pruning import gate_importance, remove_heads_and_neurons
 
     config, d = student.config, student.config.head_dim
     width = width or config.hidden_size
@@ -312,8 +327,9 @@ def narrow_student(student: TextClassifier, ctx, width: int, ffn: int) -> tuple[
     details = {"width": width, "layer_heads": student.config.layer_heads, "layer_ffn": student.config.layer_ffn}
     if width == config.hidden_size:
         return student, None, details
-    basis = hidden_basis(student, ctx.train, width, seed=ctx.seed)
-    return project_width(student, basis), basis, details
+    basis, energy = hidden_basis(student, ctx.train, width, seed=ctx.seed)
+    details["energy_kept"] = round(energy, 4)
+    return project_width(student, basis, energy), basis, details
 
 
 # ---------------------------------------------------------------------------
