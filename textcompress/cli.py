@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -222,6 +223,9 @@ def main(argv=None) -> None:
     gc.add_argument("--dry-run", action="store_true", help="say what would go; remove and tag nothing")
     gc.set_defaults(func=cmd_gc)
     args = parser.parse_args(argv)
+    # The temporary Prefect server's usage telemetry: nothing a pipeline needs, and an error in the
+    # log wherever the network is closed.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         args.func(args)
     except TextcompressError as err:
