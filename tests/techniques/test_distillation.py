@@ -512,3 +512,21 @@ def test_states_are_computed_live_when_caching_is_off_or_attention_maps_are_need
     assert teacher_states(ctx, [1], {"teacher_states": "live", "hidden_weight": 1.0}) is None
     assert teacher_states(ctx, [1], {"teacher_states": "auto", "hidden_weight": 1.0, "attention_weight": 1.0}) is None
     assert teacher_states(ctx, [1], {"teacher_states": "auto", "hidden_weight": 1.0}) is not None
+
+
+def test_the_cache_key_changes_with_the_teachers_config_weights_and_data(tiny_prepared):
+    from textcompress.techniques.distillation import fingerprint
+
+    train = load_split(tiny_prepared, "train")
+    teacher = random_teacher(layers=2)
+    key = fingerprint(teacher, train)
+    assert fingerprint(copy.deepcopy(teacher), train) == key  # same weights, config and rows
+    other_pooling = copy.deepcopy(teacher)
+    other_pooling.config = replace(teacher.config, pooling="cls")
+    assert fingerprint(other_pooling, train) != key
+    nudged = copy.deepcopy(teacher)
+    with torch.no_grad():
+        nudged.classifier.bias.add_(1e-3)
+    assert fingerprint(nudged, train) != key
+    fewer = type(train)(train.texts[:-1], train.input_ids[:-1], train.labels[:-1])
+    assert fingerprint(teacher, fewer) != key
