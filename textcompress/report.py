@@ -7,6 +7,8 @@ Writes `candidates.json` (the contract other tools read), `candidates.md` (for p
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from textcompress.export import onnx_size_bytes
@@ -202,10 +204,14 @@ def plot_pareto(report: dict, out_path: Path) -> None:
         front = pareto_front(list(zip(x, y)))
         ax.plot([x[i] for i in front], [y[i] for i in front], "--", color="tab:green", linewidth=1, label="Pareto frontier")
         ax.set_xscale("log")
-        from matplotlib.ticker import FormatStrFormatter
+        from matplotlib.ticker import FuncFormatter
+
+        def tick(value, _):  # "3", not "3×10⁰"; only 1, 2, 3 and 5 per decade, so labels never crowd
+            lead = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+            return f"{value:g}" if lead in (1, 2, 3, 5) else ""
 
         for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-            axis_formatter(FormatStrFormatter("%g"))  # "3", not "3×10⁰"
+            axis_formatter(FuncFormatter(tick))
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel("validation accuracy (%)")
