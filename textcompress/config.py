@@ -28,6 +28,11 @@ DEFAULTS: dict = {
     "base_model": "minilm-l6",
     "teach": {
         "finetuned_teacher": None,  # a bundle or BERT classifier directory: skip fine-tuning
+        # transformer: fine-tune the base; lstm / gru: train the recurrent classifier below, its
+        # word-piece embedding from the base's table (projected when narrower) or from scratch.
+        "architecture": "transformer",
+        "recurrent": {"bidirectional": True, "layers": 1, "hidden_size": 300, "embedding_size": 0, "pooling": "max",
+                      "head_size": 0, "dropout": 0.2, "embeddings": "base"},
         "pooling": "mean",
         "epochs": 2,
         "lr": 1.0e-4,
@@ -102,6 +107,22 @@ def _merge(base: dict, override: dict, path: Path, prefix: str) -> dict:
     return base
 
 
+def _validate_recurrent_teacher(teach: dict, path: Path) -> None:
+    if teach["architecture"] not in ("transformer", "lstm", "gru"):
+        raise ParamsError(path, "teach.architecture", f"unknown architecture {teach['architecture']!r}", "use transformer, lstm or gru")
+    rnn = teach["recurrent"]
+    for key, low in (("layers", 1), ("hidden_size", 1), ("embedding_size", 0), ("head_size", 0)):
+        if isinstance(rnn[key], bool) or not isinstance(rnn[key], int) or rnn[key] < low:
+            raise ParamsError(path, f"teach.recurrent.{key}", f"must be a whole number ≥ {low}, got {rnn[key]!r}", "e.g. 300")
+    choices = {"pooling": ("max", "mean", "last"), "embeddings": ("base", "scratch"), "bidirectional": (True, False)}
+    for key, allowed in choices.items():
+        if rnn[key] not in allowed or isinstance(rnn[key], bool) != isinstance(allowed[0], bool):
+            raise ParamsError(path, f"teach.recurrent.{key}", f"must be one of {list(allowed)}, got {rnn[key]!r}",
+                              f"use one of {', '.join(map(str, allowed))}")
+    if isinstance(rnn["dropout"], bool) or not isinstance(rnn["dropout"], (int, float)) or not 0 <= rnn["dropout"] < 1:
+        raise ParamsError(path, "teach.recurrent.dropout", f"must be from 0 to below 1, got {rnn['dropout']!r}", "e.g. 0.2")
+
+
 def _validate(params: dict, path: Path) -> None:
     from textcompress.techniques import validate_recipe
 
@@ -142,6 +163,7 @@ def _validate(params: dict, path: Path) -> None:
         raise ParamsError(path, "promotion.objective", f"unknown objective {params['promotion']['objective']!r}", f"use one of {sorted(OBJECTIVES)}")
     if not isinstance(params["teach"]["epochs"], (int, float)) or params["teach"]["epochs"] < 0:
         raise ParamsError(path, "teach.epochs", f"must be ≥ 0, got {params['teach']['epochs']!r}", "set a number of epochs")
+    _validate_recurrent_teacher(params["teach"], path)
     if params["teach"]["pooling"] not in ("mean", "cls"):
         raise ParamsError(path, "teach.pooling", f"unknown pooling {params['teach']['pooling']!r}", "use mean or cls")
     events = params["notify"]["events"]
@@ -179,4 +201,5 @@ def _validate(params: dict, path: Path) -> None:
     for name, recipe in candidates.items():
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
             raise ParamsError(path, f"candidates.{name}", "names may use letters, digits, - and _ only", "rename it")
-        validate_recipe(recipe, lambda problem, fix, n=name: ParamsError(path, f"candidates.{n}", problem, fix))
+        validate_recipe(recipe, lambda problem, fix, n=name: ParamsError(path, f"candidates.{n}", problem, fix),
+                        params["teach"]["architecture"])

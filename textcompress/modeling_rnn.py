@@ -15,7 +15,7 @@ simple: a plain LSTM/GRU op per direction, no packed sequences.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -37,6 +37,11 @@ class RecurrentConfig:
     dropout: float = 0.1
     num_labels: int = 2
     architecture: str = "rnn"  # how a bundle's config.json says which model class to build
+    # Compression state, written by the techniques: per direction ("layers.0.forward_rnn") its
+    # [input rank, recurrent rank] (0: dense), and whether the backward direction runs the
+    # forward direction's weights.
+    ranks: dict = field(default_factory=dict)
+    tied_directions: bool = False
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -51,6 +56,17 @@ class RecurrentConfig:
         return self.hidden_size * (2 if self.bidirectional else 1)
 
 
+def principal_projection(table: torch.Tensor, size: int) -> torch.Tensor:
+    """Word vectors (vocabulary × width) projected onto their top `size` principal directions:
+    how a narrower embedding starts from a wider model's table. `size` 0 or the width: a copy."""
+    if size > table.shape[1]:
+        raise ValueError(f"{size} is wider than the table's {table.shape[1]}")
+    if size in (0, table.shape[1]):
+        return table.clone()
+    _, _, vh = torch.linalg.svd(table - table.mean(dim=0), full_matrices=False)
+    return table @ vh[:size].T
+
+
 def reverse_real_tokens(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Each row's first `length` positions reversed, padding left where it is. Its own inverse."""
     positions = torch.arange(x.shape[1], device=x.device)[None, :]
@@ -58,14 +74,70 @@ def reverse_real_tokens(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand_as(x))
 
 
-class RecurrentLayer(nn.Module):
-    """One layer: a forward-direction RNN and, if bidirectional, one over the reversed real tokens."""
+GATES = {"lstm": 4, "gru": 3}  # gate blocks stacked in the weight rows, in PyTorch's order
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, bidirectional: bool):
+
+class FactorizedRNN(nn.Module):
+    """One direction of an LSTM/GRU whose input-to-hidden matrix W_ih (gates·h × in) is
+    up·down of rank `input_rank`, or whose hidden-to-hidden W_hh is hidden_up·hidden_down of
+    rank `hidden_rank` (0: that matrix stays dense). The input factor runs before the
+    recurrence (x·downᵀ, then an LSTM/GRU reading `input_rank` features: fewer
+    multiply-adds); the recurrent one is multiplied out on every call, because the ONNX
+    LSTM/GRU op takes a dense recurrent matrix: the file stores the factors, and ONNX Runtime
+    folds their product once when it loads the model."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, input_rank: int = 0, hidden_rank: int = 0):
+        super().__init__()
+        rows = GATES[cell] * hidden_size
+        self.cell, self.hidden_size = cell, hidden_size
+        self.input_down = nn.Linear(input_size, input_rank, bias=False) if input_rank else None
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_rank or input_size))
+        if hidden_rank:
+            self.hidden_up = nn.Parameter(torch.empty(rows, hidden_rank))
+            self.hidden_down = nn.Parameter(torch.empty(hidden_rank, hidden_size))
+        else:
+            self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size))
+        self.bias_ih = nn.Parameter(torch.zeros(rows))
+        self.bias_hh = nn.Parameter(torch.zeros(rows))
+        bound = hidden_size ** -0.5
+        for p in self.parameters():
+            if p.ndim == 2:
+                nn.init.uniform_(p, -bound, bound)
+
+    def recurrent_weight(self) -> torch.Tensor:
+        return self.hidden_up @ self.hidden_down if hasattr(self, "hidden_up") else self.weight_hh
+
+    def forward(self, x: torch.Tensor):
+        if self.input_down is not None:
+            x = self.input_down(x)
+        weights = [self.weight_ih, self.recurrent_weight(), self.bias_ih, self.bias_hh]
+        h0 = x.new_zeros((1, x.shape[0], self.hidden_size))
+        # Arguments: input, initial state, weights, has_biases, layers, dropout, train, bidirectional, batch_first
+        if self.cell == "lstm":
+            out, _, _ = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
+        else:
+            out, _ = torch.gru(x, h0, weights, True, 1, 0.0, self.training, False, True)
+        return out, None
+
+
+class RecurrentLayer(nn.Module):
+    """One layer: a forward-direction RNN and, if bidirectional, one over the reversed real tokens
+    (the same module when directions are tied)."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, bidirectional: bool,
+                 ranks: tuple[list[int], list[int]] = ([0, 0], [0, 0]), tied: bool = False):
         super().__init__()
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
-        self.forward_rnn = rnn(input_size, hidden_size, batch_first=True)
-        self.backward_rnn = rnn(input_size, hidden_size, batch_first=True) if bidirectional else None
+
+        def direction(input_rank: int, hidden_rank: int) -> nn.Module:
+            if input_rank or hidden_rank:
+                return FactorizedRNN(cell, input_size, hidden_size, input_rank, hidden_rank)
+            return rnn(input_size, hidden_size, batch_first=True)
+
+        self.forward_rnn = direction(*ranks[0])
+        self.backward_rnn = None
+        if bidirectional:
+            self.backward_rnn = self.forward_rnn if tied else direction(*ranks[1])
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         out, _ = self.forward_rnn(x)
@@ -82,7 +154,10 @@ class RecurrentClassifier(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size)
         sizes = [config.embedding_size] + [config.output_size] * (config.num_layers - 1)
         self.layers = nn.ModuleList(
-            RecurrentLayer(config.cell, size, config.hidden_size, config.bidirectional) for size in sizes)
+            RecurrentLayer(config.cell, size, config.hidden_size, config.bidirectional,
+                           tuple(config.ranks.get(f"layers.{i}.{d}_rnn", [0, 0]) for d in ("forward", "backward")),
+                           config.tied_directions)
+            for i, size in enumerate(sizes))
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Sequential(nn.Linear(config.output_size, config.head_size), nn.ReLU(),
                                   nn.Dropout(config.dropout)) if config.head_size else nn.Identity()

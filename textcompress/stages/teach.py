@@ -1,4 +1,5 @@
-"""Stage `teach`: fine-tune the pretrained base into the teacher (or adopt a fine-tuned one)."""
+"""Stage `teach`: fine-tune the pretrained base into the teacher (or adopt a fine-tuned one), or
+train an LSTM/GRU teacher on the base's word pieces (`teach.architecture`)."""
 
 import time
 from pathlib import Path
@@ -6,8 +7,23 @@ from pathlib import Path
 from textcompress.data import load_labels, load_split
 from textcompress.fileio import atomic_dir, write_json
 from textcompress.modeling import from_pretrained_bert, load_bundle, resolve_base, save_bundle
+from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig, principal_projection
 from textcompress.stages import run_stage
 from textcompress.training import accuracy, predict_logits, resolve_device, seed_everything, train_classifier
+
+
+def recurrent_teacher(params: dict, num_labels: int) -> RecurrentClassifier:
+    """An untrained LSTM/GRU classifier over the base's word pieces; with `embeddings: base` its
+    embedding starts from the base's table (projected onto its principal directions if narrower)."""
+    teach, rnn = params["teach"], params["teach"]["recurrent"]
+    table = from_pretrained_bert(resolve_base(params["base_model"]), num_labels).embeddings.word_embeddings.weight.detach()
+    model = RecurrentClassifier(RecurrentConfig(
+        vocab_size=table.shape[0], embedding_size=rnn["embedding_size"] or table.shape[1], hidden_size=rnn["hidden_size"],
+        cell=teach["architecture"], num_layers=rnn["layers"], bidirectional=rnn["bidirectional"], pooling=rnn["pooling"],
+        head_size=rnn["head_size"], dropout=rnn["dropout"], num_labels=num_labels))
+    if rnn["embeddings"] == "base":
+        model.word_embeddings.weight.data.copy_(principal_projection(table, model.config.embedding_size))
+    return model
 
 
 def main(argv=None):
@@ -29,7 +45,10 @@ def main(argv=None):
             history, metrics_device = [], "none"
         else:
             seed_everything(params["seed"])
-            model = from_pretrained_bert(resolve_base(params["base_model"]), len(labels), cfg["pooling"])
+            if cfg["architecture"] == "transformer":
+                model = from_pretrained_bert(resolve_base(params["base_model"]), len(labels), cfg["pooling"])
+            else:
+                model = recurrent_teacher(params, len(labels))
             history = train_classifier(
                 model, load_split(prepared, "train"), epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
                 warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], seed=params["seed"], validation=validation,

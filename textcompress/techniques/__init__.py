@@ -64,10 +64,12 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "prune_structured": Technique(
         "prune_structured", "pruning", "compress",
-        defaults={"heads": 0.5, "ffn": 0.5, "scope": "global", "round_to": 16, "importance_batches": 64, **RECOVERY},
+        # heads, ffn: fractions removed from a transformer; units: from every direction of an LSTM/GRU.
+        defaults={"heads": 0.5, "ffn": 0.5, "units": 0.0, "scope": "global", "round_to": 16, "importance_batches": 64,
+                  **RECOVERY},
         module="textcompress.techniques.pruning",
         choices={"scope": SCOPES},
-        bounds={"heads": FRACTION_BELOW_ONE, "ffn": FRACTION_BELOW_ONE},
+        bounds={"heads": FRACTION_BELOW_ONE, "ffn": FRACTION_BELOW_ONE, "units": FRACTION_BELOW_ONE},
     ),
     "drop_layers": Technique(
         "drop_layers", "pruning", "compress",
@@ -100,7 +102,8 @@ TECHNIQUES: dict[str, Technique] = {
         "share_layers", "parameter_sharing", "compress",
         defaults={"groups": 1, "share": "all", "init": "average", **RECOVERY},
         module="textcompress.techniques.sharing",
-        choices={"share": ("all", "attention", "ffn"), "init": ("average", "first")},
+        # share: directions ties a BiLSTM/GRU's backward direction to its forward one.
+        choices={"share": ("all", "attention", "ffn", "directions"), "init": ("average", "first")},
         bounds={"groups": (1, None)},
     ),
     "factorize_embedding": Technique(
@@ -113,7 +116,8 @@ TECHNIQUES: dict[str, Technique] = {
         "low_rank", "tensor_decomposition", "compress",
         defaults={"modules": "ffn", "rank": 0, "ratio": 0.0, "energy": 0.0, **RECOVERY},
         module="textcompress.techniques.decomposition",
-        choices={"modules": ("ffn", "attention", "all")},
+        # modules: ffn, attention, all (transformers); input (W_ih), hidden (W_hh), recurrent (both) for LSTM/GRU
+        choices={"modules": ("ffn", "attention", "all", "input", "hidden", "recurrent")},
         bounds={"rank": (0, None), "ratio": (0, 1), "energy": (0, 1)},
     ),
     "attention": Technique(
@@ -141,6 +145,13 @@ TECHNIQUES: dict[str, Technique] = {
 
 WORD_LEVEL_STUDENTS = ("lstm", "gru", "cnn")
 BERT_STUDENT_ONLY = ("width", "ffn", "layer_map", "hidden_weight", "attention_weight")
+# The model kinds a recipe passes through: the teacher's (teach.architecture), then each
+# distillation student's. What a step may do to each kind is checked when params load.
+ARCHITECTURES = {"transformer": "transformer", "lstm": "recurrent", "gru": "recurrent"}
+STEPS_FOR = {"recurrent": ("distill", "prune_structured", "drop_layers", "prune_magnitude", "trim_vocab", "low_rank",
+                           "share_layers", "quantize"),
+             "cnn": ("distill", "trim_vocab", "quantize")}
+RECURRENT_MODULES = ("input", "hidden", "recurrent")
 
 
 def parse_step(step) -> tuple[Technique, dict]:
@@ -150,11 +161,13 @@ def parse_step(step) -> tuple[Technique, dict]:
     return technique, {**technique.defaults, **(args or {})}
 
 
-def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
-    """Raise `error(problem, fix)` for the first thing wrong with a recipe."""
+def validate_recipe(recipe, error: Callable[[str, str], Exception], architecture: str = "transformer") -> None:
+    """Raise `error(problem, fix)` for the first thing wrong with a recipe, whose teacher has
+    `architecture` (teach.architecture: transformer, lstm or gru)."""
     if not isinstance(recipe, list):
         raise error(f"must be a list of steps, got {type(recipe).__name__}", "write `[]` or `[{technique: {...}}, ...]`")
-    seen_export_step, word_level = False, None
+    seen_export_step = False
+    kind, origin = ARCHITECTURES[architecture], f"the teacher is {'an' if architecture == 'lstm' else 'a'} {architecture}"
     for position, step in enumerate(recipe, start=1):
         if not isinstance(step, dict) or len(step) != 1:
             raise error(f"step {position} must be a mapping with one technique", "write e.g. `{quantize: {mode: dynamic}}`")
@@ -181,21 +194,57 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception]) -> None:
         if name == "low_rank" and sum(bool((args or {}).get(k)) for k in ("rank", "ratio", "energy")) != 1:
             raise error(f"step {position} (low_rank): give exactly one of rank, ratio or energy",
                         "e.g. `{low_rank: {modules: ffn, energy: 0.9}}`")
+        problem = _architecture_problem(name, args or {}, kind)
+        if problem:
+            where = f"step {position} ({name})"
+            if problem[0] == "kind":
+                raise error(f"{where} works on transformer models, but {origin}",
+                            f"on {'an LSTM/GRU' if kind == 'recurrent' else 'a CNN'} model use "
+                            f"{', '.join(STEPS_FOR[kind])} (e.g. `distill: {{student: same}}`)")
+            raise error(f"{where}: {problem[0]}", problem[1])
         student = (args or {}).get("student", technique.defaults.get("student")) if name == "distill" else None
-        if word_level and technique.stage == "compress" and student != "same":
-            raise error(f"step {position} ({name}) works on transformer models, but step {word_level[0]} made a "
-                        f"{word_level[1]} student", "after it only `distill: {student: same}` and `quantize` can follow")
         if student in WORD_LEVEL_STUDENTS:
             misplaced = [k for k in BERT_STUDENT_ONLY if (args or {}).get(k)]
             if misplaced:
                 raise error(f"step {position} (distill): {misplaced[0]} applies to bert students, not {student}",
                             f"remove {misplaced[0]}")
-            word_level = (position, student)
+            kind, origin = ("cnn" if student == "cnn" else "recurrent"), f"step {position} made a {student} student"
         if technique.stage == "export":
             seen_export_step = True
         elif seen_export_step:
             raise error(f"step {position} ({name}) changes the PyTorch model after an ONNX-level step",
                         "put ONNX-level steps such as quantize last")
+
+
+def _architecture_problem(name: str, args: dict, kind: str) -> tuple[str, str] | None:
+    """Why step `name` with `args` cannot apply to a `kind` model, as (problem, fix); ("kind", "")
+    when the technique has no form for that kind at all; None when it applies."""
+    if kind == "transformer":
+        if args.get("units"):
+            return "units applies to LSTM/GRU models", "prune a transformer with heads and ffn"
+        if name == "low_rank" and args.get("modules") in RECURRENT_MODULES:
+            return f"modules: {args['modules']} applies to LSTM/GRU models", "use ffn, attention or all"
+        if name == "share_layers" and args.get("share") == "directions":
+            return "share: directions applies to bidirectional LSTM/GRU models", "use all, attention or ffn"
+        return None
+    if name not in STEPS_FOR[kind]:
+        return "kind", ""
+    if name == "distill" and args.get("student", "bert") == "bert":
+        return f"a bert student is cut from a transformer's layers, and this model is {kind}", "use student: lstm, gru, cnn or same"
+    if kind == "cnn":
+        return None
+    if name == "prune_structured":
+        if args.get("heads") is not None or args.get("ffn") is not None:
+            return "heads and ffn apply to transformers", "prune an LSTM/GRU's hidden units with units: 0.5"
+        if not args.get("units"):
+            return "an LSTM/GRU is pruned by hidden units", "set units, the fraction to remove (e.g. 0.5)"
+    if name == "low_rank" and args.get("modules", "ffn") not in RECURRENT_MODULES:
+        return f"modules: {args.get('modules', 'ffn')} names transformer layers", "use input (W_ih), hidden (W_hh) or recurrent (both)"
+    if name == "share_layers" and (args.get("share", "directions") != "directions" or "groups" in args):
+        return "an LSTM/GRU shares weights between its two directions", "write `share_layers: {share: directions}`"
+    if name == "drop_layers" and args.get("strategy", "top") != "top":
+        return "an LSTM/GRU keeps its first layers (the first reads the embedding)", "use strategy: top"
+    return None
 
 
 def _same_kind(value, default) -> bool:

@@ -7,7 +7,8 @@
   multiply-adds is also what makes it faster.
 - `factorize_embedding`: the vocabulary × hidden table becomes vocabulary × E and E × hidden,
   from the SVD of the teacher's table.
-Both end with a recovery fine-tune against the teacher.
+Both end with a recovery fine-tune against the teacher. On an LSTM/GRU model, `low_rank` with
+`modules: input | hidden | recurrent` factorises W_ih, W_hh or both (techniques/recurrent.py).
 """
 
 from __future__ import annotations
@@ -81,7 +82,14 @@ def low_rank(model: TextClassifier, modules: str = "ffn", rank: int = 0, ratio: 
 
 
 def apply_low_rank(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
-    factored, decided = low_rank(model, args["modules"], args["rank"], args["ratio"], args["energy"])
+    from textcompress.modeling_rnn import RecurrentClassifier
+
+    if isinstance(model, RecurrentClassifier):
+        from textcompress.techniques.recurrent import low_rank_recurrent
+        factored, decided = low_rank_recurrent(
+            model, args["modules"], lambda s: choose_rank(s, args["rank"], args["ratio"], args["energy"]))
+    else:
+        factored, decided = low_rank(model, args["modules"], args["rank"], args["ratio"], args["energy"])
     details = {"ranks": decided, "params_before": count_parameters(model), "params_after": count_parameters(factored)}
     details["history"] = recover(factored, ctx, args, desc="low_rank recovery")
     return factored, details

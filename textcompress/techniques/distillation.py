@@ -336,23 +336,23 @@ def narrow_student(student: TextClassifier, ctx, width: int, ffn: int) -> tuple[
 # Recurrent and convolutional students
 
 
-def embedding_table(teacher: TextClassifier, size: int) -> torch.Tensor:
-    """The teacher's word-piece vectors, projected onto their top `size` principal directions
-    when `size` is smaller than their width."""
-    table = teacher.embeddings.word_embeddings.weight.detach()
-    if teacher.embeddings.word_projection is not None:
+def embedding_table(teacher: nn.Module, size: int) -> torch.Tensor:
+    """The teacher's word-piece vectors (a transformer's or a recurrent model's), projected onto
+    their top `size` principal directions when `size` is smaller than their width."""
+    from textcompress.modeling_rnn import principal_projection
+
+    table = word_embeddings(teacher).weight.detach()
+    if isinstance(teacher, TextClassifier) and teacher.embeddings.word_projection is not None:
         table = teacher.embeddings.word_projection(table).detach()
-    if size > table.shape[1]:
-        raise ValueError(f"distill: embedding_size={size} is wider than the teacher's {table.shape[1]}")
-    if size == table.shape[1]:
-        return table.clone()
-    _, _, vh = torch.linalg.svd(table - table.mean(dim=0), full_matrices=False)
-    return table @ vh[:size].T
+    try:
+        return principal_projection(table, size)
+    except ValueError as err:
+        raise ValueError(f"distill: embedding_size: {err}") from None
 
 
-def word_level_student(teacher: TextClassifier, args: dict) -> nn.Module:
+def word_level_student(teacher: nn.Module, args: dict) -> nn.Module:
     """A BiLSTM/GRU (Tang et al.) or Kim CNN on the teacher's word pieces."""
-    size = args["embedding_size"] or teacher.config.hidden_size
+    size = args["embedding_size"] or embedding_table(teacher, 0).shape[1]
     common = {"vocab_size": teacher.config.vocab_size, "embedding_size": size, "num_labels": teacher.config.num_labels,
               "dropout": args["dropout"]}
     if args["student"] == "cnn":
@@ -439,9 +439,7 @@ def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[nn.Module, di
             student, basis, details["narrowed"] = narrow_student(student, ctx, args["width"], args["ffn"])
         layer_map = layer_map or used
     else:
-        if not isinstance(model, TextClassifier):
-            raise ValueError(f"distill: a {args['student']} student starts from a transformer's word pieces; "
-                             "put this step first in the recipe")
+        # Its embedding starts from the current model's word pieces (a trimmed vocabulary stays trimmed).
         student = word_level_student(model, args)
         details = {"student": args["student"], "config": dict(vars(student.config))}
     if layer_map and (len(layer_map) != student.config.num_layers or not all(0 <= j < ctx.teacher.config.num_layers for j in layer_map)):

@@ -14,6 +14,10 @@
   (straight-through), so a weight can come back while the mask is still moving.
 Both leave dense matrices: ONNX Runtime does not run faster, only the compressed file is smaller.
 
+On an LSTM/GRU model (textcompress/techniques/recurrent.py): `prune_structured: {units: f}`
+removes hidden units, `drop_layers: {strategy: top}` keeps the first layers, and
+`prune_magnitude` zeroes the recurrent weight matrices.
+
 Every step ends with a recovery fine-tune against the teacher (`distillation.recover`).
 """
 
@@ -28,6 +32,7 @@ from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.modeling import TextClassifier, count_parameters
+from textcompress.modeling_rnn import RecurrentClassifier
 from textcompress.techniques.distillation import recover, student_from_teacher
 from textcompress.training import kd_loss
 
@@ -147,6 +152,9 @@ def _refuse_shared(model: TextClassifier, what: str) -> None:
 
 
 def apply_prune_structured(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    if isinstance(model, RecurrentClassifier):
+        from textcompress.techniques.recurrent import apply_prune_units
+        return apply_prune_units(model, args, ctx, recover)
     heads, neurons = gate_importance(model, ctx.train, ctx.teacher_logits, batches=args["importance_batches"],
                                      batch_size=args["batch_size"], seed=ctx.seed)
     keep_heads = choose_kept(heads, args["heads"], args["scope"])
@@ -195,8 +203,12 @@ def _kd_loss_on_batches(model, ctx, batches: int) -> float:
 
 
 def apply_drop_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
-    kept = layers_to_keep(model, args["keep"], args["strategy"], ctx, args["importance_batches"])
-    student = student_from_teacher(model, kept)
+    if isinstance(model, RecurrentClassifier):
+        from textcompress.techniques.recurrent import keep_bottom_layers
+        kept, student = list(range(args["keep"])), keep_bottom_layers(model, args["keep"])
+    else:
+        kept = layers_to_keep(model, args["keep"], args["strategy"], ctx, args["importance_batches"])
+        student = student_from_teacher(model, kept)
     details = {"layers_kept": kept, "strategy": args["strategy"], "params_before": count_parameters(model),
                "params_after": count_parameters(student)}
     details["history"] = recover(student, ctx, args, desc="drop_layers recovery")
@@ -207,11 +219,15 @@ def apply_drop_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClass
 # Unstructured magnitude pruning
 
 
-def prunable_weights(model: TextClassifier) -> dict[str, nn.Parameter]:
-    """The encoder's linear weight matrices: where the compute is. Embeddings, LayerNorms, biases
-    and the head stay dense."""
+def layer_prefix(model: nn.Module) -> str:
+    return "layers." if isinstance(model, RecurrentClassifier) else "encoder.layer."
+
+
+def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The encoder's (or the recurrent layers') weight matrices: where the compute is.
+    Embeddings, LayerNorms, biases and the head stay dense."""
     return {name: p for name, p in model.named_parameters()
-            if name.startswith("encoder.") and name.endswith(".weight") and p.ndim == 2}
+            if name.startswith(layer_prefix(model)) and "weight" in name.rsplit(".", 1)[-1] and p.ndim == 2}
 
 
 def keep_masks(scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
@@ -257,7 +273,7 @@ def sparsity_report(model: TextClassifier) -> dict:
     total = sum(w.numel() for w in weights.values())
     per_layer = {}
     for i in range(model.config.num_layers):
-        names = [n for n in weights if n.startswith(f"encoder.layer.{i}.")]
+        names = [n for n in weights if n.startswith(f"{layer_prefix(model)}{i}.")]
         count = sum(weights[n].numel() for n in names)
         per_layer[i] = round(sum(zeros[n] for n in names) / max(1, count), 4)
     return {"sparsity": round(sum(zeros.values()) / max(1, total), 4), "per_layer_sparsity": per_layer,
@@ -323,6 +339,8 @@ class MovementMask(nn.Module):
 def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     from torch.nn.utils import parametrize
 
+    if isinstance(model, RecurrentClassifier):  # params validation says so first; this guards direct calls
+        raise ValueError("prune_movement masks linear layers; on an LSTM/GRU model use prune_magnitude")
     pruned = copy.deepcopy(model)
     names = list(prunable_weights(pruned))
     modules = {n: pruned.get_submodule(n.rsplit(".", 1)[0]) for n in names}

@@ -73,9 +73,16 @@ def _tie_view(model: TextClassifier, state: dict) -> dict:
 
 
 def apply_share_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
-    shared = share_layers(model, args["groups"], args["share"], args["init"])
-    details = {"groups": args["groups"], "share": args["share"], "init": args["init"],
-               "shared_layers": shared.config.shared_layers,
-               "params_before": count_parameters(model), "params_after": count_parameters(shared)}
+    from textcompress.modeling_rnn import RecurrentClassifier
+
+    if isinstance(model, RecurrentClassifier):  # a BiLSTM/GRU: both directions run one set of weights
+        from textcompress.techniques.recurrent import tie_directions
+        shared = tie_directions(model, args["init"])
+        details = {"share": "directions", "init": args["init"]}
+    else:
+        shared = share_layers(model, args["groups"], args["share"], args["init"])
+        details = {"groups": args["groups"], "share": args["share"], "init": args["init"],
+                   "shared_layers": shared.config.shared_layers}
+    details.update(params_before=count_parameters(model), params_after=count_parameters(shared))
     details["history"] = recover(shared, ctx, args, desc="share_layers recovery")
     return shared, details

@@ -60,9 +60,10 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
 
     result = copy.deepcopy(model)
     result.config = replace(model.config, vocab_size=len(kept))
-    table = model.embeddings.word_embeddings.weight.detach()
-    result.embeddings.word_embeddings = nn.Embedding(len(kept), table.shape[1])
-    result.embeddings.word_embeddings.weight.data = table[old_ids].clone()
+    owner = result.embeddings if isinstance(model, TextClassifier) else result  # recurrent and CNN models own theirs
+    table = owner.word_embeddings.weight.detach()
+    owner.word_embeddings = nn.Embedding(len(kept), table.shape[1])
+    owner.word_embeddings.weight.data = table[old_ids].clone()
 
     new_json = trimmed_tokenizer_json(tokenizer_json, kept)
     ctx.tokenizer_file = Path(ctx.workdir) / "tokenizer.json"
