@@ -204,7 +204,7 @@ def test_compress_step_after_export_step_names_candidate(write_params):
 
 
 @pytest.mark.parametrize("later,message", [
-    ({"prune_structured": {}}, "step 2 (prune_structured) works on transformer models, but step 1 made a lstm student"),
+    ({"prune_movement": {}}, "step 2 (prune_movement) works on transformer models, but step 1 made a lstm student"),
     ({"factorize_embedding": {}}, "step 2 (factorize_embedding) works on transformer models"),
 ])
 def test_a_transformer_step_after_a_word_level_student_names_both_steps(write_params, later, message):
@@ -298,3 +298,62 @@ def test_impossible_technique_arguments_are_refused_at_load(write_params, step, 
     with raises_params_error(path, "candidates.odd") as excinfo:
         load_params(path)
     assert key in str(excinfo.value)
+
+
+# ---------------------------------------------------------------------------
+# Recurrent teachers (teach.architecture)
+
+
+def lstm_teacher(**candidates) -> dict:
+    return {"teach": {"architecture": "lstm"}, **with_candidates(**candidates)}
+
+
+def test_a_recurrent_teacher_with_recurrent_steps_loads(write_params):
+    params = load_params(write_params(lstm_teacher(recipes=[
+        {"prune_structured": {"units": 0.5}}, {"low_rank": {"modules": "recurrent", "energy": 0.9}},
+        {"share_layers": {"share": "directions"}}, {"trim_vocab": {}}, {"quantize": {"mode": "dynamic"}}],
+        student=[{"distill": {"student": "lstm", "hidden_size": 64}}, {"prune_magnitude": {"sparsity": 0.5}}])))
+    assert params["teach"]["architecture"] == "lstm" and params["teach"]["recurrent"]["hidden_size"] == 300
+
+
+@pytest.mark.parametrize("step,message", [
+    ({"prune_movement": {}}, "step 1 (prune_movement) works on transformer models, but the teacher is an lstm"),
+    ({"attention": {"kind": "linear"}}, "step 1 (attention) works on transformer models, but the teacher is an lstm"),
+    ({"distill": {"student": "bert"}}, "a bert student is cut from a transformer's layers"),
+    ({"prune_structured": {}}, "an LSTM/GRU is pruned by hidden units"),
+    ({"prune_structured": {"units": 0.5, "heads": 0.5}}, "heads and ffn apply to transformers"),
+    ({"low_rank": {"modules": "ffn", "rank": 8}}, "modules: ffn names transformer layers"),
+    ({"share_layers": {"share": "all"}}, "shares weights between its two directions"),
+    ({"drop_layers": {"strategy": "alternate"}}, "use strategy: top"),
+])
+def test_a_step_that_does_not_apply_to_an_lstm_teacher_is_refused_with_the_reason(write_params, step, message):
+    path = write_params(lstm_teacher(odd=[step]))
+    with raises_params_error(path, "candidates.odd") as excinfo:
+        load_params(path)
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("step,message", [
+    ({"prune_structured": {"units": 0.5}}, "units applies to LSTM/GRU models"),
+    ({"low_rank": {"modules": "hidden", "rank": 8}}, "modules: hidden applies to LSTM/GRU models"),
+    ({"share_layers": {"share": "directions"}}, "share: directions applies to bidirectional LSTM/GRU models"),
+])
+def test_a_recurrent_only_argument_is_refused_on_a_transformer(write_params, step, message):
+    path = write_params(with_candidates(odd=[step]))
+    with raises_params_error(path, "candidates.odd") as excinfo:
+        load_params(path)
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("teach,key", [
+    ({"architecture": "transformerxl"}, "teach.architecture"),
+    ({"architecture": "gru", "recurrent": {"hidden_size": 0}}, "teach.recurrent.hidden_size"),
+    ({"architecture": "lstm", "recurrent": {"pooling": "sum"}}, "teach.recurrent.pooling"),
+    ({"architecture": "lstm", "recurrent": {"embeddings": "glove"}}, "teach.recurrent.embeddings"),
+    ({"architecture": "lstm", "recurrent": {"bidirectional": "yes"}}, "teach.recurrent.bidirectional"),
+    ({"architecture": "lstm", "recurrent": {"cells": 2}}, "teach.recurrent.cells"),
+])
+def test_a_bad_recurrent_teacher_setting_is_named(write_params, teach, key):
+    path = write_params({"teach": teach, **with_candidates()})
+    with raises_params_error(path, key):
+        load_params(path)

@@ -41,8 +41,9 @@ def write_tiny_base(path: Path) -> Path:
     return path
 
 
-def build_tiny_project(root: Path, candidates: dict | None = None) -> Path:
-    """A fresh git + DVC project holding this repo's pipeline, tiny data pushed to a temporary remote."""
+def build_tiny_project(root: Path, candidates: dict | None = None, sections: dict | None = None) -> Path:
+    """A fresh git + DVC project holding this repo's pipeline, tiny data pushed to a temporary remote.
+    `sections` updates params sections (e.g. {"teach": {"architecture": "lstm"}})."""
     project, remote = root / "project", root / "remote"
     project.mkdir()
     for name in ("dvc.yaml",):
@@ -68,6 +69,8 @@ def build_tiny_project(root: Path, candidates: dict | None = None) -> Path:
     params["pipeline"]["push_remote"] = "tmp"
     params["attention_benchmark"].update(lengths=[16, 64], repeats=1, linformer_length=8, performer_features=8)
     params["notify"].update(events=["failure", "promotion", "completion"], log_file="reports/notifications.jsonl")
+    for section, values in (sections or {}).items():
+        params[section].update(values)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]

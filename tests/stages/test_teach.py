@@ -1,0 +1,53 @@
+"""Tests for the `teach` stage's recurrent teacher: built over the base's word pieces."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from textcompress.config import DEFAULTS
+from textcompress.modeling import from_pretrained_bert
+from textcompress.modeling_rnn import RecurrentClassifier
+from textcompress.stages.teach import recurrent_teacher
+
+from tests.e2e.tiny_project import write_tiny_base
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return write_tiny_base(tmp_path_factory.mktemp("base") / "tiny-bert")
+
+
+def teach_params(base, **recurrent) -> dict:
+    params = copy.deepcopy(DEFAULTS)
+    params["base_model"] = str(base)
+    params["teach"]["architecture"] = "gru"
+    params["teach"]["recurrent"].update(hidden_size=8, **recurrent)
+    return params
+
+
+def test_the_recurrent_teacher_starts_from_the_bases_word_pieces(base):
+    model = recurrent_teacher(teach_params(base), num_labels=3)
+    table = from_pretrained_bert(base, 3).embeddings.word_embeddings.weight
+    assert isinstance(model, RecurrentClassifier) and model.config.cell == "gru" and model.config.num_labels == 3
+    torch.testing.assert_close(model.word_embeddings.weight, table)
+
+
+def test_a_narrower_embedding_is_the_tables_principal_projection(base):
+    model = recurrent_teacher(teach_params(base, embedding_size=4), num_labels=2)
+    table = from_pretrained_bert(base, 2).embeddings.word_embeddings.weight.detach().double()
+    centred = table - table.mean(0)
+    # The projection keeps the top-4 principal subspace: its centred energy is the top-4 eigenvalues' sum.
+    eigenvalues = torch.linalg.eigvalsh(centred.T @ centred).flip(0)
+    projected = model.word_embeddings.weight.detach().double()
+    kept = ((projected - projected.mean(0)) ** 2).sum()
+    assert projected.shape == (table.shape[0], 4)
+    assert kept == pytest.approx(float(eigenvalues[:4].sum()), rel=1e-4)
+
+
+def test_embeddings_scratch_leaves_the_table_random(base):
+    model = recurrent_teacher(teach_params(base, embeddings="scratch"), num_labels=2)
+    table = from_pretrained_bert(base, 2).embeddings.word_embeddings.weight
+    assert not torch.allclose(model.word_embeddings.weight, table)
