@@ -325,6 +325,7 @@ def test_a_recurrent_teacher_with_recurrent_steps_loads(write_params):
     ({"low_rank": {"modules": "ffn", "rank": 8}}, "modules: ffn names transformer layers"),
     ({"share_layers": {"share": "all"}}, "shares weights between its two directions"),
     ({"drop_layers": {"strategy": "alternate"}}, "use strategy: top"),
+    ({"distill": {"student": "same", "hidden_weight": 1.0}}, "hidden_weight compares transformer layers"),
 ])
 def test_a_step_that_does_not_apply_to_an_lstm_teacher_is_refused_with_the_reason(write_params, step, message):
     path = write_params(lstm_teacher(odd=[step]))

@@ -231,6 +231,9 @@ def _architecture_problem(name: str, args: dict, kind: str) -> tuple[str, str] |
         return "kind", ""
     if name == "distill" and args.get("student", "bert") == "bert":
         return f"a bert student is cut from a transformer's layers, and this model is {kind}", "use student: lstm, gru, cnn or same"
+    layer_losses = [k for k in ("hidden_weight", "attention_weight") if args.get(k)]
+    if layer_losses:
+        return f"{layer_losses[0]} compares transformer layers, and this model is {kind}", f"set {layer_losses[0]}: 0"
     if kind == "cnn":
         return None
     if name == "prune_structured":

@@ -222,9 +222,9 @@ def teacher_states(ctx, layer_map: list[int], args: dict) -> CachedTeacherStates
     """Cached states for the mapped layers, or None (the teacher runs on the fly): attention maps
     are always computed on the fly, and `teacher_states: auto` caches only below the size limit."""
     mode = args.get("teacher_states", "auto")
-    if mode == "cache" and getattr(ctx, "cache_dir", None) is None:
+    if mode == "cache" and ctx.cache_dir is None:
         raise ValueError("teacher_states: cache needs runtime.cache_dir; set it, or use teacher_states: auto")
-    if mode == "live" or args.get("attention_weight") or getattr(ctx, "cache_dir", None) is None:
+    if mode == "live" or args.get("attention_weight") or ctx.cache_dir is None:
         return None
     if mode == "auto" and CachedTeacherStates.size_bytes(ctx.teacher, ctx.train, layer_map) > STATES_CACHE_LIMIT_BYTES:
         return None
@@ -344,10 +344,9 @@ def embedding_table(teacher: nn.Module, size: int) -> torch.Tensor:
     table = word_embeddings(teacher).weight.detach()
     if isinstance(teacher, TextClassifier) and teacher.embeddings.word_projection is not None:
         table = teacher.embeddings.word_projection(table).detach()
-    try:
-        return principal_projection(table, size)
-    except ValueError as err:
-        raise ValueError(f"distill: embedding_size: {err}") from None
+    if size > table.shape[1]:
+        raise ValueError(f"distill: embedding_size={size} is wider than the teacher's {table.shape[1]}")
+    return principal_projection(table, size)
 
 
 def word_level_student(teacher: nn.Module, args: dict) -> nn.Module:
@@ -413,7 +412,7 @@ def with_augmented_data(ctx, multiplier: int):
 
     vocab = json.loads(Path(ctx.tokenizer_file).read_text())["model"]["vocab"]
     extra = augmented_split(ctx.train, multiplier, vocab.get("[MASK]", vocab.get("[UNK]", 0)), ctx.seed)
-    cached = Path(ctx.cache_dir) / fingerprint(ctx.teacher, extra) / "logits.npy" if getattr(ctx, "cache_dir", None) else None
+    cached = Path(ctx.cache_dir) / fingerprint(ctx.teacher, extra) / "logits.npy" if ctx.cache_dir else None
     if cached is not None and cached.is_file():  # another candidate with the same augmentation labelled it
         logits = np.load(cached)
     else:
