@@ -51,3 +51,27 @@ def test_embeddings_scratch_leaves_the_table_random(base):
     model = recurrent_teacher(teach_params(base, embeddings="scratch"), num_labels=2)
     table = from_pretrained_bert(base, 2).embeddings.word_embeddings.weight
     assert not torch.allclose(model.word_embeddings.weight, table)
+
+
+def test_teach_with_two_processes_runs_under_torchrun_and_writes_one_teacher(base, tiny_prepared, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from textcompress.modeling import load_bundle
+
+    params = {"seed": 0, "base_model": str(base), "teach": {"epochs": 1, "lr": 3.0e-3, "batch_size": 16},
+              "runtime": {"processes": 2, "threads": 1, "checkpoint_every": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "textcompress.stages.teach", "--params", str(tmp_path / "params.yaml"),
+                           "--prepared", str(tiny_prepared), "--out", str(tmp_path / "teacher"),
+                           "--metrics", str(tmp_path / "metrics.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["history"][-1]["steps"] == 15 // 2
+    from textcompress.data import load_labels
+
+    model, labels = load_bundle(tmp_path / "teacher")
+    assert labels == load_labels(tiny_prepared) and model.config.num_layers == 2
