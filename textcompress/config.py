@@ -69,7 +69,10 @@ DEFAULTS: dict = {
     # device: where training runs (auto = the GPU when there is one); cache_dir: the teacher's
     # hidden states and augmented-data labels that distillation candidates share (keyed by the
     # teacher's weights and the data), outside the work tree so that sweep workspaces share it too.
-    "runtime": {"threads": None, "device": "auto", "cache_dir": "~/.cache/textcompress/teacher-states"},
+    # checkpoint_every: `teach` saves its state every N steps (0: never), so a killed run resumes there;
+    # processes: `teach` under torchrun with this many processes (GPUs, or CPU processes over gloo).
+    "runtime": {"threads": None, "device": "auto", "cache_dir": "~/.cache/textcompress/teacher-states",
+                "checkpoint_every": 500, "processes": 1},
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")
@@ -137,6 +140,11 @@ def _validate(params: dict, path: Path) -> None:
                       ("export.parity_tolerance", (int, float)), ("export.agreement_gate", (int, float)), ("export.opset", int)):
         section, name = key.split(".")
         positive(key, params[section][name], kind)
+    every = params["runtime"]["checkpoint_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ParamsError(path, "runtime.checkpoint_every", f"must be a whole number of steps ≥ 0, got {every!r}",
+                          "e.g. 500, or 0 for no checkpoints")
+    positive("runtime.processes", params["runtime"]["processes"], int)
     for key in ("data.limit_train", "benchmark.max_sentences", "runtime.threads"):
         section, name = key.split(".")
         if params[section][name] is not None:

@@ -6,14 +6,19 @@ same way: AdamW, linear warm-up then linear decay, length-bucketed batches, seed
 Richer objectives (hidden-state and attention distillation, in `textcompress.distill`)
 plug in as a `loss_module`; schedules that act between steps (gradual pruning, random
 feature redraws) plug in as a `step_hook`, so this loop, which the teacher depends on,
-stays put while the families grow.
+stays put while the families grow. A long run (the teacher) saves a `Checkpoint` every few
+hundred steps, so a killed run resumes where it stopped and ends with the same weights.
+Under `torchrun` (a process group is initialised) each process trains on its share of the
+batches and DistributedDataParallel averages the gradients: gloo on CPU, NCCL on GPUs.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -48,6 +53,65 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     return alpha * soft + (1.0 - alpha) * hard
 
 
+class Checkpoint:
+    """One file holding a training run's state (weights, optimiser, schedule, position, random
+    state), written atomically every `every` steps. `key` names the run (its data, params and
+    seed): a checkpoint with another key is stale and is ignored and removed, never resumed."""
+
+    def __init__(self, path: str | Path, every: int, key: str):
+        self.path, self.every, self.key = Path(path), every, key
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a torn or foreign file: start over rather than fail
+            state = None
+        if not isinstance(state, dict) or state.get("key") != self.key:
+            self.clear()
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        torch.save({**state, "key": self.key}, partial)
+        os.replace(partial, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def for_rank(self, rank: int) -> "Checkpoint":
+        """Each process of a distributed run keeps its own file (its random state differs)."""
+        return Checkpoint(self.path.with_name(f"{self.path.stem}.rank{rank}{self.path.suffix}"), self.every, self.key)
+
+
+def join_process_group(device: str | None) -> str | None:
+    """Under torchrun (WORLD_SIZE > 1): initialise the process group, NCCL with a GPU per process
+    or gloo on CPU, and return this process's device; otherwise return `device` unchanged."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    gpu = resolve_device(device).type == "cuda"
+    dist.init_process_group("nccl" if gpu else "gloo")
+    if gpu:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return "cpu"
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless a torch.distributed process group is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train_classifier(
     model: nn.Module,
     train: Split,
@@ -66,18 +130,30 @@ def train_classifier(
     loss_module: nn.Module | None = None,
     step_hook: Callable[[int, int], None] | None = None,
     device: str | None = "cpu",
+    checkpoint: Checkpoint | None = None,
 ) -> list[dict]:
     """Train in place. With `teacher_logits` (rows aligned with `train`) the loss is KD; else CE.
     `loss_module(model, ids, mask, labels, index)` replaces both (its own parameters, such as
     projections, are trained too); `step_hook(step, total_steps)` runs after every update, gradients still in place.
+    With `checkpoint`, resumes from its last save and removes it once training is done.
     Returns one record per epoch (loss, and validation accuracy when given)."""
     seed_everything(seed)
     device = resolve_device(device)
     model.to(device)
+    rank, world = process_group()
+    forward = model
+    if world > 1:
+        if loss_module is not None:
+            raise ValueError("distributed training runs the plain and logit-distillation losses only; run one process")
+        if checkpoint is not None:
+            checkpoint = checkpoint.for_rank(rank)
+        # Rank 0's initial weights are broadcast; every rank then draws its own dropout masks.
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(seed + rank)
     if loss_module is not None:
         loss_module.to(device)
     lengths = [len(x) for x in train.input_ids]
-    batches_per_epoch = math.ceil(len(train) / batch_size)
+    batches_per_epoch = math.ceil(len(train) / batch_size) // world  # this process's share
     total_steps = max(1, math.ceil(epochs * batches_per_epoch))
     warmup_steps = int(warmup * total_steps)
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -91,21 +167,41 @@ def train_classifier(
         (s + 1) / max(1, warmup_steps), max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))))
     soft = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32)).to(device) if teacher_logits is not None else None
 
-    history, step = [], 0
-    for epoch in range(math.ceil(epochs)):
+    history, step, first_epoch, resumed_done, resumed_running = [], 0, 0, 0, 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        history, step, first_epoch = saved["history"], saved["step"], saved["epoch"]
+        resumed_done, resumed_running = saved["done"], saved["running"]
+        torch.set_rng_state(saved["rng"])  # the same dropout masks as the run that was stopped
+        print(f"{desc}: resuming from the checkpoint at step {step} of {total_steps}", file=sys.stderr)
+
+    def save_checkpoint(epoch: int, done: int, running: float) -> None:
+        checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "history": history, "step": step, "epoch": epoch,
+                         "done": done, "running": running, "rng": torch.get_rng_state()})
+
+    for epoch in range(first_epoch, math.ceil(epochs)):
         model.train()
+        skip = resumed_done if epoch == first_epoch else 0
         batches = length_bucketed_batches(lengths, batch_size, shuffle=True, seed=seed + epoch)
-        batches = batches[: total_steps - step]
-        running, bar = 0.0, tqdm(batches, desc=f"{desc} epoch {epoch + 1}", file=sys.stderr, mininterval=5)
-        for done, index in enumerate(bar, start=1):
+        batches = batches[: len(batches) // world * world][rank::world]  # the same order everywhere, dealt out
+        batches = batches[: total_steps - (step - skip)]
+        running = resumed_running if skip else 0.0
+        # Resuming mid-epoch: the batches before the checkpoint are done.
+        bar = tqdm(batches[skip:], desc=f"{desc} epoch {epoch + 1}", file=sys.stderr, mininterval=5, initial=skip,
+                   total=len(batches))
+        for done, index in enumerate(bar, start=skip + 1):
             ids, mask = (t.to(device) for t in pad_batch([train.input_ids[i] for i in index]))
             labels = torch.from_numpy(train.labels[index]).to(device)
             if loss_module is not None:
                 loss = loss_module(model, ids, mask, labels, index)
             elif soft is None:
-                loss = nn.functional.cross_entropy(model(ids, mask), labels)
+                loss = nn.functional.cross_entropy(forward(ids, mask), labels)
             else:
-                loss = kd_loss(model(ids, mask), soft[index], labels, temperature, alpha)
+                loss = kd_loss(forward(ids, mask), soft[index], labels, temperature, alpha)
             loss.backward()
             nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
@@ -116,15 +212,21 @@ def train_classifier(
                 step_hook(step, total_steps)
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{running / done:.4f}", refresh=False)
+            if checkpoint is not None and step % checkpoint.every == 0 and done < len(batches):
+                save_checkpoint(epoch, done, running)
         record = {"epoch": epoch + 1, "steps": step, "loss": running / max(1, len(batches))}
         if validation is not None:
             record["validation_accuracy"] = accuracy(predict_logits(model, validation, device=device), validation.labels)
             print(f"{desc}: epoch {epoch + 1} validation accuracy {record['validation_accuracy']:.4f}", file=sys.stderr)
         history.append(record)
+        if checkpoint is not None and epoch + 1 < math.ceil(epochs):
+            save_checkpoint(epoch + 1, 0, 0.0)
     model.eval()
     model.to("cpu")  # saving, export and the next stage expect CPU tensors
     if loss_module is not None:
         loss_module.to("cpu")
+    if checkpoint is not None:
+        checkpoint.clear()
     return history
 
 

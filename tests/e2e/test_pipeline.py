@@ -139,3 +139,29 @@ def test_promotion_and_completion_were_notified(runs, project):
     promotion = next(e for e in events if e["event"] == "promotion")
     report = json.loads((project / "reports" / "candidates.json").read_text())
     assert report["champion"] in promotion["subject"]
+
+
+@pytest.mark.e2e
+def test_a_run_of_the_scheduled_deployment_executes_and_skips_when_nothing_changed(runs, project):
+    """What `textcompress schedule` does when the cron fires: Prefect creates a run of the
+    deployment and executes it from the deployment's entrypoint in its own process."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.pipeline import pipeline
+    from textcompress.cli import scheduled_deployment
+    from textcompress.config import load_params
+
+    options = scheduled_deployment(project, load_params(project / "params.yaml"))
+    deployment_id = pipeline.to_deployment(**options).apply()
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "execute", str(flow_run.id)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        finished = client.read_flow_run(flow_run.id)
+    assert finished.state.is_completed() and finished.deployment_id == deployment_id
+    assert finished.parameters == {"project_dir": str(project), "pull": True, "skip_unchanged": True}
+    assert "nothing to do" in done.stdout + done.stderr  # the run pulled, found nothing changed, and stopped

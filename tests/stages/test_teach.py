@@ -51,3 +51,64 @@ def test_embeddings_scratch_leaves_the_table_random(base):
     model = recurrent_teacher(teach_params(base, embeddings="scratch"), num_labels=2)
     table = from_pretrained_bert(base, 2).embeddings.word_embeddings.weight
     assert not torch.allclose(model.word_embeddings.weight, table)
+
+
+def test_teach_with_two_processes_runs_under_torchrun_and_writes_one_teacher(base, tiny_prepared, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from textcompress.modeling import load_bundle
+
+    params = {"seed": 0, "base_model": str(base), "teach": {"epochs": 1, "lr": 3.0e-3, "batch_size": 16},
+              "runtime": {"processes": 2, "threads": 1, "checkpoint_every": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "textcompress.stages.teach", "--params", str(tmp_path / "params.yaml"),
+                           "--prepared", str(tiny_prepared), "--out", str(tmp_path / "teacher"),
+                           "--metrics", str(tmp_path / "metrics.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["history"][-1]["steps"] == 15 // 2
+    from textcompress.data import load_labels
+
+    model, labels = load_bundle(tmp_path / "teacher")
+    assert labels == load_labels(tiny_prepared) and model.config.num_layers == 2
+
+
+def test_a_killed_teach_resumes_from_its_checkpoint_to_the_uninterrupted_teacher(base, tiny_prepared, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from safetensors.torch import load_file
+
+    def command(name: str, every: int) -> list[str]:
+        params = {"seed": 0, "base_model": str(base), "teach": {"epochs": 8, "lr": 3.0e-3, "batch_size": 16},
+                  "runtime": {"threads": 1, "checkpoint_every": every}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(params))
+        return [sys.executable, "-m", "textcompress.stages.teach", "--params", str(tmp_path / f"{name}.yaml"),
+                "--prepared", str(tiny_prepared), "--out", str(tmp_path / name / "teacher"),
+                "--metrics", str(tmp_path / name / "metrics.json"), "--checkpoint", str(tmp_path / name / "teach.pt")]
+
+    killed = subprocess.Popen(command("run", 5), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "teach.pt").exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    killed.kill()
+    killed.wait()
+    assert (tmp_path / "run" / "teach.pt").exists() and not (tmp_path / "run" / "teacher").exists()
+
+    resumed = subprocess.run(command("run", 5), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from the checkpoint at step" in resumed.stderr
+    reference = subprocess.run(command("reference", 0), capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    got, expected = (load_file(str(tmp_path / n / "teacher" / "model.safetensors")) for n in ("run", "reference"))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    accuracy = [json.loads((tmp_path / n / "metrics.json").read_text())["validation_accuracy"] for n in ("run", "reference")]
+    assert accuracy[0] == accuracy[1]
+    assert not (tmp_path / "run" / "teach.pt").exists()

@@ -1,15 +1,28 @@
 """Stage `teach`: fine-tune the pretrained base into the teacher (or adopt a fine-tuned one), or
-train an LSTM/GRU teacher on the base's word pieces (`teach.architecture`)."""
+train an LSTM/GRU teacher on the base's word pieces (`teach.architecture`).
 
+With `runtime.processes: N` it runs itself under torchrun with N processes (one per GPU, or
+CPU processes sharing the cores over gloo); process 0 writes the outputs."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from textcompress.data import load_labels, load_split
 from textcompress.fileio import atomic_dir, write_json
 from textcompress.modeling import from_pretrained_bert, load_bundle, resolve_base, save_bundle
 from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig, principal_projection
 from textcompress.stages import run_stage
-from textcompress.training import accuracy, predict_logits, resolve_device, seed_everything, train_classifier
+from textcompress.training import (
+    Checkpoint, accuracy, join_process_group, predict_logits, process_group, resolve_device, seed_everything,
+    train_classifier,
+)
 
 
 def recurrent_teacher(params: dict, num_labels: int) -> RecurrentClassifier:
@@ -26,16 +39,32 @@ def recurrent_teacher(params: dict, num_labels: int) -> RecurrentClassifier:
     return model
 
 
+def run_key(params: dict, train) -> str:
+    """What the teacher's training depends on (settings, seed, base, rows): a checkpoint from
+    another run is never resumed."""
+    digest = hashlib.sha256(json.dumps([params["teach"], params["seed"], params["base_model"]], sort_keys=True).encode())
+    digest.update(np.concatenate(train.input_ids).astype(np.int64).tobytes())
+    digest.update(np.asarray(train.labels).astype(np.int64).tobytes())
+    return digest.hexdigest()[:20]
+
+
 def main(argv=None):
     def add(parser):
         parser.add_argument("--prepared", default="artifacts/prepared")
         parser.add_argument("--out", default="artifacts/teacher")
         parser.add_argument("--metrics", default="artifacts/teacher_metrics.json")
+        parser.add_argument("--checkpoint", default="artifacts/checkpoints/teach.pt",
+                            help="saved every runtime.checkpoint_every steps; a killed run resumes from it")
 
     def body(params, args):
+        processes = params["runtime"]["processes"]
+        if processes > 1 and "LOCAL_RANK" not in os.environ:  # start the processes: this one only waits
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                       "-m", "textcompress.stages.teach", *(sys.argv[1:] if argv is None else argv)]
+            sys.exit(subprocess.run(command).returncode)
         cfg, prepared = params["teach"], Path(args.prepared)
         labels, validation = load_labels(prepared), load_split(prepared, "validation")
-        started, device = time.time(), params["runtime"]["device"]
+        started, device = time.time(), join_process_group(params["runtime"]["device"])
         if cfg["finetuned_teacher"]:
             model, teacher_labels = load_bundle(cfg["finetuned_teacher"])
             if teacher_labels != labels:
@@ -49,13 +78,18 @@ def main(argv=None):
                 model = from_pretrained_bert(resolve_base(params["base_model"]), len(labels), cfg["pooling"])
             else:
                 model = recurrent_teacher(params, len(labels))
+            train, every = load_split(prepared, "train"), params["runtime"]["checkpoint_every"]
+            checkpoint = Checkpoint(args.checkpoint, every, run_key(params, train)) if every else None
             history = train_classifier(
-                model, load_split(prepared, "train"), epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
+                model, train, epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
                 warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], seed=params["seed"], validation=validation,
-                desc="teach", device=device)
+                desc="teach", device=device, checkpoint=checkpoint)
             metrics_device = str(resolve_device(device))
+        if process_group()[0] != 0:
+            return
         metrics = {"validation_accuracy": accuracy(predict_logits(model, validation, device=device), validation.labels),
-                   "seconds": round(time.time() - started, 1), "device": metrics_device, "history": history}
+                   "seconds": round(time.time() - started, 1), "device": metrics_device, "history": history,
+                   "processes": process_group()[1]}
         with atomic_dir(args.out) as tmp:
             save_bundle(model, tmp, prepared / "tokenizer.json", labels)
         write_json(args.metrics, metrics)
