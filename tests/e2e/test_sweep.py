@@ -1,6 +1,6 @@
-"""A parallel sweep on a local Dask cluster (2 workers): two tiny candidates trained at once in
-their own workspaces, their results found by the project's pipeline run in DVC's run-cache,
-logged into one registry with one champion."""
+"""A parallel sweep on a local Dask cluster (2 workers), and on a local Ray cluster: two tiny
+candidates trained at once in their own workspaces, their results found by the project's
+pipeline run in DVC's run-cache, logged into one registry with one champion."""
 
 from __future__ import annotations
 
@@ -17,15 +17,16 @@ CANDIDATES = {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}]
 
 
 @pytest.mark.e2e
-def test_dask_sweep_trains_candidates_apart_and_promotes_once(tmp_path_factory, prefect_harness):
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+def test_a_sweep_trains_candidates_apart_and_promotes_once(tmp_path_factory, prefect_harness, runner):
     import mlflow
 
     from flows.sweep import WORKSPACES, sweep
 
-    project = build_tiny_project(tmp_path_factory.mktemp("sweep"), CANDIDATES)
+    project = build_tiny_project(tmp_path_factory.mktemp(f"sweep-{runner}"), CANDIDATES)
     cwd = os.getcwd()
     try:
-        summary = sweep(str(project), workers=2, runner="dask")
+        summary = sweep(str(project), workers=2, runner=runner)
     finally:
         os.chdir(cwd)
 
