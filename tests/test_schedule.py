@@ -43,3 +43,17 @@ def test_registering_the_deployment_stores_its_schedule(tmp_path, prefect_harnes
     assert stored.name == "weekly"
     assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * 1"]
     assert stored.parameters["skip_unchanged"] is True and Path(stored.parameters["project_dir"]) == tmp_path
+
+
+def test_the_work_pool_deployment_file_runs_the_same_flow_on_the_default_schedule():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    root = Path(__file__).resolve().parents[1]
+    (deployment,) = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+    flow = load_flow_from_entrypoint(str(root / deployment["entrypoint"]))
+    assert flow.name == "textcompress-pipeline"
+    assert [s["cron"] for s in deployment["schedules"]] == [DEFAULTS["schedule"]["cron"]]
+    assert deployment["name"] == DEFAULTS["schedule"]["name"]
+    expected = scheduled_deployment(Path("."), DEFAULTS)["parameters"]
+    assert deployment["parameters"] == {**expected, "project_dir": "."}

@@ -41,17 +41,20 @@ def write_tiny_base(path: Path) -> Path:
     return path
 
 
-def build_tiny_project(root: Path, candidates: dict | None = None, sections: dict | None = None) -> Path:
+def build_tiny_project(root: Path, candidates: dict | None = None, sections: dict | None = None,
+                       rows: tuple[list, list] | None = None) -> Path:
     """A fresh git + DVC project holding this repo's pipeline, tiny data pushed to a temporary remote.
-    `sections` updates params sections (e.g. {"teach": {"architecture": "lstm"}})."""
+    `sections` updates params sections (e.g. {"teach": {"architecture": "lstm"}}); `rows` replaces
+    the (train, validation) rows of the binary sentiment task."""
     project, remote = root / "project", root / "remote"
     project.mkdir()
     for name in ("dvc.yaml",):
         shutil.copy(REPO / name, project / name)
     for package in ("textcompress", "flows", "tasks"):
         shutil.copytree(REPO / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
-    write_tiny_tsv(project / "data" / "train.tsv", tiny_sentiment_rows(300, 1))
-    write_tiny_tsv(project / "data" / "validation.tsv", tiny_sentiment_rows(60, 2))
+    train_rows, validation_rows = rows or (tiny_sentiment_rows(300, 1), tiny_sentiment_rows(60, 2))
+    write_tiny_tsv(project / "data" / "train.tsv", train_rows)
+    write_tiny_tsv(project / "data" / "validation.tsv", validation_rows)
     base = write_tiny_base(root / "tiny-bert")
     # The defaults, not params.yaml: `make run PARAMS=...` rewrites that file.
     from textcompress.config import DEFAULTS
