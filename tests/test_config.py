@@ -316,31 +316,25 @@ def test_a_recurrent_teacher_with_recurrent_steps_loads(write_params):
     assert params["teach"]["architecture"] == "lstm" and params["teach"]["recurrent"]["hidden_size"] == 300
 
 
-@pytest.mark.parametrize("step,message", [
-    ({"prune_movement": {}}, "step 1 (prune_movement) works on transformer models, but the teacher is an lstm"),
-    ({"attention": {"kind": "linear"}}, "step 1 (attention) works on transformer models, but the teacher is an lstm"),
-    ({"distill": {"student": "bert"}}, "a bert student is cut from a transformer's layers"),
-    ({"prune_structured": {}}, "an LSTM/GRU is pruned by hidden units"),
-    ({"prune_structured": {"units": 0.5, "heads": 0.5}}, "heads and ffn apply to transformers"),
-    ({"low_rank": {"modules": "ffn", "rank": 8}}, "modules: ffn names transformer layers"),
-    ({"share_layers": {"share": "all"}}, "shares weights between its two directions"),
-    ({"drop_layers": {"strategy": "alternate"}}, "use strategy: top"),
-    ({"distill": {"student": "same", "hidden_weight": 1.0}}, "hidden_weight compares transformer layers"),
+@pytest.mark.parametrize("architecture,step,message", [
+    # on an LSTM teacher: steps and arguments with no recurrent form
+    ("lstm", {"prune_movement": {}}, "step 1 (prune_movement) works on transformer models, but the teacher is an lstm"),
+    ("lstm", {"attention": {"kind": "linear"}}, "step 1 (attention) works on transformer models, but the teacher is an lstm"),
+    ("lstm", {"distill": {"student": "bert"}}, "a bert student is cut from a transformer's layers"),
+    ("lstm", {"prune_structured": {}}, "an LSTM/GRU is pruned by hidden units"),
+    ("lstm", {"prune_structured": {"units": 0.5, "heads": 0.5}}, "heads and ffn apply to transformers"),
+    ("lstm", {"low_rank": {"modules": "ffn", "rank": 8}}, "modules: ffn names transformer layers"),
+    ("lstm", {"share_layers": {"share": "all"}}, "shares weights between its two directions"),
+    ("lstm", {"drop_layers": {"strategy": "alternate"}}, "use strategy: top"),
+    ("lstm", {"distill": {"student": "same", "hidden_weight": 1.0}}, "hidden_weight compares transformer layers"),
+    # on a transformer teacher: the recurrent-only arguments
+    ("transformer", {"prune_structured": {"units": 0.5}}, "units applies to LSTM/GRU models"),
+    ("transformer", {"low_rank": {"modules": "hidden", "rank": 8}}, "modules: hidden applies to LSTM/GRU models"),
+    ("transformer", {"share_layers": {"share": "directions"}}, "share: directions applies to bidirectional LSTM/GRU models"),
 ])
-def test_a_step_that_does_not_apply_to_an_lstm_teacher_is_refused_with_the_reason(write_params, step, message):
-    path = write_params(lstm_teacher(odd=[step]))
-    with raises_params_error(path, "candidates.odd") as excinfo:
-        load_params(path)
-    assert message in str(excinfo.value)
-
-
-@pytest.mark.parametrize("step,message", [
-    ({"prune_structured": {"units": 0.5}}, "units applies to LSTM/GRU models"),
-    ({"low_rank": {"modules": "hidden", "rank": 8}}, "modules: hidden applies to LSTM/GRU models"),
-    ({"share_layers": {"share": "directions"}}, "share: directions applies to bidirectional LSTM/GRU models"),
-])
-def test_a_recurrent_only_argument_is_refused_on_a_transformer(write_params, step, message):
-    path = write_params(with_candidates(odd=[step]))
+def test_a_step_that_does_not_fit_the_teachers_architecture_is_refused_with_the_reason(write_params, architecture, step,
+                                                                                       message):
+    path = write_params({"teach": {"architecture": architecture}, **with_candidates(odd=[step])})
     with raises_params_error(path, "candidates.odd") as excinfo:
         load_params(path)
     assert message in str(excinfo.value)

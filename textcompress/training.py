@@ -74,10 +74,10 @@ class Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        torch.save({**state, "key": self.key}, partial)
-        os.replace(partial, self.path)
+        from textcompress.fileio import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            torch.save({**state, "key": self.key}, tmp)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

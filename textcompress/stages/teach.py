@@ -85,11 +85,12 @@ def main(argv=None):
                 warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], seed=params["seed"], validation=validation,
                 desc="teach", device=device, checkpoint=checkpoint)
             metrics_device = str(resolve_device(device))
-        if process_group()[0] != 0:
+        rank, processes = process_group()
+        if rank != 0:
             return
         metrics = {"validation_accuracy": accuracy(predict_logits(model, validation, device=device), validation.labels),
                    "seconds": round(time.time() - started, 1), "device": metrics_device, "history": history,
-                   "processes": process_group()[1]}
+                   "processes": processes}
         with atomic_dir(args.out) as tmp:
             save_bundle(model, tmp, prepared / "tokenizer.json", labels)
         write_json(args.metrics, metrics)

@@ -154,7 +154,7 @@ def _refuse_shared(model: TextClassifier, what: str) -> None:
 def apply_prune_structured(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     if isinstance(model, RecurrentClassifier):
         from textcompress.techniques.recurrent import apply_prune_units
-        return apply_prune_units(model, args, ctx, recover)
+        return apply_prune_units(model, args, ctx)
     heads, neurons = gate_importance(model, ctx.train, ctx.teacher_logits, batches=args["importance_batches"],
                                      batch_size=args["batch_size"], seed=ctx.seed)
     keep_heads = choose_kept(heads, args["heads"], args["scope"])

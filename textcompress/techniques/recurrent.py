@@ -29,6 +29,7 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.modeling import count_parameters
 from textcompress.modeling_rnn import GATES, FactorizedRNN, RecurrentClassifier
+from textcompress.techniques.distillation import recover
 from textcompress.training import kd_loss
 
 DIRECTIONS = ("forward", "backward")
@@ -163,7 +164,7 @@ def remove_hidden_units(model: RecurrentClassifier, keep: dict[str, list[int]]) 
     return pruned.eval()
 
 
-def apply_prune_units(model: RecurrentClassifier, args: dict, ctx, recover) -> tuple[RecurrentClassifier, dict]:
+def apply_prune_units(model: RecurrentClassifier, args: dict, ctx) -> tuple[RecurrentClassifier, dict]:
     scores = unit_importance(model, ctx.train, ctx.teacher_logits, batches=args["importance_batches"],
                              batch_size=args["batch_size"], seed=ctx.seed)
     keep = units_to_keep(scores, args["units"], args["round_to"])
@@ -206,8 +207,8 @@ def low_rank_recurrent(model: RecurrentClassifier, modules: str, choose) -> tupl
         raise ValueError("low_rank: put decomposition before share_layers in the recipe")
     matrices = {"input": ("input",), "hidden": ("hidden",), "recurrent": ("input", "hidden")}[modules]
     ranks, decided = dict(model.config.ranks), {}
-    for name, module in direction_modules(model).items():
-        weights = dense_weights(module)
+    dense = {name: dense_weights(module) for name, module in direction_modules(model).items()}
+    for name, weights in dense.items():
         current = list(ranks.get(name, [0, 0]))
         for slot, matrix in enumerate(("input", "hidden")):
             if matrix not in matrices or current[slot]:
@@ -222,8 +223,7 @@ def low_rank_recurrent(model: RecurrentClassifier, modules: str, choose) -> tupl
             ranks[name] = current
     result = RecurrentClassifier(replace(model.config, ranks=ranks))
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("layers.")}
-    for name, module in direction_modules(model).items():
-        weights = dense_weights(module)
+    for name, weights in dense.items():
         if name not in ranks:
             state.update({f"{name}.{key}_l0": value for key, value in weights.items()})
             continue
