@@ -127,15 +127,23 @@ TECHNIQUES: dict[str, Technique] = {
         choices={"kind": ("linear", "performer", "linformer")},
         bounds={"features": (1, None), "length": (1, None), "redraw": (0, None)},
     ),
+    "qat": Technique(
+        "qat", "quantization", "compress",
+        # Fine-tunes the model fake-quantized to int8 (activation ranges calibrated on `calibration`
+        # training sentences) with distillation; `export` then writes it as int8. Last in a recipe.
+        defaults={"calibration": 256, **RECOVERY, "epochs": 0.5, "lr": 2.0e-5},
+        module="textcompress.techniques.quantization_aware",
+        bounds={"calibration": (1, None)},
+    ),
     "quantize": Technique(
         "quantize", "quantization", "export",
         # dynamic: int8 weights, activations scaled per batch; static: int8 QDQ calibrated on
         # `calibration` training sentences with `method`; fp16: half-precision weights (for GPUs).
         # `exclude`: operator types or node-name fragments kept in fp32 (e.g. LayerNormalization,
         # Softmax, classifier); `sensitivity` > 0 adds the N MatMuls whose quantization alone
-        # moves the logits most.
+        # moves the logits most. `reduce_range`: 7-bit weights (for CPUs without VNNI).
         defaults={"mode": "dynamic", "per_channel": False, "calibration": 256, "method": "minmax",
-                  "exclude": [], "sensitivity": 0},
+                  "exclude": [], "sensitivity": 0, "reduce_range": False},
         module="textcompress.quantization",
         choices={"mode": ("dynamic", "static", "fp16"), "method": ("minmax", "entropy", "percentile")},
         bounds={"calibration": (1, None), "sensitivity": (0, None)},
@@ -209,6 +217,9 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception], architecture
                 raise error(f"step {position} (distill): {misplaced[0]} applies to bert students, not {student}",
                             f"remove {misplaced[0]}")
             kind, origin = ("cnn" if student == "cnn" else "recurrent"), f"step {position} made a {student} student"
+        if position > 1 and next(iter(recipe[position - 2])) == "qat":
+            raise error(f"step {position} ({name}) follows qat, which must come last",
+                        "qat's model is exported as int8 by itself: put qat last and drop later steps")
         if technique.stage == "export":
             seen_export_step = True
         elif seen_export_step:
