@@ -203,6 +203,13 @@ def test_compress_step_after_export_step_names_candidate(write_params):
     assert "after an ONNX-level step" in str(excinfo.value)
 
 
+@pytest.mark.parametrize("block", [[32], [0, 4], [4, 2.5], "32x32"])
+def test_a_malformed_movement_block_is_refused(write_params, block):
+    path = write_params(with_candidates(blocky=[{"prune_movement": {"block": block}}]))
+    with raises_params_error(path, "candidates.blocky"):
+        load_params(path)
+
+
 @pytest.mark.parametrize("later", [{"quantize": {"mode": "static"}}, {"prune_structured": {}}])
 def test_a_step_after_qat_is_refused(write_params, later):
     path = write_params(with_candidates(late=[{"qat": {}}, later]))

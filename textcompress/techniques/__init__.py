@@ -87,7 +87,9 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "prune_movement": Technique(
         "prune_movement", "pruning", "compress",
-        defaults={"sparsity": 0.8, "scope": "global", "frequency": 50, **RECOVERY},
+        # block: [rows, cols] scored and masked together ([1, 1]: single weights); emptied heads
+        # and FFN neurons are then cut out.
+        defaults={"sparsity": 0.8, "scope": "global", "frequency": 50, "block": [1, 1], **RECOVERY},
         module="textcompress.techniques.pruning",
         choices={"scope": SCOPES},
         bounds={"sparsity": FRACTION_BELOW_ONE},
@@ -199,6 +201,11 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception], architecture
                     (low is not None and value < low) or (high is not None and value > high)):
                 raise error(f"step {position} ({name}): {key}={value!r} is out of range",
                             f"use a value from {low} to {high if high is not None else 'any'}")
+        block = (args or {}).get("block")
+        if name == "prune_movement" and block is not None and not (
+                len(block) == 2 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
+            raise error(f"step {position} (prune_movement): block={block!r} must be two whole numbers ≥ 1",
+                        "e.g. `block: [32, 32]`, or [1, 1] for single weights")
         if name == "low_rank" and sum(bool((args or {}).get(k)) for k in ("rank", "ratio", "energy")) != 1:
             raise error(f"step {position} (low_rank): give exactly one of rank, ratio or energy",
                         "e.g. `{low_rank: {modules: ffn, energy: 0.9}}`")
