@@ -203,6 +203,21 @@ def test_compress_step_after_export_step_names_candidate(write_params):
     assert "after an ONNX-level step" in str(excinfo.value)
 
 
+@pytest.mark.parametrize("block", [[32], [0, 4], [4, 2.5], "32x32"])
+def test_a_malformed_movement_block_is_refused(write_params, block):
+    path = write_params(with_candidates(blocky=[{"prune_movement": {"block": block}}]))
+    with raises_params_error(path, "candidates.blocky"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("later", [{"quantize": {"mode": "static"}}, {"prune_structured": {}}])
+def test_a_step_after_qat_is_refused(write_params, later):
+    path = write_params(with_candidates(late=[{"qat": {}}, later]))
+    with raises_params_error(path, "candidates.late") as excinfo:
+        load_params(path)
+    assert "follows qat, which must come last" in str(excinfo.value)
+
+
 @pytest.mark.parametrize("later,message", [
     ({"prune_movement": {}}, "step 2 (prune_movement) works on transformer models, but step 1 made a lstm student"),
     ({"factorize_embedding": {}}, "step 2 (factorize_embedding) works on transformer models"),
@@ -327,6 +342,7 @@ def test_a_recurrent_teacher_with_recurrent_steps_loads(write_params):
     ("lstm", {"share_layers": {"share": "all"}}, "shares weights between its two directions"),
     ("lstm", {"drop_layers": {"strategy": "alternate"}}, "use strategy: top"),
     ("lstm", {"distill": {"student": "same", "hidden_weight": 1.0}}, "hidden_weight compares transformer layers"),
+    ("lstm", {"qat": {}}, "step 1 (qat) works on transformer models, but the teacher is an lstm"),
     # on a transformer teacher: the recurrent-only arguments
     ("transformer", {"prune_structured": {"units": 0.5}}, "units applies to LSTM/GRU models"),
     ("transformer", {"low_rank": {"modules": "hidden", "rank": 8}}, "modules: hidden applies to LSTM/GRU models"),

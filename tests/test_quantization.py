@@ -93,3 +93,26 @@ def test_fp16_halves_the_weights_and_keeps_fp32_io(fp32_onnx, ctx, tiny_prepared
     fp16 = split_logits(make_session(out), validation)
     fp32 = split_logits(make_session(fp32_onnx), validation)
     assert fp16.dtype == np.float32 and np.abs(fp16 - fp32).max() < 0.05
+
+
+def test_static_int8_quantizes_weight_matmuls_and_leaves_their_outputs_float(fp32_onnx, ctx, tmp_path):
+    out = tmp_path / "static.onnx"
+    apply_quantize(fp32_onnx, out, args(mode="static", calibration=32), ctx)
+    graph = onnx.load(str(out)).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    with_weights = [n for n in matmuls if "_DequantizeLinear_Output" in n.input[1] or producers.get(n.input[1]) == "DequantizeLinear"]
+    attention_products = [n for n in matmuls if n not in with_weights]
+    # The tiny encoder has 2 layers of 6 weight MatMuls plus the head; attention's two products stay float.
+    assert len(with_weights) >= 12 and all(producers.get(n.input[0]) == "DequantizeLinear" for n in with_weights)
+    assert len(attention_products) == 4 and not any(producers.get(i) == "DequantizeLinear" for n in attention_products for i in n.input)
+    consumers_of_matmuls = {n.op_type for n in graph.node for i in n.input if producers.get(i) == "MatMul"}
+    assert "QuantizeLinear" not in consumers_of_matmuls
+
+
+def test_reduce_range_keeps_weights_to_seven_bits(fp32_onnx, ctx, tmp_path):
+    out = tmp_path / "static7.onnx"
+    apply_quantize(fp32_onnx, out, args(mode="static", calibration=32, per_channel=True, reduce_range=True), ctx)
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2 and i.dims[0] > 1 and i.dims[1] > 1]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64

@@ -56,6 +56,8 @@ class EncoderConfig:
     share: str = "all"
     # Low-rank factorisation: module name -> rank of the two thin Linears that replace it.
     low_rank: dict[str, int] = field(default_factory=dict)
+    # Quantization-aware training: Linear and Embedding modules that run as int8 (fake-quantized).
+    fake_quant: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -274,6 +276,13 @@ class TextClassifier(nn.Module):
             dense = self.get_submodule(name)
             parent, _, child = name.rpartition(".")
             setattr(self.get_submodule(parent), child, LowRankLinear(dense.in_features, dense.out_features, rank))
+        for name in config.fake_quant:
+            parent, _, child = name.rpartition(".")
+            owner = self.get_submodule(parent)
+            plain = getattr(owner, child)
+            if not isinstance(plain, (FakeQuantLinear, FakeQuantEmbedding)):  # a shared module is listed once per layer
+                setattr(owner, child, FakeQuantLinear(plain.in_features, plain.out_features, plain.bias is not None)
+                        if isinstance(plain, nn.Linear) else FakeQuantEmbedding(plain.num_embeddings, plain.embedding_dim))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.to(torch.float32)
@@ -312,6 +321,56 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
+
+
+class FakeQuantLinear(nn.Linear):
+    """A Linear trained as it will run in int8 (quantization-aware training): its input is rounded
+    to uint8 over a calibrated range (`input_range`), its weight to int8 per output channel, with
+    straight-through gradients. Exported, the roundings become the QuantizeLinear/DequantizeLinear
+    pairs that ONNX Runtime fuses into integer MatMuls.
+    Weights use 7 bits of the int8 range (scale max|w|/63): ONNX Runtime's x86 kernels sum pairs of
+    uint8 x int8 products in 16 bits, which overflow with full-range weights."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("input_range", torch.zeros(2))  # calibrated (min, max) of the input
+        self.quantize = True  # False: run in fp32 (the parent exported beside the int8 model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            return super().forward(x)
+        low, high = self.input_range[0].clamp(max=0.0), self.input_range[1].clamp(min=0.0)
+        scale = ((high - low) / 255.0).clamp(min=1e-8)
+        zero_point = torch.round(-low / scale).to(torch.int32)
+        x = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+        weight_scale = (self.weight.detach().abs().amax(dim=1) / 63.0).clamp(min=1e-8)
+        weight = torch.fake_quantize_per_channel_affine(
+            self.weight, weight_scale, torch.zeros_like(weight_scale, dtype=torch.int32), 0, -128, 127)
+        return nn.functional.linear(x, weight, self.bias)
+
+
+class FakeQuantEmbedding(nn.Embedding):
+    """An embedding table trained as int8 (one symmetric scale for the table, as the exported Gather reads it)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__(num_embeddings, embedding_dim)
+        self.quantize = True
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            return super().forward(ids)
+        scale = (self.weight.detach().abs().max() / 127.0).clamp(min=1e-8)
+        table = torch.fake_quantize_per_tensor_affine(self.weight, scale, torch.zeros((), dtype=torch.int32), -128, 127)
+        return nn.functional.embedding(ids, table)
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> int:
+    """Switch a quantization-aware model between int8 (fake-quantized) and fp32; returns how many
+    modules it switched (0: the model has none)."""
+    modules = [m for m in model.modules() if isinstance(m, (FakeQuantLinear, FakeQuantEmbedding))]
+    for m in modules:
+        m.quantize = enabled
+    return len(modules)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -5,7 +5,10 @@
   what most users would do instead of this pipeline.
 - `mode: static`: int8 weights and activations as QDQ pairs, activation ranges calibrated on
   `calibration` training sentences (MinMax, Entropy or Percentile); ONNX Runtime fuses the
-  pairs into integer kernels (VNNI on this CPU).
+  pairs into integer kernels (VNNI on this CPU). Only MatMuls with a weight are quantized, and
+  their outputs stay float: ONNX Runtime then fuses each into one MatMulIntegerToFloat, where
+  requantizing outputs and the activation-by-activation attention products cost more time
+  (extra Quantize/Dequantize nodes) and agreement (each rounding flips labels) than they save.
 - `mode: fp16`: weights and compute in half precision with fp32 inputs and outputs. For GPU
   targets: CPUs without native fp16 arithmetic run it slower than fp32, and the report says so.
 Both int8 modes quantize the word-piece embedding (a Gather), the bulk of a small model's
@@ -69,6 +72,7 @@ def _quantize(onnx_in: Path, onnx_out: Path, args: dict, batches: list[dict], ex
 
     if args["mode"] == "dynamic":
         quantize_dynamic(str(onnx_in), str(onnx_out), weight_type=QuantType.QInt8, per_channel=bool(args["per_channel"]),
+                         reduce_range=bool(args.get("reduce_range")),
                          op_types_to_quantize=INT8_OPS + DYNAMIC_ONLY_OPS, nodes_to_exclude=excluded, nodes_to_quantize=only)
         return
 
@@ -84,8 +88,17 @@ def _quantize(onnx_in: Path, onnx_out: Path, args: dict, batches: list[dict], ex
     # Activations as unsigned int8 and weights signed: the combination x86 integer kernels (VNNI) run.
     quantize_static(str(onnx_in), str(onnx_out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OPS,
                     per_channel=bool(args["per_channel"]), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=method, nodes_to_exclude=excluded, nodes_to_quantize=only,
-                    extra_options={"CalibMovingAverage": True, "CalibPercentile": 99.99})
+                    calibrate_method=method, nodes_to_exclude=excluded, nodes_to_quantize=only or nodes_with_weights(onnx_in),
+                    reduce_range=bool(args.get("reduce_range")),
+                    extra_options={"CalibMovingAverage": True, "CalibPercentile": 99.99,
+                                   "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+
+
+def nodes_with_weights(model_path: Path) -> list[str]:
+    """MatMul and Gather nodes that read an initializer (a weight or a table), not two activations."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in INT8_OPS and any(i in weights for i in n.input)]
 
 
 def most_sensitive_matmuls(onnx_in: Path, args: dict, batches: list[dict], excluded: list[str], count: int) -> list[dict]:
@@ -145,6 +158,56 @@ def apply_quantize(onnx_in: Path, onnx_out: Path, args: dict, ctx=None) -> dict:
     if kept:
         details["kept_fp32_ops"] = kept
     return details
+
+
+def int8_from_fake_quant(onnx_in: Path, onnx_out: Path) -> dict:
+    """A fake-quantized export (the `qat` step's model) made into an int8 file.
+
+    ONNX Runtime's basic optimizations (constant folding; portable, nothing hardware-specific)
+    fold each weight's QuantizeLinear into an int8 initializer. A table that is dequantized and
+    then gathered is stored as uint8 (the same values shifted by 128) with a Quantize/Dequantize
+    pair after the Gather at the table's own scale (lossless): the pattern ONNX Runtime runs as a
+    uint8 Gather. Otherwise it would dequantize the whole word-piece table on every call."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(onnx_out)
+    ort.InferenceSession(str(onnx_in), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(onnx_out))
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {i.name: i for i in graph.initializer}
+    gathered = 0
+    for node in list(graph.node):
+        table = producers.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or table.op_type != "DequantizeLinear" or table.input[0] not in initializers:
+            continue
+        values, zero_point = (numpy_helper.to_array(initializers[name]) for name in (table.input[0], table.input[2]))
+        if values.dtype != np.int8 or zero_point.size != 1:
+            continue
+        shifted = numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), f"{table.input[0]}_uint8")
+        shifted_zero = numpy_helper.from_array((zero_point.astype(np.int16) + 128).astype(np.uint8), f"{table.input[0]}_zero_point_uint8")
+        graph.initializer.extend([shifted, shifted_zero])
+        table.input[:] = [shifted.name, table.input[1], shifted_zero.name]
+        quantized, restored = f"{node.output[0]}_uint8", f"{node.output[0]}_float"
+        for consumer in graph.node:
+            consumer.input[:] = [restored if i == node.output[0] else i for i in consumer.input]
+        position = list(graph.node).index(node) + 1
+        graph.node.insert(position, helper.make_node("QuantizeLinear", [node.output[0], table.input[1], shifted_zero.name],
+                                                     [quantized], name=f"{node.name}_QuantizeLinear"))
+        graph.node.insert(position + 1, helper.make_node("DequantizeLinear", [quantized, table.input[1], shifted_zero.name],
+                                                         [restored], name=f"{node.name}_DequantizeLinear"))
+        gathered += 1
+    used = {i for node in graph.node for i in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(onnx_out))
+    return {"int8_initializers": sum(1 for i in graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)),
+            "quantize_nodes": [n.op_type for n in graph.node].count("QuantizeLinear"), "int8_gathers": gathered,
+            "bytes_before": onnx_in.stat().st_size, "bytes_after": onnx_out.stat().st_size}
 
 
 def fp32_heavy_ops(onnx_path: Path) -> dict[str, int]:

@@ -210,3 +210,61 @@ def test_movement_pruning_reaches_the_sparsity_and_leaves_plain_weights(ctx):
     moved_kept = {n: w != 0 for n, w in weights.items()}
     overlap = sum(int((magnitude_kept[n] & moved_kept[n]).sum()) for n in weights)
     assert overlap < sum(int(m.sum()) for m in moved_kept.values())
+
+
+def test_block_sums_and_expansion_cover_matrices_that_do_not_divide():
+    from textcompress.techniques.pruning import block_sums, expand_blocks
+
+    score = torch.arange(35, dtype=torch.float32).view(5, 7)
+    sums = block_sums(score, (2, 3))
+    assert sums.shape == (3, 3) and float(sums.sum()) == float(score.sum())
+    assert float(sums[0, 0]) == float(score[:2, :3].sum()) and float(sums[2, 2]) == float(score[4:, 6:].sum())
+    mask = expand_blocks(torch.tensor([[True, False, True], [False, True, False], [True, True, False]]), (2, 3), score.shape)
+    assert mask.shape == score.shape and bool(mask[0, 0]) and not bool(mask[1, 3]) and not bool(mask[4, 6])
+
+
+def test_emptied_heads_and_neurons_are_cut_out_with_the_same_outputs(batch):
+    from textcompress.techniques.pruning import remove_emptied_structure
+
+    model = random_model()
+    d = model.config.head_dim
+    with torch.no_grad():
+        for layer in model.encoder.layer:  # biases non-zero, so folding constants matters
+            for linear in (layer.intermediate.dense, layer.attention.self.value, layer.output.dense, layer.attention.output.dense):
+                linear.bias.normal_(0, 0.5)
+        first, second = model.encoder.layer
+        first.output.dense.weight[:, [0, 5]] = 0           # neurons 0 and 5 silent
+        first.intermediate.dense.weight[[7, 9]] = 0        # neurons 7 and 9 output a constant
+        first.attention.output.dense.weight[:, :d] = 0     # head 0 silent
+        second.attention.self.value.weight[d:2 * d] = 0    # head 1 attends over a constant
+        second.attention.self.value.weight[3 * d:] = 0     # and head 3
+    ids, mask = batch
+    with torch.no_grad():
+        expected = model(ids, mask)
+    pruned, removed = remove_emptied_structure(copy.deepcopy(model))
+    heads, ffn = model.config.num_heads, model.config.intermediate_size
+    assert removed["layer_heads"] == [heads - 1, heads - 2] and removed["layer_ffn"] == [ffn - 4, ffn]
+    assert count_parameters(pruned) < count_parameters(model)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids, mask), expected, rtol=0, atol=1e-5)
+
+
+def test_block_movement_pruning_masks_whole_blocks_and_removes_what_empties(ctx, tiny_prepared, tmp_path):
+    from textcompress.techniques.pruning import apply_prune_movement
+
+    args = {**TECHNIQUES["prune_movement"].defaults, "sparsity": 0.9, "block": [4, 8], "frequency": 2, "epochs": 1, "lr": 1e-3}
+    pruned, details = apply_prune_movement(ctx.teacher, args, ctx)
+    assert details["sparsity"] == pytest.approx(0.9, abs=0.03) and details["block"] == [4, 8]
+    # Zeros come in whole blocks: every 4x8 block of a kept matrix is all zero or has no zero (trained weights never are).
+    # Q/K/V lose whole heads (head_dim rows), so their block grid survives the removal.
+    empty_blocks = 0
+    for layer in pruned.encoder.layer:
+        for linear in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+            w = linear.weight
+            blocks = (w == 0).view(w.shape[0] // 4, 4, w.shape[1] // 8, 8).permute(0, 2, 1, 3).flatten(2)
+            assert bool((blocks.all(-1) | ~blocks.any(-1)).all())
+            empty_blocks += int(blocks.all(-1).sum())
+    assert empty_blocks > 0
+    assert sum(details["layer_ffn"]) < sum(details["layer_ffn_before"]) and details["params_after"] < details["params_before"]
+    export_onnx(pruned, tmp_path / "pruned.onnx")
+    assert parity_max_abs_diff(pruned, tmp_path / "pruned.onnx", load_split(tiny_prepared, "validation")) < 1e-4

@@ -1,4 +1,7 @@
-"""Stage `export@<candidate>`: ONNX export, the parity check, then ONNX-level steps (quantization)."""
+"""Stage `export@<candidate>`: ONNX export, the parity check, then ONNX-level steps (quantization).
+
+A quantization-aware model (the `qat` step) is exported twice: in fp32 (the parent, checked for
+parity like any export) and fake-quantized, made into an int8 file that becomes the model."""
 
 import shutil
 from functools import cached_property
@@ -7,8 +10,10 @@ from pathlib import Path
 from textcompress.data import load_split
 from textcompress.export import PARENT_FILE, compressed_size_bytes, export_onnx, label_agreement, parity_max_abs_diff
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.inference import MODEL_FILE, split_for_model
-from textcompress.modeling import load_bundle
+from textcompress.inference import MODEL_FILE, make_session, split_for_model, split_logits
+from textcompress.modeling import load_bundle, set_fake_quant
+from textcompress.quantization import int8_from_fake_quant
+from textcompress.training import predict_logits
 from textcompress.stages import run_stage
 from textcompress.stages.compress import candidate_recipe
 from textcompress.techniques import parse_step
@@ -26,6 +31,19 @@ class ExportContext:
         return split_for_model(load_split(self.prepared, "train"), self.prepared, self.model_dir, self.max_length)
 
 
+def export_int8_from_qat(model, tmp: Path, validation, opset: int) -> tuple[Path, dict]:
+    """The fake-quantized model as an int8 ONNX file, and how closely it follows PyTorch's fake-quant model."""
+    set_fake_quant(model, True)
+    fake_quant, int8 = tmp / "fake-quant.onnx", tmp / "qat.onnx"
+    export_onnx(model, fake_quant, opset)
+    details = int8_from_fake_quant(fake_quant, int8)
+    torch_labels = predict_logits(model, validation).argmax(-1)
+    onnx_labels = split_logits(make_session(int8), validation).argmax(-1)
+    details.update(max_abs_diff_to_fake_quant=parity_max_abs_diff(model, int8, validation),
+                   label_agreement_with_fake_quant=float((torch_labels == onnx_labels).mean()))
+    return int8, {"technique": "qat", "family": "quantization", "args": {}, "details": details}
+
+
 def main(argv=None):
     def add(parser):
         parser.add_argument("candidate")
@@ -39,6 +57,7 @@ def main(argv=None):
         validation = split_for_model(load_split(args.prepared, "validation"), args.prepared, args.model,
                                      params["data"]["max_length"])
         ctx = ExportContext(Path(args.prepared), Path(args.model), params["data"]["max_length"], params["seed"])
+        quantization_aware = set_fake_quant(model, False) > 0
         with atomic_dir(args.out) as tmp:
             fp32 = tmp / "fp32.onnx"
             export_onnx(model, fp32, cfg["opset"])
@@ -46,6 +65,9 @@ def main(argv=None):
             report = {"parity_max_abs_diff": parity, "parity_ok": parity <= cfg["parity_tolerance"],
                       "parity_tolerance": cfg["parity_tolerance"], "steps": []}
             current = fp32
+            if quantization_aware:
+                current, step = export_int8_from_qat(model, tmp, validation, cfg["opset"])
+                report["steps"].append(step)
             for position, step in enumerate(recipe):
                 technique, step_args = parse_step(step)
                 if technique.stage != "export":

@@ -87,7 +87,9 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "prune_movement": Technique(
         "prune_movement", "pruning", "compress",
-        defaults={"sparsity": 0.8, "scope": "global", "frequency": 50, **RECOVERY},
+        # block: [rows, cols] scored and masked together ([1, 1]: single weights); emptied heads
+        # and FFN neurons are then cut out.
+        defaults={"sparsity": 0.8, "scope": "global", "frequency": 50, "block": [1, 1], **RECOVERY},
         module="textcompress.techniques.pruning",
         choices={"scope": SCOPES},
         bounds={"sparsity": FRACTION_BELOW_ONE},
@@ -127,15 +129,23 @@ TECHNIQUES: dict[str, Technique] = {
         choices={"kind": ("linear", "performer", "linformer")},
         bounds={"features": (1, None), "length": (1, None), "redraw": (0, None)},
     ),
+    "qat": Technique(
+        "qat", "quantization", "compress",
+        # Fine-tunes the model fake-quantized to int8 (activation ranges calibrated on `calibration`
+        # training sentences) with distillation; `export` then writes it as int8. Last in a recipe.
+        defaults={"calibration": 256, **RECOVERY, "epochs": 0.5, "lr": 2.0e-5},
+        module="textcompress.techniques.quantization_aware",
+        bounds={"calibration": (1, None)},
+    ),
     "quantize": Technique(
         "quantize", "quantization", "export",
         # dynamic: int8 weights, activations scaled per batch; static: int8 QDQ calibrated on
         # `calibration` training sentences with `method`; fp16: half-precision weights (for GPUs).
         # `exclude`: operator types or node-name fragments kept in fp32 (e.g. LayerNormalization,
         # Softmax, classifier); `sensitivity` > 0 adds the N MatMuls whose quantization alone
-        # moves the logits most.
+        # moves the logits most. `reduce_range`: 7-bit weights (for CPUs without VNNI).
         defaults={"mode": "dynamic", "per_channel": False, "calibration": 256, "method": "minmax",
-                  "exclude": [], "sensitivity": 0},
+                  "exclude": [], "sensitivity": 0, "reduce_range": False},
         module="textcompress.quantization",
         choices={"mode": ("dynamic", "static", "fp16"), "method": ("minmax", "entropy", "percentile")},
         bounds={"calibration": (1, None), "sensitivity": (0, None)},
@@ -191,6 +201,11 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception], architecture
                     (low is not None and value < low) or (high is not None and value > high)):
                 raise error(f"step {position} ({name}): {key}={value!r} is out of range",
                             f"use a value from {low} to {high if high is not None else 'any'}")
+        block = (args or {}).get("block")
+        if name == "prune_movement" and block is not None and not (
+                len(block) == 2 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
+            raise error(f"step {position} (prune_movement): block={block!r} must be two whole numbers ≥ 1",
+                        "e.g. `block: [32, 32]`, or [1, 1] for single weights")
         if name == "low_rank" and sum(bool((args or {}).get(k)) for k in ("rank", "ratio", "energy")) != 1:
             raise error(f"step {position} (low_rank): give exactly one of rank, ratio or energy",
                         "e.g. `{low_rank: {modules: ffn, energy: 0.9}}`")
@@ -209,6 +224,9 @@ def validate_recipe(recipe, error: Callable[[str, str], Exception], architecture
                 raise error(f"step {position} (distill): {misplaced[0]} applies to bert students, not {student}",
                             f"remove {misplaced[0]}")
             kind, origin = ("cnn" if student == "cnn" else "recurrent"), f"step {position} made a {student} student"
+        if position > 1 and next(iter(recipe[position - 2])) == "qat":
+            raise error(f"step {position} ({name}) follows qat, which must come last",
+                        "qat's model is exported as int8 by itself: put qat last and drop later steps")
         if technique.stage == "export":
             seen_export_step = True
         elif seen_export_step:

@@ -8,11 +8,15 @@
 - `drop_layers`: remove whole layers (top, bottom, alternate, or the least important).
 - `prune_magnitude`: unstructured, smallest weights zeroed to a target sparsity, globally or
   per layer, one-shot or on a cubic schedule during fine-tuning (Zhu & Gupta, 2017).
-- `prune_movement`: unstructured, first-order movement pruning (Sanh et al., 2020): a weight's
-  score accumulates −w·∂L/∂w during fine-tuning (weights moving towards zero lose), the lowest
+- `prune_movement`: first-order movement pruning (Sanh et al., 2020): a weight's score
+  accumulates −w·∂L/∂w during fine-tuning (weights moving towards zero lose), the lowest
   scores are masked on the cubic schedule, and masked weights keep receiving gradients
-  (straight-through), so a weight can come back while the mask is still moving.
-Both leave dense matrices: ONNX Runtime does not run faster, only the compressed file is smaller.
+  (straight-through), so a weight can come back while the mask is still moving. With
+  `block: [rows, cols]` whole blocks are scored (the sum of their weights' scores) and masked
+  (Lagunas et al., 2021); FFN neurons and attention heads whose blocks all empty out are then
+  removed for real (`remove_emptied_structure`), which makes the model smaller and faster.
+Unstructured zeros leave dense matrices: ONNX Runtime does not run faster, only the compressed
+file is smaller.
 
 On an LSTM/GRU model (textcompress/techniques/recurrent.py): `prune_structured: {units: f}`
 removes hidden units, `drop_layers: {strategy: top}` keeps the first layers, and
@@ -336,6 +340,53 @@ class MovementMask(nn.Module):
         return _StraightThroughMask.apply(weight, self.mask)
 
 
+def block_sums(score: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """Sum of `score` over each (rows x cols) block; edge blocks of a matrix that does not divide are partial."""
+    rows, cols = block
+    padded = nn.functional.pad(score, (0, -score.shape[1] % cols, 0, -score.shape[0] % rows))
+    return padded.view(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols).sum(dim=(1, 3))
+
+
+def expand_blocks(block_mask: torch.Tensor, block: tuple[int, int], shape: torch.Size) -> torch.Tensor:
+    return block_mask.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:shape[0], :shape[1]]
+
+
+def remove_emptied_structure(model: TextClassifier) -> tuple[TextClassifier, dict]:
+    """Cut out the FFN neurons and attention heads whose weights pruning emptied, exactly:
+    - a neuron whose output column is zero contributes nothing;
+    - a neuron whose input row is zero outputs the constant gelu(bias), folded into the next bias;
+    - a head whose output-projection columns are zero contributes nothing;
+    - a head whose value rows are zero attends over a constant (its value bias), folded likewise.
+    Every layer keeps at least one head and one neuron."""
+    keep_heads, keep_neurons = [], []
+    d = model.config.head_dim
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            up, down = layer.intermediate.dense, layer.output.dense
+            dead_in = (up.weight == 0).all(dim=1)
+            dead = dead_in | (down.weight == 0).all(dim=0)
+            folded = dead_in & ~(down.weight == 0).all(dim=0)
+            down.bias += down.weight[:, folded] @ nn.functional.gelu(up.bias[folded])
+            neurons = torch.nonzero(~dead).flatten().tolist() or [0]
+            attn, out = layer.attention.self, layer.attention.output.dense
+            heads = []
+            for h in range(attn.num_heads):
+                cols = slice(h * d, (h + 1) * d)
+                silent = bool((out.weight[:, cols] == 0).all())
+                # Attention weights sum to one, except through Linformer's sequence projections.
+                constant = bool((attn.value.weight[cols] == 0).all()) and attn.kind != "linformer"
+                if constant and not silent:
+                    out.bias += out.weight[:, cols] @ attn.value.bias[cols]
+                if not (silent or constant):
+                    heads.append(h)
+            keep_heads.append(heads or [0])
+            keep_neurons.append(neurons)
+    pruned = remove_heads_and_neurons(model, keep_heads, keep_neurons)
+    removed = {"layer_heads_before": model.config.layer_heads, "layer_heads": pruned.config.layer_heads,
+               "layer_ffn_before": model.config.layer_ffn, "layer_ffn": pruned.config.layer_ffn}
+    return pruned, removed
+
+
 def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     from torch.nn.utils import parametrize
 
@@ -349,8 +400,12 @@ def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextCl
     dense = {n: m.parametrizations.weight.original for n, m in modules.items()}
     scores = {n: torch.zeros_like(w) for n, w in dense.items()}
 
+    block = tuple(args["block"])
+
     def set_masks(sparsity: float):
-        for n, keep in keep_masks(scores, sparsity, args["scope"]).items():
+        pooled = {n: block_sums(s, block) for n, s in scores.items()} if block != (1, 1) else scores
+        for n, keep in keep_masks(pooled, sparsity, args["scope"]).items():
+            keep = expand_blocks(keep, block, scores[n].shape) if block != (1, 1) else keep
             modules[n].parametrizations.weight[0].mask.copy_(keep.to(scores[n].dtype))
 
     def step_hook(step: int, total: int):
@@ -370,7 +425,15 @@ def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextCl
         set_masks(args["sparsity"])
     for module in modules.values():  # bake w ⊙ mask into a plain weight
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    details = {**sparsity_report(pruned), "scope": args["scope"], "history": history,
-               "note": "unstructured zeros: the ONNX matrices stay dense, so ONNX Runtime is not faster; "
-                       "only the compressed file shrinks"}
+    details = {**sparsity_report(pruned), "scope": args["scope"], "block": list(block), "history": history}
+    if block == (1, 1):
+        details["note"] = ("unstructured zeros: the ONNX matrices stay dense, so ONNX Runtime is not faster; "
+                           "only the compressed file shrinks")
+        return pruned, details
+    params_before = count_parameters(pruned)
+    pruned, removed = remove_emptied_structure(pruned)
+    details.update(removed, params_before=params_before, params_after=count_parameters(pruned),
+                   sparsity_after_removal=sparsity_report(pruned)["sparsity"],
+                   note="emptied heads and neurons are cut out (smaller, faster); the zero blocks left in the "
+                        "kept matrices stay dense in ONNX and only shrink the compressed file")
     return pruned, details

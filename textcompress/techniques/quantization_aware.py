@@ -1,0 +1,94 @@
+"""Quantization-aware training (the `qat` recipe step): fine-tune the model as it will run in int8.
+
+Every Linear of the encoder (and the embedding's projection, when factorised) becomes a
+`modeling.FakeQuantLinear`: its input rounded to uint8 over a range calibrated on `calibration`
+training sentences, its weight to int8 per output channel. The word-piece and position tables
+are rounded to int8 too. The rounding is in the forward pass and gradients pass straight
+through it, so distillation from the teacher teaches the weights to live with it (Jacob et al.,
+2018). The classifier head stays fp32: it is two rows.
+
+`export` writes the fake-quantized model as a QDQ graph whose weights are int8 initializers
+(`quantization.int8_from_fake_quant`), which ONNX Runtime runs with its integer kernels; the same
+weights without the rounding are exported beside it as the fp32 parent for the guardrails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from textcompress.modeling import FakeQuantLinear, TextClassifier, set_fake_quant
+from textcompress.quantization import calibration_batches
+from textcompress.techniques.distillation import recover
+from textcompress.training import accuracy, predict_logits
+
+QUANTIZED_TABLES = ("embeddings.word_embeddings", "embeddings.position_embeddings")
+
+
+def quantizable_modules(model: TextClassifier) -> list[str]:
+    """The Linear modules of the embedding and encoder (each shared module once) and the int8 tables."""
+    seen, names = set(), []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.startswith(("embeddings.", "encoder.")) and id(module) not in seen:
+            seen.add(id(module))
+            names.append(name)
+    return names + list(QUANTIZED_TABLES)
+
+
+def fake_quantized(model: TextClassifier) -> TextClassifier:
+    """The same weights in a model whose quantizable modules run fake-quantized (ranges not yet calibrated)."""
+    if model.config.fake_quant:
+        raise ValueError("qat: the model is already quantization-aware")
+    quantized = TextClassifier(replace(model.config, fake_quant=quantizable_modules(model)))
+    missing, unexpected = quantized.load_state_dict(model.state_dict(), strict=False)
+    if [k for k in missing if not k.endswith("input_range")] or unexpected:
+        raise ValueError(f"qat: weights did not carry over (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return quantized.eval()
+
+
+@torch.no_grad()
+def calibrate_input_ranges(model: TextClassifier, batches: list[dict]) -> dict[str, list[float]]:
+    """Each FakeQuantLinear's input range: the mean over batches of the batch minimum and maximum
+    (a moving average is less at the mercy of one outlier batch than the overall extremes),
+    observed with the model in fp32."""
+    observed: dict[str, list] = {}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+
+    def observer(name):
+        def hook(module, inputs):
+            x = inputs[0]
+            observed.setdefault(name, []).append((float(x.min()), float(x.max())))
+        return hook
+
+    handles = [m.register_forward_pre_hook(observer(name)) for name, m in layers.items()]
+    set_fake_quant(model, False)
+    model.eval()
+    try:
+        for batch in batches:
+            model(torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"]))
+    finally:
+        for handle in handles:
+            handle.remove()
+        set_fake_quant(model, True)
+    ranges = {}
+    for name, module in layers.items():
+        low, high = np.mean(observed[name], axis=0)
+        module.input_range.copy_(torch.tensor([low, high]))
+        ranges[name] = [round(float(low), 4), round(float(high), 4)]
+    return ranges
+
+
+def apply_qat(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    quantized = fake_quantized(model)
+    batches = calibration_batches(ctx.train, args["calibration"], seed=ctx.seed)
+    ranges = calibrate_input_ranges(quantized, batches)
+    before = accuracy(predict_logits(quantized, ctx.validation), ctx.validation.labels)
+    details = {"quantized_linears": len(ranges), "quantized_tables": list(QUANTIZED_TABLES),
+               "weights": "int8 per output channel (7-bit scale)", "activations": "uint8 per tensor, calibrated",
+               "calibration_sentences": min(args["calibration"], len(ctx.train)), "input_ranges": ranges,
+               "fake_quant_accuracy_before_training": before}
+    details["history"] = recover(quantized, ctx, args, desc="quantization-aware training")
+    return quantized.eval(), details
