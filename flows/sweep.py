@@ -16,6 +16,7 @@ Run: textcompress sweep --workers 2 [--runner dask|ray] [--address tcp://schedul
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,10 @@ def cache_dir(project: Path) -> Path:
     out = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=project, capture_output=True, text=True,
                          env=project_env())
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else project / ".dvc" / "cache"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def make_workspace(project: Path, candidate: str) -> Path:
@@ -62,7 +67,7 @@ def make_workspace(project: Path, candidate: str) -> Path:
 
 
 @task(task_run_name="candidate {candidate}")
-def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = False) -> dict:
+def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = False, threads: int | None = None) -> dict:
     """compress/export/evaluate of one candidate in its own workspace; upstream shared stages
     come out of the run-cache. A failure is returned, not raised: the others go on."""
     project = Path(project_dir)
@@ -70,7 +75,7 @@ def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = Fal
     workspace = make_workspace(project, candidate)
     try:
         for stage in (f"compress@{candidate}", f"export@{candidate}", f"evaluate@{candidate}"):
-            run_dvc_stage.fn(stage, str(workspace), upstream=True)
+            run_dvc_stage.fn(stage, str(workspace), upstream=True, threads=threads)
         status = {"candidate": candidate, "status": "ok"}
     except StageFailed as err:
         status = {"candidate": candidate, "status": "failed", "error": str(err)}
@@ -109,12 +114,15 @@ def sweep(project_dir: str = ".", workers: int = 2, runner: str = "dask", addres
     started = time.time()
     shared = [s.name for s in stage_order(root) if s.candidate is None and s.name.split("@")[0] in
               ("prepare", "teach", "teacher_logits")]
+    # Local workers share this machine's cores: each training with all of them oversubscribes the
+    # CPU (measured here: two 2-thread trainings on 2 cores ran at about half their combined speed).
+    threads = max(1, cores() // workers) if address is None else None
 
     @flow(name="textcompress-sweep", log_prints=True, task_runner=task_runner(runner, workers, address))
     def fan_out() -> list[dict]:
         for stage in shared:  # once, here, so that workspaces find them in the run-cache
             run_dvc_stage(stage, str(root))
-        futures = [train_candidate.submit(str(root), c) for c in params["candidates"]]
+        futures = [train_candidate.submit(str(root), c, threads=threads) for c in params["candidates"]]
         return [f.result() for f in futures]
 
     if pull:
@@ -124,6 +132,6 @@ def sweep(project_dir: str = ".", workers: int = 2, runner: str = "dask", addres
     trained = fan_out()
     fanned = time.time() - started
     summary = pipeline(project_dir=str(root), pull=False)
-    summary["sweep"] = {"runner": runner, "workers": workers, "address": address, "candidates": trained,
+    summary["sweep"] = {"runner": runner, "workers": workers, "threads_per_worker": threads, "address": address, "candidates": trained,
                         "fan_out_seconds": round(fanned, 1), "seconds": round(time.time() - started, 1)}
     return summary

@@ -76,12 +76,16 @@ def _transient_only(task, task_run, state) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=_transient_only, task_run_name="dvc repro {stage}")
-def run_dvc_stage(stage: str, project_dir: str, upstream: bool = False) -> str:
+def run_dvc_stage(stage: str, project_dir: str, upstream: bool = False, threads: int | None = None) -> str:
     """Run (or skip, when DVC says it is up to date) one stage, with the stages it depends on when
-    `upstream` (a fresh sweep workspace). Returns "ran" or "cached"."""
+    `upstream` (a fresh sweep workspace). `threads` caps the stage's compute threads (through the
+    environment, so params and DVC's run-cache are unchanged). Returns "ran" or "cached"."""
     only = [] if upstream else ["--single-item"]
+    env = project_env()
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *only, stage], cwd=project_dir,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=project_env())
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     tail: deque[bytes] = deque(maxlen=40)
     ran = False  # DVC says "Running stage" when it runs the command, nothing of the kind when cached
     while chunk := process.stdout.read1(4096):  # pass progress bars through as they come
