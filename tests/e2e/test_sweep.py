@@ -30,6 +30,9 @@ def test_a_sweep_trains_candidates_apart_and_promotes_once(tmp_path_factory, pre
     finally:
         os.chdir(cwd)
 
+    from flows.sweep import cores
+
+    assert summary["sweep"]["threads_per_worker"] == max(1, cores() // 2)  # the two workers share the cores
     trained = {c["candidate"]: c["status"] for c in summary["sweep"]["candidates"]}
     assert trained == {name: "ok" for name in CANDIDATES}, summary["sweep"]["candidates"]
     # The project's run found every candidate's stages already done, in the shared run-cache.
