@@ -69,3 +69,13 @@ def test_peak_rss_mb_failure_names_the_model(two_models):
     ids = np.full((1, 4), 10_000, dtype=np.int64)  # outside the tiny vocabulary: the probe fails
     with pytest.raises(RuntimeError, match="student"):
         peak_rss_mb(two_models["student"] / "model.onnx", 1, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ({"avx2", "avx512f", "avx512_vnni"}, "AVX-512 VNNI"), ({"avx2", "avx_vnni"}, "AVX-VNNI"), ({"avx2", "avx512f"}, "AVX-512"),
+    ({"fma", "avx", "avx2"}, "AVX2"), ({"sse4_2"}, "SSE"),
+])
+def test_the_vector_isa_names_the_widest_int8_instructions(flags, expected):
+    from textcompress.benchmark import vector_isa
+
+    assert vector_isa(flags) == expected

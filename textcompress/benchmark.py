@@ -33,9 +33,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def vector_isa(flags: set[str] | None = None) -> str:
+    """The widest vector instructions the CPU offers for int8 and float kernels. Int8 speed-ups
+    depend on it: VNNI multiplies and sums int8 in one instruction, AVX2 needs three (and
+    saturates 16-bit sums), so the same int8 model gains less on an AVX2-only host."""
+    if flags is None:
+        flags = set()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        except OSError:
+            return "unknown"
+    for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return name
+    return "unknown" if not flags else "SSE"
+
+
 def environment(threads: int) -> dict:
-    return {"cpu": cpu_model(), "onnxruntime": ort.__version__, "threads": threads, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {"cpu": cpu_model(), "vector_isa": vector_isa(), "onnxruntime": ort.__version__, "threads": threads,
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def _percentiles(samples_ns: list[int]) -> tuple[float, float]:

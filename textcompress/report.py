@@ -110,7 +110,8 @@ def to_markdown(report: dict) -> str:
         f"(policy: lowest `{report['policy']['objective']}` within {report['policy']['max_accuracy_drop']} points of the teacher).",
         "",
         f"All timings from one run, interleaved in one process: ONNX Runtime {env.get('onnxruntime', '?')}, "
-        f"{env.get('threads', '?')} thread(s), {env.get('cpu', '?')}; p50/p95 at batch 1, throughput at batch "
+        f"{env.get('threads', '?')} thread(s), {env.get('cpu', '?')} ({env.get('vector_isa', 'vector ISA not recorded')}); "
+        f"p50/p95 at batch 1, throughput at batch "
         f"{report['benchmark'].get('batch_size')} over {report['benchmark'].get('sentences')} validation sentences.",
         "",
         "| candidate | families | accuracy | drop (pts) | 95% CI | size MB | zipped MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
