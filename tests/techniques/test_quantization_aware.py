@@ -32,14 +32,14 @@ INT8_LOGIT_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return load_bundle(tiny_teacher)[0]
+def ctx(tiny_teacher, tiny_prepared):
+    teacher, train = load_bundle(tiny_teacher)[0], load_split(tiny_prepared, "train")
+    return CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
 
 
 @pytest.fixture(scope="module")
-def ctx(teacher, tiny_prepared):
-    train = load_split(tiny_prepared, "train")
-    return CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+def teacher(ctx):
+    return ctx.teacher
 
 
 @pytest.fixture(scope="module")
