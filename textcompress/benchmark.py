@@ -23,14 +23,19 @@ from textcompress.data import load_tokenizer, pad_arrays
 from textcompress.inference import MODEL_FILE, make_session
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first value of `field` in /proc/cpuinfo (None where there is none, e.g. not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def vector_isa(flags: set[str] | None = None) -> str:
@@ -38,14 +43,7 @@ def vector_isa(flags: set[str] | None = None) -> str:
     depend on it: VNNI multiplies and sums int8 in one instruction, AVX2 needs three (and
     saturates 16-bit sums), so the same int8 model gains less on an AVX2-only host."""
     if flags is None:
-        flags = set()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-        except OSError:
-            return "unknown"
+        flags = set((_cpuinfo("flags") or "").split())
     for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
         if flag in flags:
             return name

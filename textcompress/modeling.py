@@ -350,7 +350,9 @@ class FakeQuantLinear(nn.Linear):
 
 
 class FakeQuantEmbedding(nn.Embedding):
-    """An embedding table trained as int8 (one symmetric scale for the table, as the exported Gather reads it)."""
+    """An embedding table trained as 8-bit (one symmetric scale for the table). It is stored as
+    uint8 with zero point 128, the same grid as int8, because ONNX Runtime gathers uint8 rows
+    directly but dequantizes a whole int8 table on every call."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__(num_embeddings, embedding_dim)
@@ -360,7 +362,7 @@ class FakeQuantEmbedding(nn.Embedding):
         if not self.quantize:
             return super().forward(ids)
         scale = (self.weight.detach().abs().max() / 127.0).clamp(min=1e-8)
-        table = torch.fake_quantize_per_tensor_affine(self.weight, scale, torch.zeros((), dtype=torch.int32), -128, 127)
+        table = torch.fake_quantize_per_tensor_affine(self.weight, scale, torch.full((), 128, dtype=torch.int32), 0, 255)
         return nn.functional.embedding(ids, table)
 
 

@@ -164,12 +164,12 @@ def int8_from_fake_quant(onnx_in: Path, onnx_out: Path) -> dict:
     """A fake-quantized export (the `qat` step's model) made into an int8 file.
 
     ONNX Runtime's basic optimizations (constant folding; portable, nothing hardware-specific)
-    fold each weight's QuantizeLinear into an int8 initializer. A table that is dequantized and
-    then gathered is stored as uint8 (the same values shifted by 128) with a Quantize/Dequantize
-    pair after the Gather at the table's own scale (lossless): the pattern ONNX Runtime runs as a
-    uint8 Gather. Otherwise it would dequantize the whole word-piece table on every call."""
+    fold each weight's QuantizeLinear into an int8 initializer, and each table's into uint8. A
+    gathered table then gets a Quantize/Dequantize pair after the Gather at the table's own scale
+    (lossless): the pattern ONNX Runtime runs as a uint8 Gather, instead of dequantizing the whole
+    table on every call."""
     import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -178,32 +178,21 @@ def int8_from_fake_quant(onnx_in: Path, onnx_out: Path) -> dict:
     model = onnx.load(str(onnx_out))
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
-    initializers = {i.name: i for i in graph.initializer}
+    tables = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) == 2}
     gathered = 0
     for node in list(graph.node):
         table = producers.get(node.input[0]) if node.op_type == "Gather" else None
-        if table is None or table.op_type != "DequantizeLinear" or table.input[0] not in initializers:
+        if table is None or table.op_type != "DequantizeLinear" or table.input[0] not in tables:
             continue
-        values, zero_point = (numpy_helper.to_array(initializers[name]) for name in (table.input[0], table.input[2]))
-        if values.dtype != np.int8 or zero_point.size != 1:
-            continue
-        shifted = numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), f"{table.input[0]}_uint8")
-        shifted_zero = numpy_helper.from_array((zero_point.astype(np.int16) + 128).astype(np.uint8), f"{table.input[0]}_zero_point_uint8")
-        graph.initializer.extend([shifted, shifted_zero])
-        table.input[:] = [shifted.name, table.input[1], shifted_zero.name]
         quantized, restored = f"{node.output[0]}_uint8", f"{node.output[0]}_float"
         for consumer in graph.node:
             consumer.input[:] = [restored if i == node.output[0] else i for i in consumer.input]
         position = list(graph.node).index(node) + 1
-        graph.node.insert(position, helper.make_node("QuantizeLinear", [node.output[0], table.input[1], shifted_zero.name],
-                                                     [quantized], name=f"{node.name}_QuantizeLinear"))
-        graph.node.insert(position + 1, helper.make_node("DequantizeLinear", [quantized, table.input[1], shifted_zero.name],
-                                                         [restored], name=f"{node.name}_DequantizeLinear"))
+        graph.node.insert(position, helper.make_node("QuantizeLinear", [node.output[0], *table.input[1:]], [quantized],
+                                                     name=f"{node.name}_QuantizeLinear"))
+        graph.node.insert(position + 1, helper.make_node("DequantizeLinear", [quantized, *table.input[1:]], [restored],
+                                                         name=f"{node.name}_DequantizeLinear"))
         gathered += 1
-    used = {i for node in graph.node for i in node.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
     onnx.save(model, str(onnx_out))
     return {"int8_initializers": sum(1 for i in graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)),
             "quantize_nodes": [n.op_type for n in graph.node].count("QuantizeLinear"), "int8_gathers": gathered,
