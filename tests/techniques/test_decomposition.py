@@ -11,7 +11,9 @@ from torch import nn
 from textcompress.data import load_split, pad_batch
 from textcompress.export import export_onnx, parity_max_abs_diff
 from textcompress.modeling import LowRankLinear, TextClassifier, count_parameters, load_bundle, save_bundle
-from textcompress.techniques.decomposition import choose_rank, factorize_embedding, factorize_linear, low_rank
+from textcompress.quantization import calibration_batches
+from textcompress.techniques.decomposition import (choose_rank, factorize_embedding, factorize_linear, input_grams,
+                                                   low_rank, spectrum, target_names)
 
 from tests.conftest import tiny_model_config
 
@@ -89,3 +91,80 @@ def test_factorized_embedding_starts_from_the_best_rank_e_table(tiny_prepared, t
         assert (full(ids, mask) - model(ids, mask)).abs().max() < (small(ids, mask) - model(ids, mask)).abs().max()
     with pytest.raises(ValueError, match="below the hidden size"):
         factorize_embedding(model, 32)
+
+
+def anisotropic_inputs(n: int = 400, width: int = 24, seed: int = 0) -> torch.Tensor:
+    """Inputs whose variance differs by 1000× across directions, as transformer activations' do."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(1, -2, width)
+    return torch.randn(n, width, generator=g) * scales @ torch.linalg.qr(torch.randn(width, width, generator=g))[0]
+
+
+def test_activation_fit_is_exact_at_full_rank_and_the_best_for_the_data_when_truncated():
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 16)
+    x = anisotropic_inputs().double()
+    gram = x.T @ x
+    full = factorize_linear(linear, 16, gram)
+    torch.testing.assert_close((full.up.weight @ full.down.weight).double(), linear.weight.double(), atol=1e-4, rtol=1e-4)
+
+    w = linear.weight.detach().double()
+    fitted, plain = factorize_linear(linear, 4, gram), factorize_linear(linear, 4)
+
+    def output_error(f):
+        return torch.linalg.matrix_norm((w - (f.up.weight @ f.down.weight).double()) @ x.T).item()
+
+    # Optimal on the data: the error is the norm of the dropped singular values of W·L ...
+    assert output_error(fitted) == pytest.approx(spectrum(linear, gram)[4:].norm().item(), rel=1e-3)
+    # ... and well below what the weight-optimal truncation leaves on these inputs.
+    assert output_error(fitted) < 0.5 * output_error(plain)
+
+
+def test_input_grams_sum_the_real_tokens_inputs_only(tiny_prepared):
+    model = random_model()
+    batches = calibration_batches(load_split(tiny_prepared, "train"), 24, batch_size=8)
+    name = "encoder.layer.0.intermediate.dense"
+    grams = input_grams(model, [name], batches)
+    seen = []
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        for b in batches:
+            model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"]))
+    handle.remove()
+    real = torch.cat([x[torch.from_numpy(b["attention_mask"]).bool()] for x, b in zip(seen, batches)]).double()
+    assert any((b["attention_mask"] == 0).any() for b in batches)  # padding was there to leave out
+    torch.testing.assert_close(grams[name], real.T @ real)
+
+
+def test_low_rank_fit_to_activations_keeps_the_model_closer_than_the_plain_svd(tiny_prepared):
+    model = random_model()
+    train = load_split(tiny_prepared, "train")
+    names = target_names(model, "ffn")
+    grams = input_grams(model, names, calibration_batches(train, 64))
+    fitted, ranks = low_rank(model, "ffn", rank=6, grams=grams)
+    plain, _ = low_rank(model, "ffn", rank=6)
+    assert ranks["encoder.layer.0.intermediate.dense"] == 6 and isinstance(fitted.encoder.layer[0].intermediate.dense, LowRankLinear)
+    assert count_parameters(fitted) == count_parameters(plain)
+    ids, mask = pad_batch(train.input_ids[:64])
+    with torch.no_grad():
+        reference = model(ids, mask)
+        assert (fitted(ids, mask) - reference).abs().mean() < (plain(ids, mask) - reference).abs().mean()
+
+
+def test_frequency_weighted_embedding_serves_the_frequent_pieces_better():
+    torch.manual_seed(0)
+    model = random_model()
+    vocab = model.config.vocab_size
+    weights = torch.ones(vocab)
+    frequent = torch.arange(0, vocab, 7)
+    weights[frequent] = 1000.0
+    table = model.embeddings.word_embeddings.weight.detach()
+
+    def row_errors(small):
+        rebuilt = small.embeddings.word_projection(small.embeddings.word_embeddings.weight).detach()
+        return ((table - rebuilt) ** 2).sum(1)
+
+    weighted, plain = row_errors(factorize_embedding(model, 8, weights)), row_errors(factorize_embedding(model, 8))
+    assert (weights * weighted).sum() < (weights * plain).sum()
+    assert weighted[frequent].sum() < 0.5 * plain[frequent].sum()
+    assert weighted.sum() > plain.sum()  # plain SVD is still the best over all rows alike

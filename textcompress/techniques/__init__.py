@@ -110,17 +110,21 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "factorize_embedding": Technique(
         "factorize_embedding", "tensor_decomposition", "compress",
-        defaults={"size": 128, **RECOVERY},
+        # fit: weights (plain SVD of the table) or frequency (rows weighted by training use).
+        defaults={"size": 128, "fit": "weights", **RECOVERY},
         module="textcompress.techniques.decomposition",
+        choices={"fit": ("weights", "frequency")},
         bounds={"size": (1, None)},
     ),
     "low_rank": Technique(
         "low_rank", "tensor_decomposition", "compress",
-        defaults={"modules": "ffn", "rank": 0, "ratio": 0.0, "energy": 0.0, **RECOVERY},
+        # fit: weights (plain SVD) or activations (fit each layer's outputs on `calibration` training sentences).
+        defaults={"modules": "ffn", "rank": 0, "ratio": 0.0, "energy": 0.0, "fit": "weights", "calibration": 512,
+                  **RECOVERY},
         module="textcompress.techniques.decomposition",
         # modules: ffn, attention, all (transformers); input (W_ih), hidden (W_hh), recurrent (both) for LSTM/GRU
-        choices={"modules": ("ffn", "attention", "all", "input", "hidden", "recurrent")},
-        bounds={"rank": (0, None), "ratio": (0, 1), "energy": (0, 1)},
+        choices={"modules": ("ffn", "attention", "all", "input", "hidden", "recurrent"), "fit": ("weights", "activations")},
+        bounds={"rank": (0, None), "ratio": (0, 1), "energy": (0, 1), "calibration": (1, None)},
     ),
     "attention": Technique(
         "attention", "linear_attention", "compress",
