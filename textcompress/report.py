@@ -141,6 +141,7 @@ def to_markdown(report: dict) -> str:
         for step in steps:
             shown = {k: v for k, v in (step.get("details") or {}).items() if k not in ("history", "heads_kept", "kept_fp32_by_sensitivity")}
             lines.append(f"  - `{step['technique']}`: " + ", ".join(f"{k}={_brief(v)}" for k, v in shown.items()))
+            lines += _recovery_line((step.get("details") or {}).get("history"))
         if r.get("parent_latency_p50_ms") is not None:
             lines.append(f"  - fp32 parent p50 {r['parent_latency_p50_ms']:.2f} ms vs {_fmt(r['latency_p50_ms'], '.2f')} ms quantized")
     lines.append("")
@@ -174,6 +175,15 @@ def _attention_scope(title: str, lengths: list[int], scope: dict) -> list[str]:
         lines.append(f"- **{kind}** is faster than softmax {where}; at {longest}: {row['speedup_at_longest']:.1f}× lower latency, "
                      f"{row['memory_ratio_at_longest']:.1f}× lower peak memory.")
     return lines + [""]
+
+
+def _recovery_line(history) -> list[str]:
+    """Validation accuracy before the step's fine-tune and after each of its epochs."""
+    if not history or "validation_accuracy_before" not in history[0]:
+        return []
+    after = ", ".join(f"{h['validation_accuracy'] * 100:.2f} %" for h in history if h.get("validation_accuracy") is not None)
+    return [f"    - validation accuracy before its fine-tune {history[0]['validation_accuracy_before'] * 100:.2f} %, "
+            f"after each epoch {after}"]
 
 
 def _brief(value) -> str:
