@@ -182,3 +182,14 @@ def test_model_card_names_data_version_teacher_recipe_metrics_and_limits(report,
     for expected in ("abc123.dir", "minilm-l6", "`quantize`", "90.00%", "128 word-pieces", "Limits"):
         assert expected in card, expected
     assert "no model to describe" in model_card({**report, "champion": None}, context)
+
+
+def test_steps_show_accuracy_before_and_after_their_fine_tune(artifacts, tmp_path):
+    compressed, onnx, metrics, benchmark = artifacts
+    history = [{"validation_accuracy_before": 0.9048, "epoch": 1, "loss": 0.2, "validation_accuracy": 0.8807}]
+    write_json(compressed / "distil-1" / "steps.json",
+               {"params": 1000, "torch_validation_accuracy": 0.87,
+                "steps": [{"technique": "low_rank", "details": {"ratio": 0.33, "history": history}}]})
+    write_report(build_report(CANDIDATES, compressed, onnx, metrics, benchmark, POLICY, FAILURES), tmp_path / "r")
+    markdown = (tmp_path / "r" / "candidates.md").read_text()
+    assert "validation accuracy before its fine-tune 90.48 %, after each epoch 88.07 %" in markdown

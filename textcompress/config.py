@@ -63,7 +63,7 @@ DEFAULTS: dict = {
     # `textcompress schedule`: a Prefect deployment of the pipeline served on this cron schedule.
     "schedule": {"name": "textcompress-scheduled", "cron": "0 3 * * 1"},
     # Long-input benchmark of the attention kinds (ONNX Runtime CPU, batch 1, random weights).
-    "attention_benchmark": {"lengths": [128, 256, 512, 1024, 2048, 4096], "kinds": ["softmax", "linear", "performer", "linformer"],
+    "attention_benchmark": {"lengths": [128, 256, 512, 1024, 2048, 4096], "kinds": ["softmax", "linear", "hedgehog", "performer", "linformer"],
                             "threads": 1, "repeats": 3, "performer_features": 64, "linformer_length": 256},
     # Not tracked by DVC. threads: torch threads for training (None = all cores);
     # device: where training runs (auto = the GPU when there is one); cache_dir: the teacher's
@@ -76,7 +76,7 @@ DEFAULTS: dict = {
 }
 
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")
-ATTENTIONS = ("softmax", "linear", "performer", "linformer")  # as in modeling.py, which imports torch
+ATTENTIONS = ("softmax", "linear", "hedgehog", "performer", "linformer")  # as in modeling.py, which imports torch
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -44,7 +44,7 @@ class EncoderConfig:
     # Per-layer shapes; pruning makes them uneven. Filled from the scalars when empty.
     layer_heads: list[int] = field(default_factory=list)
     layer_ffn: list[int] = field(default_factory=list)
-    # Attention: softmax (BERT), linear (elu+1 kernel), performer (FAVOR+), linformer.
+    # Attention: softmax (BERT), linear (elu+1 kernel), hedgehog (learned kernel), performer (FAVOR+), linformer.
     attention: str = "softmax"
     performer_features: int = 64   # random features per head (performer)
     linformer_length: int = 64     # keys and values are projected to this many positions (linformer)
@@ -77,7 +77,7 @@ class EncoderConfig:
         return self.hidden_size // self.num_heads
 
 
-ATTENTIONS = ("softmax", "linear", "performer", "linformer")
+ATTENTIONS = ("softmax", "linear", "hedgehog", "performer", "linformer")
 
 
 class Embeddings(nn.Module):
@@ -118,6 +118,12 @@ class SelfAttention(nn.Module):
         if self.kind == "performer":
             self.register_buffer("features", torch.empty(config.performer_features, config.head_dim))
             self.redraw_features()
+        if self.kind == "hedgehog":
+            # One learned map per head for queries and one for keys, identity at the start.
+            eye = torch.eye(config.head_dim).repeat(num_heads, 1, 1)
+            self.feature_map_q = nn.Parameter(eye.clone())
+            self.feature_map_k = nn.Parameter(eye.clone())
+            self.transfer_losses = None  # a list while attention transfer trains the maps
         if self.kind == "linformer":
             # Projections along the sequence, sliced to the input's length (Wang et al., 2020).
             k, n = config.linformer_length, config.max_position_embeddings
@@ -160,6 +166,31 @@ class SelfAttention(nn.Module):
         phi(q)·(phi(k)ᵀv) costs O(n) in sequence length."""
         return _kernel_attention(nn.functional.elu(q) + 1, (nn.functional.elu(k) + 1) * keep, v)
 
+    def _hedgehog(self, q, k, v, keep):
+        """Zhang et al. (2024): a learned positive feature map, phi(x) = [softmax(xW), softmax(−xW)]
+        per head, trained to make phi(q)·phi(k) mimic softmax attention's weights (see
+        techniques.linear_attention.transfer_attention), then linear in n like elu+1."""
+        phi_q, phi_k = self._hedgehog_features(q, self.feature_map_q), self._hedgehog_features(k, self.feature_map_k) * keep
+        if self.transfer_losses is not None:
+            # Attention transfer: score phi against softmax weights from the same q and k, and pass
+            # softmax attention on, so every layer sees the softmax model's states and learns alone.
+            bias = (keep.transpose(-1, -2) - 1.0) * 1e9
+            target = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias).softmax(-1)
+            weights = phi_q @ phi_k.transpose(-1, -2)
+            log_weights = (weights / weights.sum(-1, keepdim=True).clamp_min(1e-30)).clamp_min(1e-30).log()
+            # KL(softmax ‖ linear) per query, averaged over the real query positions.
+            kl = (target * (target.clamp_min(1e-30).log() - log_weights)).sum(-1, keepdim=True)
+            self.transfer_losses.append((kl * keep).sum() / (keep.sum() * q.shape[1]))
+            return target.detach() @ v
+        # Learned maps can make every phi(q)·phi(k) of a row tiny while their ratios are right:
+        # normalise without elu+1's floor.
+        return _kernel_attention(phi_q, phi_k, v, floor=1e-30)
+
+    @staticmethod
+    def _hedgehog_features(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        projected = t @ weight  # (batch, heads, seq, head_dim) @ (heads, head_dim, head_dim)
+        return torch.cat([projected.softmax(-1), (-projected).softmax(-1)], dim=-1)
+
     def _performer(self, q, k, v, keep):
         """Choromanski et al. (2021): positive random features whose dot product estimates exp(q·k/√d)."""
         scale = self.head_dim ** -0.25
@@ -180,11 +211,11 @@ class SelfAttention(nn.Module):
         return self.dropout(scores.softmax(dim=-1)) @ v_short
 
 
-def _kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
     """Σ_j phi(q_i)·phi(k_j) v_j / Σ_j phi(q_i)·phi(k_j), computed right to left: O(n·d²)."""
     kv = phi_k.transpose(-1, -2) @ v                       # (batch, heads, features, head_dim)
     normaliser = phi_q @ phi_k.sum(dim=-2, keepdim=True).transpose(-1, -2)  # (batch, heads, seq, 1)
-    return (phi_q @ kv) / normaliser.clamp(min=1e-6)
+    return (phi_q @ kv) / normaliser.clamp(min=floor)
 
 
 class AttentionOutput(nn.Module):

@@ -141,6 +141,7 @@ def to_markdown(report: dict) -> str:
         for step in steps:
             shown = {k: v for k, v in (step.get("details") or {}).items() if k not in ("history", "heads_kept", "kept_fp32_by_sensitivity")}
             lines.append(f"  - `{step['technique']}`: " + ", ".join(f"{k}={_brief(v)}" for k, v in shown.items()))
+            lines += _recovery_line((step.get("details") or {}).get("history"))
         if r.get("parent_latency_p50_ms") is not None:
             lines.append(f"  - fp32 parent p50 {r['parent_latency_p50_ms']:.2f} ms vs {_fmt(r['latency_p50_ms'], '.2f')} ms quantized")
     lines.append("")
@@ -151,20 +152,38 @@ def attention_section(bench: dict | None) -> list[str]:
     """Long inputs: where each linear-attention kind overtakes softmax attention (its own benchmark)."""
     if not bench:
         return []
-    longest, kinds = bench["lengths"][-1], bench["kinds"]
+    shape = bench["shape"]
     lines = ["## Long inputs: attention kinds against sequence length", "",
-             f"Encoders of the base model's shape ({bench['shape']['layers']} layers, {bench['shape']['hidden']} wide), "
-             f"random weights, ONNX Runtime CPU, batch 1, {bench['environment']['threads']} thread(s); "
-             "latency (ms) / peak memory (MB):", "",
-             "| length | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-    for i, n in enumerate(bench["lengths"]):
+             f"Encoders of the base model's shape ({shape['layers']} layers, {shape['hidden']} wide, {shape['heads']} heads, "
+             f"FFN {shape['ffn']}), random weights, ONNX Runtime CPU, batch 1, {bench['environment']['threads']} thread(s); "
+             "latency (ms) / peak memory (MB).", ""]
+    lines += _attention_scope("Whole encoder (what a user deploys)", bench["lengths"], bench)
+    if bench.get("attention_only"):
+        lines += _attention_scope("Attention sublayers only (the same layers with the FFN skipped: what the kinds change)",
+                                  bench["lengths"], bench["attention_only"])
+    return lines + ["![Attention kinds](attention_benchmark.png)", ""]
+
+
+def _attention_scope(title: str, lengths: list[int], scope: dict) -> list[str]:
+    kinds, longest = scope["kinds"], lengths[-1]
+    lines = [f"**{title}**", "", "| length | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for i, n in enumerate(lengths):
         lines.append(f"| {n} | " + " | ".join(f"{kinds[k]['latency_ms'][i]:.1f} / {kinds[k]['peak_rss_mb'][i]:.0f}" for k in kinds) + " |")
     lines.append("")
-    for kind, row in bench["summary"].items():
+    for kind, row in scope["summary"].items():
         where = f"from length {row['crossover_length']}" if row["crossover_length"] else "at no measured length"
         lines.append(f"- **{kind}** is faster than softmax {where}; at {longest}: {row['speedup_at_longest']:.1f}× lower latency, "
                      f"{row['memory_ratio_at_longest']:.1f}× lower peak memory.")
-    return lines + ["", "![Attention kinds](attention_benchmark.png)", ""]
+    return lines + [""]
+
+
+def _recovery_line(history) -> list[str]:
+    """Validation accuracy before the step's fine-tune and after each of its epochs."""
+    if not history or "validation_accuracy_before" not in history[0]:
+        return []
+    after = ", ".join(f"{h['validation_accuracy'] * 100:.2f} %" for h in history if h.get("validation_accuracy") is not None)
+    return [f"    - validation accuracy before its fine-tune {history[0]['validation_accuracy_before'] * 100:.2f} %, "
+            f"after each epoch {after}"]
 
 
 def _brief(value) -> str:

@@ -168,3 +168,23 @@ def test_frequency_weighted_embedding_serves_the_frequent_pieces_better():
     assert (weights * weighted).sum() < (weights * plain).sum()
     assert weighted[frequent].sum() < 0.5 * plain[frequent].sum()
     assert weighted.sum() > plain.sum()  # plain SVD is still the best over all rows alike
+
+
+def test_recovery_records_the_accuracy_the_change_alone_left(tiny_prepared, tiny_teacher):
+    import numpy as np
+
+    from textcompress.stages.compress import CompressContext
+    from textcompress.techniques import TECHNIQUES
+    from textcompress.techniques.decomposition import apply_low_rank
+    from textcompress.training import accuracy, predict_logits
+
+    teacher, _ = load_bundle(tiny_teacher)
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    args = {**TECHNIQUES["low_rank"].defaults, "modules": "all", "rank": 2, "fit": "activations", "calibration": 64}
+    untrained, _ = apply_low_rank(teacher, {**args, "epochs": 0}, ctx)
+    _, details = apply_low_rank(teacher, {**args, "epochs": 1, "lr": 1e-3}, ctx)
+    assert details["fit"] == "activations" and details["calibration_sentences"] == 64
+    before = details["history"][0]["validation_accuracy_before"]
+    assert before == accuracy(predict_logits(untrained, validation), validation.labels)
+    assert np.isfinite(details["history"][0]["validation_accuracy"])

@@ -17,12 +17,12 @@ from textcompress.inference import make_session, run_logits
 from textcompress.modeling import TextClassifier, load_bundle, save_bundle
 from textcompress.stages.compress import CompressContext
 from textcompress.techniques import TECHNIQUES
-from textcompress.techniques.linear_attention import apply_attention, swap_attention
+from textcompress.techniques.linear_attention import apply_attention, swap_attention, transfer_attention
 from textcompress.training import predict_logits
 
 from tests.conftest import tiny_model_config
 
-KINDS = ["linear", "performer", "linformer"]
+KINDS = ["linear", "hedgehog", "performer", "linformer"]
 
 
 def model_of(kind: str, seed: int = 0) -> TextClassifier:
@@ -52,6 +52,46 @@ def test_linear_attention_is_the_normalised_kernel_sum():
     weights = phi(q) @ phi(k).transpose(-1, -2)
     expected = (weights / weights.sum(-1, keepdim=True)) @ v  # the quadratic form
     torch.testing.assert_close(attn._linear(q, k, v, keep), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_hedgehog_is_the_normalised_sum_of_its_learned_kernel():
+    model = model_of("hedgehog")
+    attn = model.encoder.layer[0].attention.self
+    with torch.no_grad():
+        attn.feature_map_q.mul_(1.5)
+        attn.feature_map_k.add_(0.1)
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, attn.num_heads, 5, 8) for _ in range(3))
+
+    def phi(t, w):
+        return torch.cat([(t @ w).softmax(-1), (-(t @ w)).softmax(-1)], -1)
+
+    weights = phi(q, attn.feature_map_q) @ phi(k, attn.feature_map_k).transpose(-1, -2)
+    expected = (weights / weights.sum(-1, keepdim=True)) @ v  # the quadratic form
+    torch.testing.assert_close(attn._hedgehog(q, k, v, torch.ones(1, 1, 5, 1)), expected, atol=1e-5, rtol=1e-4)
+
+
+def attention_gap(model, teacher, ids, mask) -> float:
+    """Mean |hidden state difference| over every layer: how far the variant's computation is from softmax's."""
+    with torch.no_grad():
+        return float(sum((a - b).abs().mean() for a, b in zip(model.hidden_states(ids, mask), teacher.hidden_states(ids, mask))))
+
+
+def test_attention_transfer_trains_only_the_feature_maps_towards_softmax(tiny_prepared, tiny_teacher):
+    teacher, _ = load_bundle(tiny_teacher)
+    train = load_split(tiny_prepared, "train")
+    swapped = swap_attention(teacher, "hedgehog")
+    before = {k: v.clone() for k, v in swapped.state_dict().items()}
+    ids, mask = pad_batch(load_split(tiny_prepared, "validation").input_ids[:32])
+    gap_before = attention_gap(swapped, teacher, ids, mask)
+    history = transfer_attention(swapped, train, steps=60, lr=0.05, batch_size=16)
+    assert history[-1] < 0.7 * history[0]  # the KL to softmax weights fell
+    assert attention_gap(swapped, teacher, ids, mask) < gap_before  # and the model computes closer to softmax's
+    for name, value in swapped.state_dict().items():
+        assert torch.equal(value, before[name]) != name.endswith(("feature_map_q", "feature_map_k")), name
+    assert all(p.requires_grad for p in swapped.parameters())  # frozen only while it ran
+    with pytest.raises(ValueError, match="hedgehog"):
+        transfer_attention(swap_attention(teacher, "linear"), train, steps=1, lr=0.01)
 
 
 def test_performer_features_estimate_softmax_attention():
@@ -103,3 +143,13 @@ def test_apply_attention_recovers_with_redraws(tiny_prepared, tiny_teacher):
     swapped, details = apply_attention(copy.deepcopy(teacher), args, ctx)
     assert details["kind"] == "performer" and len(details["history"]) == 1
     assert teacher.config.attention == "softmax"
+
+
+def test_apply_attention_runs_hedgehogs_transfer_then_recovery(tiny_prepared, tiny_teacher):
+    teacher, _ = load_bundle(tiny_teacher)
+    train = load_split(tiny_prepared, "train")
+    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    args = {**TECHNIQUES["attention"].defaults, "kind": "hedgehog", "transfer_steps": 20, "epochs": 1, "lr": 1e-3}
+    swapped, details = apply_attention(copy.deepcopy(teacher), args, ctx)
+    assert swapped.config.attention == "hedgehog"
+    assert len(details["transfer_loss"]) == 1 and len(details["history"]) == 1

@@ -21,9 +21,10 @@ def main(argv=None):
                                          cfg["performer_features"], cfg["linformer_length"])
         write_json(args.out, result)
         plot_attention_benchmark(result, Path(args.plot))
-        for kind, row in result["summary"].items():
-            print(f"{kind}: faster than softmax from length {row['crossover_length']}; at {result['lengths'][-1]}: "
-                  f"{row['speedup_at_longest']:.1f}x faster, {row['memory_ratio_at_longest']:.1f}x less peak memory")
+        for scope, summary in (("encoder", result["summary"]), ("attention only", result["attention_only"]["summary"])):
+            for kind, row in summary.items():
+                print(f"{scope}, {kind}: faster than softmax from length {row['crossover_length']}; at {result['lengths'][-1]}: "
+                      f"{row['speedup_at_longest']:.1f}x faster, {row['memory_ratio_at_longest']:.1f}x less peak memory")
 
     run_stage(__doc__, add, body, argv)
 

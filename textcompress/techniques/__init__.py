@@ -128,10 +128,14 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "attention": Technique(
         "attention", "linear_attention", "compress",
-        defaults={"kind": "linear", "features": 64, "length": 64, "redraw": 100, **RECOVERY},
+        # transfer_steps / transfer_lr: hedgehog's attention transfer, its feature maps alone trained
+        # to reproduce softmax attention's weights before the recovery fine-tune.
+        defaults={"kind": "linear", "features": 64, "length": 64, "redraw": 100, "transfer_steps": 300,
+                  "transfer_lr": 1.0e-2, **RECOVERY},
         module="textcompress.techniques.linear_attention",
-        choices={"kind": ("linear", "performer", "linformer")},
-        bounds={"features": (1, None), "length": (1, None), "redraw": (0, None)},
+        choices={"kind": ("linear", "hedgehog", "performer", "linformer")},
+        bounds={"features": (1, None), "length": (1, None), "redraw": (0, None), "transfer_steps": (0, None),
+                "transfer_lr": (0, 1)},
     ),
     "qat": Technique(
         "qat", "quantization", "compress",

@@ -35,7 +35,7 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.fileio import atomic_path
 from textcompress.modeling import TextClassifier, count_parameters
-from textcompress.training import kd_loss, train_classifier
+from textcompress.training import accuracy, kd_loss, predict_logits, train_classifier
 
 # `teacher_states: auto` caches the mapped layers' hidden states up to this size (SST-2: about
 # 0.7 GB a layer in fp16), and runs the teacher on the fly beyond it.
@@ -388,12 +388,18 @@ def recover(model: nn.Module, ctx, args: dict, desc: str, step_hook=None, layer_
     frozen = [word_embeddings(model).weight] if args.get("freeze_embeddings") else []
     for p in frozen:
         p.requires_grad_(False)
+    # What the change alone cost, beside what recovery brought: a recovery fine-tune can also
+    # lose accuracy (a model still close to the converged teacher, re-warmed to a high lr).
+    before = accuracy(predict_logits(model, ctx.validation, device=ctx.device), ctx.validation.labels)
     try:
-        return train_classifier(
+        history = train_classifier(
             model.train(), ctx.train, epochs=args["epochs"], lr=args["lr"], batch_size=args["batch_size"],
             warmup=args["warmup"], seed=ctx.seed, teacher_logits=ctx.teacher_logits, temperature=args["temperature"],
             alpha=args["alpha"], validation=ctx.validation, desc=desc, step_hook=step_hook, device=ctx.device,
             loss_module=loss_module)
+        if history:
+            history[0] = {"validation_accuracy_before": before, **history[0]}
+        return history
     finally:
         for p in frozen:
             p.requires_grad_(True)
