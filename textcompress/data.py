@@ -249,6 +249,12 @@ def carve_selection(train: tuple, fraction: float, seed: int = 0) -> dict:
             "selection": (source, [rows[i] for i in picked], [labels[i] for i in picked])}
 
 
+def token_counts(split: Split, vocab_size: int) -> np.ndarray:
+    """How often each word piece occurs in the split (index: piece id)."""
+    ids = np.concatenate(split.input_ids) if len(split) else np.zeros(0, dtype=np.int64)
+    return np.bincount(ids, minlength=vocab_size)[:vocab_size]
+
+
 def load_tokenizer(tokenizer_file: str | Path, max_length: int) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.no_padding()  # batches pad dynamically to their longest sentence

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textcompress.data import Split
+from textcompress.data import token_counts
 from textcompress.modeling import LowRankLinear, TextClassifier, count_parameters
 from textcompress.techniques.distillation import recover
 
@@ -160,12 +160,6 @@ def apply_low_rank(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifi
     return factored, details
 
 
-def token_counts(split: Split, vocab_size: int) -> torch.Tensor:
-    """How often each word piece occurs in the split."""
-    ids = np.concatenate(split.input_ids) if len(split) else np.zeros(0, dtype=np.int64)
-    return torch.from_numpy(np.bincount(ids, minlength=vocab_size)[:vocab_size].astype(np.float64))
-
-
 def factorize_embedding(model: TextClassifier, size: int, row_weights: torch.Tensor | None = None) -> TextClassifier:
     """Vocabulary × E and E × hidden from the table's top-E right singular directions; with
     `row_weights` (one per word piece), those of the rows weighted by √weight, so the E
@@ -189,7 +183,7 @@ def factorize_embedding(model: TextClassifier, size: int, row_weights: torch.Ten
 
 def apply_factorize_embedding(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     table = model.embeddings.word_embeddings.weight.detach().double()
-    counts = token_counts(ctx.train, table.shape[0])
+    counts = torch.from_numpy(token_counts(ctx.train, table.shape[0]).astype(np.float64))
     weights = counts + 1 if args["fit"] == "frequency" else None
     result = factorize_embedding(model, args["size"], weights)
     rebuilt = result.embeddings.word_projection(result.embeddings.word_embeddings.weight).detach().double()

@@ -385,12 +385,12 @@ def recover(model: nn.Module, ctx, args: dict, desc: str, step_hook=None, layer_
     if args["epochs"] <= 0:
         return []
     loss_module = distillation_loss(model, ctx, args, layer_map, projection_init)
-    frozen = [word_embeddings(model).weight] if args.get("freeze_embeddings") else []
-    for p in frozen:
-        p.requires_grad_(False)
     # What the change alone cost, beside what recovery brought: a recovery fine-tune can also
     # lose accuracy (a model still close to the converged teacher, re-warmed to a high lr).
     before = accuracy(predict_logits(model, ctx.validation, device=ctx.device), ctx.validation.labels)
+    frozen = [word_embeddings(model).weight] if args.get("freeze_embeddings") else []
+    for p in frozen:
+        p.requires_grad_(False)
     try:
         history = train_classifier(
             model.train(), ctx.train, epochs=args["epochs"], lr=args["lr"], batch_size=args["batch_size"],

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import copy
 import json
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from textcompress.data import Split, load_tokenizer
+from textcompress.data import Split, load_tokenizer, token_counts
 from textcompress.modeling import TextClassifier, count_parameters
 
 
-def pieces_to_keep(vocab: dict[str, int], special: set[str], counts: Counter, min_count: int, floor: int) -> list[str]:
-    """Kept pieces in their original id order."""
+def pieces_to_keep(vocab: dict[str, int], special: set[str], counts, min_count: int, floor: int) -> list[str]:
+    """Kept pieces in their original id order; `counts[id]` is how often the training data uses a piece."""
     by_id = sorted(vocab, key=vocab.get)
     keep = {t for t in by_id if t in special or len(t.removeprefix("##")) == 1 or counts[vocab[t]] >= min_count}
     for t in by_id[:floor]:
@@ -52,7 +51,7 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
     if model.config.vocab_size != len(vocab):
         raise ValueError("trim_vocab: the model's vocabulary no longer matches its tokenizer (trimmed twice?)")
     special = {a["content"] for a in tokenizer_json.get("added_tokens", []) if a.get("special")}
-    counts = Counter(int(i) for ids in ctx.train.input_ids for i in ids)
+    counts = token_counts(ctx.train, len(vocab))
     kept = pieces_to_keep(vocab, special, counts, args["min_count"], args["floor"])
     if "[PAD]" in vocab and kept.index("[PAD]") != 0:
         raise ValueError("trim_vocab: [PAD] must stay id 0, which batching pads with")
