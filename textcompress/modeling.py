@@ -54,6 +54,9 @@ class EncoderConfig:
     # `share` says which part is shared: all, attention or ffn.
     shared_layers: list[int] = field(default_factory=list)
     share: str = "all"
+    # Relaxed sharing: with a rank > 0, only the shared linears' weight matrices are tied, and every
+    # layer of a group adds its own rank-r correction, bias and LayerNorms (0: whole modules tied).
+    share_delta_rank: int = 0
     # Low-rank factorisation: module name -> rank of the two thin Linears that replace it.
     low_rank: dict[str, int] = field(default_factory=dict)
     # Quantization-aware training: Linear and Embedding modules that run as int8 (fake-quantized).
@@ -68,6 +71,8 @@ class EncoderConfig:
             raise ValueError(f"attention {self.attention!r} is not one of {ATTENTIONS}")
         if self.share not in ("all", "attention", "ffn"):
             raise ValueError(f"share {self.share!r} is not one of all, attention, ffn")
+        if self.share_delta_rank < 0:
+            raise ValueError(f"share_delta_rank {self.share_delta_rank} must be 0 or more")
         for i, j in enumerate(self.shared_layers):
             if not 0 <= j <= i:
                 raise ValueError(f"shared_layers[{i}]={j}: a layer can only reuse itself or an earlier layer")
@@ -279,10 +284,30 @@ class Encoder(nn.Module):
             target, origin = self.layer[i], self.layer[source]
             if (config.layer_heads[i], config.layer_ffn[i]) != (config.layer_heads[source], config.layer_ffn[source]):
                 raise ValueError(f"layer {i} cannot share layer {source}'s weights: their shapes differ")
+            if config.share_delta_rank:
+                continue  # relaxed: tied weight by weight below
             if config.share in ("all", "attention"):
                 target.attention = origin.attention
             if config.share in ("all", "ffn"):
                 target.intermediate, target.output = origin.intermediate, origin.output
+        if config.share_delta_rank:
+            self._relax_sharing(config)
+
+    def _relax_sharing(self, config: EncoderConfig) -> None:
+        """Every layer of a group of two or more gets a RelaxedLinear per shared linear, whose weight
+        is the group leader's Parameter (Bae et al., 2024: recursive transformers with layer-wise LoRA)."""
+        sources = config.shared_layers
+        for i, source in enumerate(sources):
+            if sources.count(source) < 2:
+                continue
+            for name in LAYER_LINEARS[config.share]:
+                parent, _, child = name.rpartition(".")
+                owner = self.layer[i].get_submodule(parent)
+                dense = getattr(owner, child)
+                relaxed = RelaxedLinear(dense.in_features, dense.out_features, config.share_delta_rank)
+                if source != i:  # the leader (an earlier layer) is already relaxed
+                    relaxed.weight = self.layer[source].get_submodule(name).weight
+                setattr(owner, child, relaxed)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, return_hidden: bool = False):
         hidden = [x]
@@ -339,6 +364,28 @@ class TextClassifier(nn.Module):
             for attn in layers:
                 attn.recorded = None
         return self.classifier(self.dropout(pool(last, mask, self.config.pooling))), hidden, maps
+
+
+# An encoder layer's linears by part (what `share` or `low_rank: {modules}` names).
+_ATTENTION_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
+_FFN_LINEARS = ("intermediate.dense", "output.dense")
+LAYER_LINEARS = {"all": _ATTENTION_LINEARS + _FFN_LINEARS, "attention": _ATTENTION_LINEARS, "ffn": _FFN_LINEARS}
+
+
+class RelaxedLinear(nn.Module):
+    """x·Wᵀ + b + (x·Dᵀ)·Uᵀ: W shared with the other layers of a group, b and the rank-r
+    correction U·D this layer's own."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).normal_(std=0.02))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.delta_down = nn.Linear(in_features, rank, bias=False)
+        self.delta_up = nn.Linear(rank, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias) + self.delta_up(self.delta_down(x))
 
 
 class LowRankLinear(nn.Module):

@@ -1,5 +1,6 @@
 """Tests for textcompress.techniques.sharing: layers really share one set of weights, stored and
-exported once, and the shared model starts from the teacher."""
+exported once, and the shared model starts from the teacher; relaxed sharing's per-layer
+corrections give back what sharing took, exactly at full rank and best on the data when fitted."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import torch
 from textcompress.data import load_split, pad_batch
 from textcompress.export import export_onnx, parity_max_abs_diff
 from textcompress.modeling import TextClassifier, count_parameters, load_bundle, save_bundle
+from textcompress.quantization import calibration_batches
 from textcompress.stages.compress import CompressContext
 from textcompress.techniques import TECHNIQUES
-from textcompress.techniques.sharing import apply_share_layers, group_sources, share_layers
+from textcompress.techniques.decomposition import input_grams
+from textcompress.techniques.sharing import apply_share_layers, group_sources, relaxed_targets, share_layers
 from textcompress.training import predict_logits
 
 from tests.conftest import tiny_model_config
@@ -98,3 +101,71 @@ def test_sharing_refuses_layers_of_different_shapes():
     pruned = remove_heads_and_neurons(random_model(layers=2), [[0], [0, 1]], [list(range(64)), list(range(64))])
     with pytest.raises(ValueError, match="different shapes"):
         share_layers(pruned, groups=1)
+
+
+def test_relaxed_sharing_at_full_rank_computes_what_the_model_did():
+    model = random_model()
+    hidden = model.config.hidden_size
+    relaxed = share_layers(model, groups=1, delta_rank=hidden)  # shared weight + full-rank correction
+    ids, mask = pad_batch([np.arange(3, 12), np.arange(5, 10)])
+    with torch.no_grad():
+        torch.testing.assert_close(relaxed(ids, mask), model(ids, mask), atol=1e-5, rtol=0)
+    layers = relaxed.encoder.layer
+    assert layers[3].intermediate.dense.weight is layers[0].intermediate.dense.weight
+    # biases, corrections and LayerNorms stay each layer's own
+    assert layers[3].intermediate.dense.bias is not layers[0].intermediate.dense.bias
+    assert layers[3].output.LayerNorm is not layers[0].output.LayerNorm
+
+
+def test_relaxed_sharing_counts_its_parameters():
+    model = random_model()
+    config, rank = model.config, 4
+    relaxed = share_layers(model, groups=2, delta_rank=rank)
+    h, f = config.hidden_size, config.intermediate_size
+    matrices = 4 * h * h + 2 * h * f
+    corrections = rank * (4 * (h + h) + (h + f) + (f + h))
+    # Two of the four layers give up their weight matrices; every layer adds its corrections.
+    assert count_parameters(relaxed) == count_parameters(model) - 2 * matrices + 4 * corrections
+    with pytest.raises(ValueError, match="delta_rank"):
+        share_layers(model, groups=2, delta_rank=h + 1)
+
+
+def test_relaxed_corrections_fitted_to_inputs_keep_the_outputs_closer(tiny_prepared):
+    model = random_model()
+    train = load_split(tiny_prepared, "train")
+    grams = input_grams(model, relaxed_targets(4, 1, "all"), calibration_batches(train, 64))
+    plain = share_layers(model, groups=1, delta_rank=3)
+    fitted = share_layers(model, groups=1, delta_rank=3, grams=grams)
+    assert count_parameters(fitted) == count_parameters(plain)
+    ids, mask = pad_batch(train.input_ids[:64])
+    with torch.no_grad():
+        reference = model(ids, mask)
+        assert (fitted(ids, mask) - reference).abs().mean() < (plain(ids, mask) - reference).abs().mean()
+
+
+def test_relaxed_bundle_and_onnx_store_the_shared_weight_once(tiny_prepared, tmp_path):
+    model = random_model(layers=6)
+    relaxed = share_layers(model, groups=1, delta_rank=2)
+    save_bundle(relaxed, tmp_path / "relaxed", tiny_prepared / "tokenizer.json", [0, 1])
+    reloaded, _ = load_bundle(tmp_path / "relaxed")
+    assert reloaded.encoder.layer[5].attention.self.key.weight is reloaded.encoder.layer[0].attention.self.key.weight
+    validation = load_split(tiny_prepared, "validation")
+    ids, mask = pad_batch(validation.input_ids[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids, mask), relaxed(ids, mask))
+    export_onnx(reloaded, tmp_path / "relaxed.onnx")
+    stored = sum(np.prod(t.dims) for t in onnx.load(str(tmp_path / "relaxed.onnx")).graph.initializer)
+    assert stored <= count_parameters(relaxed) + 64
+    assert parity_max_abs_diff(reloaded, tmp_path / "relaxed.onnx", validation) < 1e-4
+
+
+def test_apply_share_layers_fits_relaxed_corrections_on_calibration_sentences(tiny_prepared, tiny_teacher):
+    teacher, _ = load_bundle(tiny_teacher)
+    train = load_split(tiny_prepared, "train")
+    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    args = {**TECHNIQUES["share_layers"].defaults, "groups": 1, "delta_rank": 4, "fit": "activations",
+            "calibration": 16, "epochs": 0}
+    relaxed, details = apply_share_layers(teacher, args, ctx)
+    assert details["delta_rank"] == 4 and details["fit"] == "activations"
+    assert relaxed.config.share_delta_rank == 4 and relaxed.encoder.layer[1].attention.self.query.delta_up.weight.shape[1] == 4
+    assert details["params_after"] < details["params_before"]

@@ -54,3 +54,19 @@ def test_trim_vocab_shrinks_the_table_and_the_new_tokenizer_feeds_the_same_rows(
         torch.testing.assert_close(trimmed(*pad_batch(ids_new)), model(*pad_batch(ids_old)))
     assert len(ctx.validation) == len(before_validation)
     assert all(max(ids) < trimmed.config.vocab_size for ids in ctx.validation.input_ids)
+
+
+def test_after_trimming_the_teacher_reads_the_new_ids_as_it_read_the_old(tiny_prepared, tmp_path):
+    # Hidden-state distillation after a trim feeds the teacher the re-tokenized training ids.
+    torch.manual_seed(1)
+    teacher = TextClassifier(tiny_model_config()).eval()
+    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
+    half = type(train)(train.texts[:20], train.input_ids[:20], train.labels[:20])
+    ctx = CompressContext(teacher, half, validation, np.zeros((20, 2), np.float32), 0,
+                          tokenizer_file=tiny_prepared / "tokenizer.json", max_length=32, workdir=tmp_path)
+    trimmed, _ = apply_trim_vocab(teacher, {**TECHNIQUES["trim_vocab"].defaults}, ctx)
+    assert ctx.teacher is not teacher and ctx.teacher.config.vocab_size == trimmed.config.vocab_size
+    with torch.no_grad():
+        for new_ids, old_ids in zip(ctx.train.input_ids[:6], half.input_ids[:6]):
+            torch.testing.assert_close(ctx.teacher.hidden_states(*pad_batch([new_ids]))[-1],
+                                       teacher.hidden_states(*pad_batch([old_ids]))[-1])

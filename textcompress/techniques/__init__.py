@@ -102,11 +102,15 @@ TECHNIQUES: dict[str, Technique] = {
     ),
     "share_layers": Technique(
         "share_layers", "parameter_sharing", "compress",
-        defaults={"groups": 1, "share": "all", "init": "average", **RECOVERY},
+        # delta_rank > 0: relaxed sharing, a per-layer rank-r correction to each shared weight, fitted
+        # to the weights or to each layer's inputs on `calibration` training sentences (fit).
+        defaults={"groups": 1, "share": "all", "init": "average", "delta_rank": 0, "fit": "weights", "calibration": 512,
+                  **RECOVERY},
         module="textcompress.techniques.sharing",
         # share: directions ties a BiLSTM/GRU's backward direction to its forward one.
-        choices={"share": ("all", "attention", "ffn", "directions"), "init": ("average", "first")},
-        bounds={"groups": (1, None)},
+        choices={"share": ("all", "attention", "ffn", "directions"), "init": ("average", "first"),
+                 "fit": ("weights", "activations")},
+        bounds={"groups": (1, None), "delta_rank": (0, None), "calibration": (1, None)},
     ),
     "factorize_embedding": Technique(
         "factorize_embedding", "tensor_decomposition", "compress",
@@ -269,7 +273,7 @@ def _architecture_problem(name: str, args: dict, kind: str) -> tuple[str, str] |
             return "an LSTM/GRU is pruned by hidden units", "set units, the fraction to remove (e.g. 0.5)"
     if name == "low_rank" and args.get("modules", "ffn") not in RECURRENT_MODULES:
         return f"modules: {args.get('modules', 'ffn')} names transformer layers", "use input (W_ih), hidden (W_hh) or recurrent (both)"
-    if name == "share_layers" and (args.get("share", "directions") != "directions" or "groups" in args):
+    if name == "share_layers" and (args.get("share", "directions") != "directions" or "groups" in args or args.get("delta_rank")):
         return "an LSTM/GRU shares weights between its two directions", "write `share_layers: {share: directions}`"
     if name == "drop_layers" and args.get("strategy", "top") != "top":
         return "an LSTM/GRU keeps its first layers (the first reads the embedding)", "use strategy: top"

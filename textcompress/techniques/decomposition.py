@@ -28,11 +28,8 @@ import torch
 from torch import nn
 
 from textcompress.data import token_counts
-from textcompress.modeling import LowRankLinear, TextClassifier, count_parameters
+from textcompress.modeling import LAYER_LINEARS, LowRankLinear, TextClassifier, count_parameters
 from textcompress.techniques.distillation import recover
-
-TARGETS = {"attention": (".attention.self.query", ".attention.self.key", ".attention.self.value", ".attention.output.dense"),
-           "ffn": (".intermediate.dense", ".output.dense")}
 
 
 def choose_rank(singular_values: torch.Tensor, rank: int = 0, ratio: float = 0.0, energy: float = 0.0) -> int:
@@ -62,26 +59,29 @@ def spectrum(linear: nn.Linear, gram: torch.Tensor | None = None) -> torch.Tenso
     return torch.linalg.svdvals(w if gram is None else w @ whitening(gram))
 
 
-def factorize_linear(linear: nn.Linear, r: int, gram: torch.Tensor | None = None) -> LowRankLinear:
-    """Rank-r factors of `linear`: the best for its weights, or with `gram` (Σ x xᵀ of its inputs)
-    the best for its outputs on those inputs."""
-    w = linear.weight.detach().double()
+def low_rank_factors(weight: torch.Tensor, r: int, gram: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down: r × in, up: out × r) with up·down the rank-r matrix closest to `weight`, or with
+    `gram` (Σ x xᵀ of its inputs) the one whose outputs on those inputs come closest."""
+    w = weight.detach().double()
     whiten = None if gram is None else whitening(gram)
     u, s, vh = torch.linalg.svd(w if whiten is None else w @ whiten, full_matrices=False)
     root = s[:r].sqrt()
     down = root[:, None] * vh[:r]
     if whiten is not None:  # down·L⁻¹, by a triangular solve rather than an inverse
         down = torch.linalg.solve_triangular(whiten, down, upper=False, left=False)
+    return down.float(), (u[:, :r] * root[None, :]).float()
+
+
+def factorize_linear(linear: nn.Linear, r: int, gram: torch.Tensor | None = None) -> LowRankLinear:
+    """Rank-r factors of `linear` (see `low_rank_factors`), its bias kept."""
     factored = LowRankLinear(linear.in_features, linear.out_features, r)
-    factored.down.weight.data = down.float()
-    factored.up.weight.data = (u[:, :r] * root[None, :]).float()
+    factored.down.weight.data, factored.up.weight.data = low_rank_factors(linear.weight, r, gram)
     factored.up.bias.data = linear.bias.detach().clone()
     return factored
 
 
 def target_names(model: TextClassifier, modules: str) -> list[str]:
-    suffixes = TARGETS["attention"] + TARGETS["ffn"] if modules == "all" else TARGETS[modules]
-    return [f"encoder.layer.{i}{suffix}" for i in range(model.config.num_layers) for suffix in suffixes]
+    return [f"encoder.layer.{i}.{name}" for i in range(model.config.num_layers) for name in LAYER_LINEARS[modules]]
 
 
 @torch.no_grad()

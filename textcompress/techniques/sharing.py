@@ -4,6 +4,12 @@ Layers are split into contiguous groups; every layer of a group runs the same we
 them, or only attention, or only the FFN). The shared weights start as the group's average
 or as one chosen layer, then distillation from the teacher recovers what sharing cost. The
 modules are tied, not copied, so the bundle and the exported ONNX store each shared weight once.
+
+Relaxed sharing (`delta_rank: r`, after Bae et al., 2024) ties only the weight matrices: each
+layer keeps its biases and LayerNorms and adds a rank-r correction to every shared linear,
+initialised as the truncated SVD of what sharing took away (its own weight minus the shared
+one), so at full rank the shared model computes exactly what the teacher did. `fit: activations`
+fits each correction to the layer's inputs on calibration sentences, as `low_rank` does.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from dataclasses import replace
 
 import torch
 
-from textcompress.modeling import TextClassifier, count_parameters
+from textcompress.modeling import LAYER_LINEARS, TextClassifier, count_parameters
+from textcompress.techniques.decomposition import input_grams, low_rank_factors
 from textcompress.techniques.distillation import recover
 
 
@@ -24,37 +31,67 @@ def group_sources(num_layers: int, groups: int) -> list[int]:
     return [bounds[g] for g in range(groups) for _ in range(bounds[g], bounds[g + 1])]
 
 
-def share_layers(model: TextClassifier, groups: int, share: str = "all", init: str = "average") -> TextClassifier:
+def share_layers(model: TextClassifier, groups: int, share: str = "all", init: str = "average",
+                 delta_rank: int = 0, grams: dict[str, torch.Tensor] | None = None) -> TextClassifier:
     """A copy of `model` whose layers share weights by group. `init`: `average` of the group's
-    layers, or `first` (the group's first layer as it is)."""
+    layers, or `first` (the group's first layer as it is). `delta_rank` > 0: relaxed sharing,
+    each layer's correction fitted to its inputs when `grams` (from `relaxed_targets`) are given."""
     config = model.config
     if config.shared_layers and any(s != i for i, s in enumerate(config.shared_layers)):
         raise ValueError("share_layers: the model already shares layers")
     if config.low_rank:
         raise ValueError("share_layers: put sharing before low-rank decomposition in the recipe")
+    if init not in ("average", "first"):
+        raise ValueError(f"share_layers: init must be average or first, got {init!r}")
     sources = group_sources(config.num_layers, groups)
     for i, s in enumerate(sources):
         if (config.layer_heads[i], config.layer_ffn[i]) != (config.layer_heads[s], config.layer_ffn[s]):
             raise ValueError(f"share_layers: layer {i} and layer {s} have different shapes (pruned unevenly); "
                              "share before pruning, or prune per layer to equal sizes")
-    shared = TextClassifier(replace(config, shared_layers=sources, share=share))
+    shared = TextClassifier(replace(config, shared_layers=sources, share=share, share_delta_rank=delta_rank))
     state = model.state_dict()
-    if init == "average":
-        for i, s in enumerate(sources):
-            if s != i:
-                continue
-            members = [j for j, t in enumerate(sources) if t == s]
+    members = {s: [j for j, t in enumerate(sources) if t == s] for s in set(sources)}
+    if delta_rank:
+        state.update(_relaxed_state(state, members, share, init, delta_rank, grams or {}))
+    elif init == "average":
+        for s, group in members.items():
             for part_name in _part_prefixes(share):
                 for key in [k for k in state if k.startswith(f"encoder.layer.{s}.{part_name}")]:
                     suffix = key[len(f"encoder.layer.{s}."):]
-                    state[key] = torch.stack([state[f"encoder.layer.{j}.{suffix}"] for j in members]).mean(0)
-    elif init != "first":
-        raise ValueError(f"share_layers: init must be average or first, got {init!r}")
+                    state[key] = torch.stack([state[f"encoder.layer.{j}.{suffix}"] for j in group]).mean(0)
     # Tied modules read their weights through the group's first layer: keep only what it names,
     # plus the parts that stay per layer.
     own = {k: v for k, v in state.items() if k in shared.state_dict()}
     shared.load_state_dict(_tie_view(shared, own))
     return shared.eval()
+
+
+def relaxed_targets(num_layers: int, groups: int, share: str) -> list[str]:
+    """The linears relaxed sharing ties: those `share` names, in layers whose group has two or more."""
+    sources = group_sources(num_layers, groups)
+    return [f"encoder.layer.{i}.{name}" for i, s in enumerate(sources) if sources.count(s) > 1
+            for name in LAYER_LINEARS[share]]
+
+
+def _relaxed_state(state: dict, members: dict[int, list[int]], share: str, init: str, rank: int,
+                   grams: dict[str, torch.Tensor]) -> dict:
+    """Each group leader's shared weight, and each layer's correction: the rank-r factors of its
+    own weight minus the shared one (biases and LayerNorms stay the layer's own)."""
+    new = {}
+    for s, group in members.items():
+        if len(group) < 2:
+            continue
+        for name in LAYER_LINEARS[share]:
+            weights = [state[f"encoder.layer.{j}.{name}.weight"] for j in group]
+            common = torch.stack(weights).mean(0) if init == "average" else weights[0]
+            if rank > min(common.shape):
+                raise ValueError(f"share_layers: delta_rank={rank} is above the full rank {min(common.shape)} of {name}")
+            new[f"encoder.layer.{s}.{name}.weight"] = common
+            for j, own in zip(group, weights):
+                prefix = f"encoder.layer.{j}.{name}"
+                down, up = low_rank_factors(own - common, rank, grams.get(prefix))
+                new[f"{prefix}.delta_down.weight"], new[f"{prefix}.delta_up.weight"] = down, up
+    return new
 
 
 def _part_prefixes(share: str) -> list[str]:
@@ -80,9 +117,17 @@ def apply_share_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClas
         shared = tie_directions(model, args["init"])
         details = {"share": "directions", "init": args["init"]}
     else:
-        shared = share_layers(model, args["groups"], args["share"], args["init"])
+        grams = None
+        if args["delta_rank"] and args["fit"] == "activations":
+            from textcompress.quantization import calibration_batches
+
+            names = relaxed_targets(model.config.num_layers, args["groups"], args["share"])
+            grams = input_grams(model, names, calibration_batches(ctx.train, args["calibration"], seed=ctx.seed))
+        shared = share_layers(model, args["groups"], args["share"], args["init"], args["delta_rank"], grams)
         details = {"groups": args["groups"], "share": args["share"], "init": args["init"],
                    "shared_layers": shared.config.shared_layers}
+        if args["delta_rank"]:
+            details.update(delta_rank=args["delta_rank"], fit=args["fit"])
     details.update(params_before=count_parameters(model), params_after=count_parameters(shared))
     details["history"] = recover(shared, ctx, args, desc="share_layers recovery")
     return shared, details

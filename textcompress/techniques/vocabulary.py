@@ -45,6 +45,17 @@ def trimmed_tokenizer_json(tokenizer_json: dict, kept: list[str]) -> dict:
     return out
 
 
+def keep_rows(model: nn.Module, old_ids: np.ndarray) -> nn.Module:
+    """A copy of `model` whose word-piece table holds only rows `old_ids`, in that order."""
+    result = copy.deepcopy(model)
+    result.config = replace(model.config, vocab_size=len(old_ids))
+    owner = result.embeddings if isinstance(model, TextClassifier) else result  # recurrent and CNN models own theirs
+    table = owner.word_embeddings.weight.detach()
+    owner.word_embeddings = nn.Embedding(len(old_ids), table.shape[1])
+    owner.word_embeddings.weight.data = table[old_ids].clone()
+    return result
+
+
 def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     tokenizer_json = json.loads(Path(ctx.tokenizer_file).read_text())
     vocab = tokenizer_json["model"]["vocab"]
@@ -57,12 +68,11 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
         raise ValueError("trim_vocab: [PAD] must stay id 0, which batching pads with")
     old_ids = np.array([vocab[t] for t in kept])
 
-    result = copy.deepcopy(model)
-    result.config = replace(model.config, vocab_size=len(kept))
-    owner = result.embeddings if isinstance(model, TextClassifier) else result  # recurrent and CNN models own theirs
-    table = owner.word_embeddings.weight.detach()
-    owner.word_embeddings = nn.Embedding(len(kept), table.shape[1])
-    owner.word_embeddings.weight.data = table[old_ids].clone()
+    result = keep_rows(model, old_ids)
+    # The steps that follow feed the teacher the new ids too (hidden-state distillation): it keeps
+    # the same rows, so it reads every training sentence as before.
+    if getattr(ctx.teacher, "config", None) is not None and ctx.teacher.config.vocab_size == len(vocab):
+        ctx.teacher = keep_rows(ctx.teacher, old_ids)
 
     new_json = trimmed_tokenizer_json(tokenizer_json, kept)
     ctx.tokenizer_file = Path(ctx.workdir) / "tokenizer.json"
