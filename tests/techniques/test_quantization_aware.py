@@ -61,6 +61,14 @@ def test_fake_quantized_model_in_fp32_is_the_original(teacher, tiny_prepared):
         torch.testing.assert_close(quantized(ids, mask), teacher(ids, mask), rtol=0, atol=1e-6)
 
 
+def test_qat_refuses_relaxed_sharing_whose_shared_weights_it_would_leave_fp32(teacher):
+    from textcompress.techniques.sharing import share_layers
+
+    relaxed = share_layers(copy.deepcopy(teacher), groups=1, delta_rank=2)
+    with pytest.raises(ValueError, match="relaxed sharing"):
+        fake_quantized(relaxed)
+
+
 def test_calibration_takes_each_inputs_observed_range(teacher, ctx):
     quantized = fake_quantized(copy.deepcopy(teacher))
     batch = calibration_batches(ctx.train, 16, batch_size=16)

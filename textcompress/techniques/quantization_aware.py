@@ -41,6 +41,10 @@ def fake_quantized(model: TextClassifier) -> TextClassifier:
     """The same weights in a model whose quantizable modules run fake-quantized (ranges not yet calibrated)."""
     if model.config.fake_quant:
         raise ValueError("qat: the model is already quantization-aware")
+    if model.config.share_delta_rank:
+        # Its shared weights are plain Parameters, not Linears: they would stay fp32 unnoticed.
+        raise ValueError("qat: a model with relaxed sharing (share_layers delta_rank) has no fake-quantized form; "
+                         "quantize it with `quantize: {mode: static}` or `{mode: dynamic}` instead")
     quantized = TextClassifier(replace(model.config, fake_quant=quantizable_modules(model)))
     missing, unexpected = quantized.load_state_dict(model.state_dict(), strict=False)
     if [k for k in missing if not k.endswith("input_range")] or unexpected:
