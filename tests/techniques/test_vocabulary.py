@@ -18,6 +18,15 @@ from textcompress.techniques.vocabulary import apply_trim_vocab, pieces_to_keep
 from tests.conftest import tiny_model_config
 
 
+def half_train_context(model, tiny_prepared, tmp_path) -> CompressContext:
+    """A compress context whose training set is the first half of the tiny one, so that some
+    pieces of the tiny vocabulary go unseen."""
+    train = load_split(tiny_prepared, "train")
+    half = type(train)(train.texts[:20], train.input_ids[:20], train.labels[:20])
+    return CompressContext(model, half, load_split(tiny_prepared, "validation"), np.zeros((20, 2), np.float32), 0,
+                           tokenizer_file=tiny_prepared / "tokenizer.json", max_length=32, workdir=tmp_path)
+
+
 def test_pieces_to_keep_keeps_specials_characters_seen_and_floor():
     vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "##b": 3, "apple": 4, "##ness": 5, "zebra": 6}
     counts = Counter({4: 3, 5: 1})
@@ -29,12 +38,8 @@ def test_pieces_to_keep_keeps_specials_characters_seen_and_floor():
 def test_trim_vocab_shrinks_the_table_and_the_new_tokenizer_feeds_the_same_rows(tiny_prepared, tmp_path):
     torch.manual_seed(0)
     model = TextClassifier(tiny_model_config()).eval()
-    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    # Only half the training set: some pieces of the tiny vocabulary go unseen.
-    half = type(train)(train.texts[:20], train.input_ids[:20], train.labels[:20])
-    ctx = CompressContext(model, half, validation, np.zeros((20, 2), np.float32), 0,
-                          tokenizer_file=tiny_prepared / "tokenizer.json", max_length=32, workdir=tmp_path)
-    before_validation = validation
+    ctx = half_train_context(model, tiny_prepared, tmp_path)
+    train, before_validation = load_split(tiny_prepared, "train"), ctx.validation
     trimmed, details = apply_trim_vocab(model, {**TECHNIQUES["trim_vocab"].defaults}, ctx)
 
     old_vocab = json.loads((tiny_prepared / "tokenizer.json").read_text())["model"]["vocab"]
@@ -60,13 +65,11 @@ def test_after_trimming_the_teacher_reads_the_new_ids_as_it_read_the_old(tiny_pr
     # Hidden-state distillation after a trim feeds the teacher the re-tokenized training ids.
     torch.manual_seed(1)
     teacher = TextClassifier(tiny_model_config()).eval()
-    train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    half = type(train)(train.texts[:20], train.input_ids[:20], train.labels[:20])
-    ctx = CompressContext(teacher, half, validation, np.zeros((20, 2), np.float32), 0,
-                          tokenizer_file=tiny_prepared / "tokenizer.json", max_length=32, workdir=tmp_path)
+    ctx = half_train_context(teacher, tiny_prepared, tmp_path)
+    old_train = ctx.train
     trimmed, _ = apply_trim_vocab(teacher, {**TECHNIQUES["trim_vocab"].defaults}, ctx)
     assert ctx.teacher is not teacher and ctx.teacher.config.vocab_size == trimmed.config.vocab_size
     with torch.no_grad():
-        for new_ids, old_ids in zip(ctx.train.input_ids[:6], half.input_ids[:6]):
+        for new_ids, old_ids in zip(ctx.train.input_ids[:6], old_train.input_ids[:6]):
             torch.testing.assert_close(ctx.teacher.hidden_states(*pad_batch([new_ids]))[-1],
                                        teacher.hidden_states(*pad_batch([old_ids]))[-1])

@@ -71,7 +71,7 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
     result = keep_rows(model, old_ids)
     # The steps that follow feed the teacher the new ids too (hidden-state distillation): it keeps
     # the same rows, so it reads every training sentence as before.
-    if getattr(ctx.teacher, "config", None) is not None and ctx.teacher.config.vocab_size == len(vocab):
+    if ctx.teacher.config.vocab_size == len(vocab):
         ctx.teacher = keep_rows(ctx.teacher, old_ids)
 
     new_json = trimmed_tokenizer_json(tokenizer_json, kept)
