@@ -7,6 +7,10 @@ fp32 parent over the whole validation set (`agreement_gate`).
 
 from __future__ import annotations
 
+import contextlib
+import math
+import types
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import torch
 
 from textcompress.data import Split, pad_arrays, pad_batch
 from textcompress.inference import make_session, run_logits, split_logits
+from textcompress.modeling import SelfAttention
 
 PARITY_ROWS = 32
 
@@ -29,7 +34,59 @@ class _Exportable(torch.nn.Module):
         return self.model(input_ids, attention_mask)
 
 
-def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int = 17) -> None:
+class _KeepLeadingReshape(torch.autograd.Function):
+    """Reshape of the last dimension that keeps the first two (batch, sequence). The ONNX graph
+    gets one Reshape with a constant target (0 copies the batch, -1 infers the sequence), where
+    tracing a view would compute the target at run time from Shape, Gather and Concat nodes."""
+
+    @staticmethod
+    def forward(ctx, x, trailing: tuple[int, ...]):
+        return x.reshape(*x.shape[:2], *trailing)
+
+    @staticmethod
+    def symbolic(g, x, trailing):
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor([0, -1, *trailing], dtype=torch.int64)))
+
+
+def _fused_self_attention(self: SelfAttention, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+    """SelfAttention.forward (softmax) as exported: Q, K and V from one product with their weights
+    stacked, and head reshapes with constant targets."""
+    projections = (self.query, self.key, self.value)
+    stacked = torch.cat([p.weight for p in projections])
+    qkv = x @ stacked.T + torch.cat([p.bias for p in projections])
+    q, k, v = _KeepLeadingReshape.apply(qkv, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+    probs = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask_bias).softmax(-1)
+    return _KeepLeadingReshape.apply((probs @ v).transpose(1, 2), (self.num_heads * self.head_dim,))
+
+
+@contextlib.contextmanager
+def fused_attention(model: torch.nn.Module):
+    """Exports each softmax self-attention with its Q, K and V weights stacked into one product
+    (one int8 kernel where there were three once quantized) and no run-time shape arithmetic:
+    per-node overhead is much of a small model's time. Skipped where a projection is not a plain
+    linear (low-rank, relaxed-shared, fake-quantized) or a weight is shared, since stacking would
+    store a shared weight once per layer."""
+    module_uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    weight_uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    patched = []
+    for module in model.modules():
+        if not isinstance(module, SelfAttention) or module.kind != "softmax" or module.head_gate is not None:
+            continue
+        projections = (module.query, module.key, module.value)
+        if (module_uses[id(module)] == 1 and all(type(p) is torch.nn.Linear for p in projections)
+                and all(weight_uses[id(p.weight)] == 1 for p in projections)):
+            module.forward = types.MethodType(_fused_self_attention, module)
+            patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward
+
+
+def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int = 17, fuse_attention: bool = True) -> None:
+    """`fuse_attention`: stacked Q/K/V products and constant head reshapes (see `fused_attention`);
+    the graph computes the same logits either way."""
     model.eval()
     vocab = model.config.vocab_size  # any in-vocabulary ids trace the same graph
     ids, mask = pad_batch([np.arange(5) % vocab, np.arange(3) % vocab])
@@ -38,8 +95,9 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int = 17) -
     with torch.no_grad():
         # The TorchScript exporter traces shapes symbolically and needs no extra packages.
         # eval() on the wrapper: the exporter restores the wrapper's mode afterwards, recursively.
-        torch.onnx.export(_Exportable(model).eval(), (ids, mask), str(out_path), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+        with fused_attention(model) if fuse_attention else contextlib.nullcontext():
+            torch.onnx.export(_Exportable(model).eval(), (ids, mask), str(out_path), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], dynamic_axes=dynamic, opset_version=opset, dynamo=False)
 
 
 def parity_batch(split: Split, rows: int = PARITY_ROWS) -> tuple[np.ndarray, np.ndarray]:
