@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from textcompress.data import load_split, pad_arrays
-from textcompress.export import export_onnx, label_agreement, onnx_size_bytes, parity_max_abs_diff
-from textcompress.inference import make_session, run_logits
-from textcompress.modeling import load_bundle
+import onnx
+
+from textcompress.export import export_onnx, fused_attention, label_agreement, onnx_size_bytes, parity_max_abs_diff
+from textcompress.inference import UNFUSED, make_session, run_logits
+from textcompress.modeling import SelfAttention, load_bundle
 from textcompress.quantization import apply_quantize
 
 from tests.conftest import CLS_ID, SEP_ID, TINY_VOCAB
@@ -142,3 +144,77 @@ def test_the_fp32_parent_is_not_counted_in_the_size(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"x" * 100)
     (tmp_path / "parent.onnx").write_bytes(b"x" * 400)
     assert onnx_size_bytes(tmp_path) == 100
+
+
+def weight_matmuls(path) -> list:
+    graph = onnx.load(str(path)).graph
+    weights = {i.name for i in graph.initializer}
+    return [n for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+
+
+def test_fused_attention_stacks_qkv_into_one_product_per_layer(teacher, fp32_onnx, tmp_path):
+    plain = tmp_path / "plain.onnx"
+    export_onnx(teacher, plain, fuse_attention=False)
+    layers = teacher.config.num_layers
+    # Plain: Q, K, V, attention output, FFN in and out per layer. Fused: Q/K/V are one product.
+    assert len(weight_matmuls(plain)) == 6 * layers
+    assert len(weight_matmuls(fp32_onnx)) == 4 * layers
+    stacked = [n for n in weight_matmuls(fp32_onnx) if "/self/" in n.name]
+    inits = {i.name: i for i in onnx.load(str(fp32_onnx)).graph.initializer}
+    inner = teacher.encoder.layer[0].attention.self.query.out_features
+    assert len(stacked) == layers and all(3 * inner in inits[n.input[1]].dims for n in stacked)
+
+
+def test_fused_attention_computes_what_the_plain_export_does(teacher, fp32_onnx, tmp_path):
+    plain = tmp_path / "plain.onnx"
+    export_onnx(teacher, plain, fuse_attention=False)
+    for ids, mask in batches_unlike_the_trace().values():
+        fused_logits = run_logits(make_session(fp32_onnx), ids, mask)
+        assert np.abs(fused_logits - run_logits(make_session(plain), ids, mask)).max() <= 1e-5
+
+
+def test_fused_attention_reshapes_heads_without_shape_arithmetic(fp32_onnx, tmp_path):
+    nodes = onnx.load(str(fp32_onnx)).graph.node
+    attention = [n for n in nodes if "/attention/self/" in n.name]
+    assert not any(n.op_type in ("Shape", "Concat") for n in attention)
+
+
+def test_fused_attention_restores_the_models_own_forward(tiny_teacher):
+    model = load_bundle(tiny_teacher)[0]
+    with fused_attention(model) as patched:
+        assert patched == model.config.num_layers
+        assert all("forward" in vars(m) for m in model.modules() if isinstance(m, SelfAttention))
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, SelfAttention))
+
+
+def test_fused_attention_leaves_shared_weights_unstacked(tiny_teacher):
+    model = load_bundle(tiny_teacher)[0]
+    model.encoder.layer[1].attention = model.encoder.layer[0].attention  # ALBERT-style tying
+    with fused_attention(model) as patched:
+        assert patched == model.config.num_layers - 2  # the shared module is left as it is
+
+
+def test_sessions_run_without_the_skip_layer_norm_fusion(tmp_path):
+    """The fusion is disabled by name; a name ONNX Runtime does not know would be ignored silently."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = 8
+    scale, shift = (numpy_helper.from_array(np.full(hidden, v, np.float32), n) for n, v in (("scale", 1.0), ("shift", 0.0)))
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "residual"], ["sum"]),
+         helper.make_node("LayerNormalization", ["sum", "scale", "shift"], ["y"], axis=-1)], "residual_norm",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "sequence", hidden]) for n in ("x", "residual")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [scale, shift])
+    model = tmp_path / "residual_norm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+
+    def optimized_ops(disabled):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / f"optimized{len(disabled)}.onnx")
+        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+    assert optimized_ops([]) == {"SkipLayerNormalization"}
+    assert optimized_ops(UNFUSED) == {"Add", "LayerNormalization"}

@@ -54,7 +54,7 @@ def _fused_self_attention(self: SelfAttention, x: torch.Tensor, mask_bias: torch
     projections = (self.query, self.key, self.value)
     stacked = torch.cat([p.weight for p in projections])
     qkv = x @ stacked.T + torch.cat([p.bias for p in projections])
-    q, k, v = _KeepLeadingReshape.apply(qkv, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+    q, k, v = _KeepLeadingReshape.apply(qkv, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
     probs = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask_bias).softmax(-1)
     return _KeepLeadingReshape.apply((probs @ v).transpose(1, 2), (self.num_heads * self.head_dim,))
 
