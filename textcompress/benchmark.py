@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from textcompress.data import load_tokenizer, pad_arrays
-from textcompress.inference import MODEL_FILE, make_session
+from textcompress.inference import MODEL_FILE, UNFUSED, make_session
 
 
 def _cpuinfo(field: str) -> str | None:
@@ -123,7 +123,8 @@ import sys
 import numpy as np, onnxruntime as ort
 options = ort.SessionOptions()
 options.intra_op_num_threads = int(sys.argv[2])
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"],
+                               disabled_optimizers=sys.argv[4].split(",") if sys.argv[4] else None)
 batch = dict(np.load(sys.argv[3]))
 for _ in range(3):
     session.run(None, batch)
@@ -134,11 +135,12 @@ print(int(status[0]) / 1024)
 
 
 def peak_rss_mb(model_file: Path, threads: int, batch: dict[str, np.ndarray]) -> float:
-    """Peak resident memory (MB) of a fresh process that loads the model and runs `batch` (real inputs)."""
+    """Peak resident memory (MB) of a fresh process that loads the model and runs `batch` (real inputs),
+    with the session optimised as `make_session` does it, so the graph measured is the graph timed."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "batch.npz", **batch)
         out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, str(model_file), str(threads),
-                              str(Path(tmp) / "batch.npz")], capture_output=True, text=True)
+                              str(Path(tmp) / "batch.npz"), ",".join(UNFUSED)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"peak memory probe of {model_file} failed: {out.stderr.strip().splitlines()[-1:]}")
     return float(out.stdout.strip().splitlines()[-1])

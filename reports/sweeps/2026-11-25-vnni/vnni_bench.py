@@ -64,4 +64,4 @@ for name, row in result["candidates"].items():
           f"p95 {row['latency_p95_ms']:.2f} ms, {row['throughput_per_s']:.0f}/s at batch 32, "
           f"{result['sizes_bytes']['teacher'] / result['sizes_bytes'][name]:.2f}x smaller")
 OUT.mkdir(parents=True, exist_ok=True)
-(OUT / f"vnni_bench_t{threads}.json").write_text(json.dumps(result, indent=1))
+(OUT / f"vnni_bench_t{threads}_run{os.environ.get('RUN', '1')}.json").write_text(json.dumps(result, indent=1))
