@@ -14,7 +14,7 @@ import pytest
 from textcompress.benchmark import benchmark_candidates, peak_rss_mb
 from textcompress.data import pad_arrays
 from textcompress.modeling import load_bundle
-from textcompress.techniques.distillation import student_from_teacher
+from textcompress.techniques.pruning import student_from_teacher
 
 from tests.conftest import CLS_ID, SEP_ID, export_model_dir, tiny_sentiment_rows
 

@@ -19,6 +19,7 @@ import torch
 from textcompress.data import Split, pad_arrays, pad_batch
 from textcompress.inference import make_session, run_logits, split_logits
 from textcompress.modeling import SelfAttention
+from textcompress.catalog import PARENT_FILE  # noqa: F401 - re-exported: a quantized candidate's fp32 parent
 
 PARITY_ROWS = 32
 
@@ -120,7 +121,6 @@ def label_agreement(onnx_a: str | Path, onnx_b: str | Path, split: Split) -> flo
     return float((a == b).mean())
 
 
-PARENT_FILE = "parent.onnx"  # a quantized candidate's fp32 parent, kept for the latency guardrail
 
 
 def onnx_size_bytes(model_dir: str | Path) -> int:

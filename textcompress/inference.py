@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from textcompress.catalog import MODEL_FILE
 from textcompress.data import Split, length_bucketed_batches, load_tokenizer, pad_arrays
-
-MODEL_FILE = "model.onnx"
 
 
 UNFUSED = ["SkipLayerNormFusion"]

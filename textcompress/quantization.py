@@ -143,7 +143,7 @@ def apply_quantize(onnx_in: Path, onnx_out: Path, args: dict, ctx=None) -> dict:
         if needs_data and (ctx is None or ctx.train is None):
             raise ValueError(f"quantize: mode {args['mode']} with sensitivity needs calibration sentences")
         histogram = args["mode"] == "static" and args["method"] != "minmax"
-        batches = calibration_batches(ctx.train, args["calibration"], seed=getattr(ctx, "seed", 0),
+        batches = calibration_batches(ctx.train, args["calibration"], seed=ctx.seed,
                                       same_shape=histogram) if needs_data else []
         if args.get("sensitivity"):
             sensitive = most_sensitive_matmuls(onnx_in, args, batches[:4], excluded, args["sensitivity"])

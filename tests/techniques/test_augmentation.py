@@ -7,8 +7,7 @@ import numpy as np
 
 from textcompress.data import Split, load_split
 from textcompress.modeling import load_bundle
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.augmentation import augment_ids, augmented_split
 from textcompress.techniques.distillation import apply_distill
 from textcompress.training import predict_logits
@@ -49,7 +48,7 @@ def test_augmented_split_makes_multiplier_copies():
 def test_distill_with_augmentation_trains_on_teacher_labelled_copies(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train = load_split(tiny_prepared, "train")
-    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0,
+    ctx = TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0,
                           tokenizer_file=tiny_prepared / "tokenizer.json")
     args = {**TECHNIQUES["distill"].defaults, "layers": 1, "epochs": 1, "lr": 1e-3, "augment": 2}
     _, details = apply_distill(teacher, args, ctx)
@@ -62,7 +61,7 @@ def test_distill_with_augmentation_trains_on_teacher_labelled_copies(tiny_prepar
 def test_augmented_rows_are_labelled_by_the_teacher_once_for_all_candidates(tiny_prepared, tiny_teacher, tmp_path):
     teacher, _ = load_bundle(tiny_teacher)
     train = load_split(tiny_prepared, "train")
-    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0,
+    ctx = TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0,
                           tokenizer_file=tiny_prepared / "tokenizer.json", cache_dir=tmp_path)
     calls = []
     original = teacher.forward

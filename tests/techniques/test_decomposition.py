@@ -173,14 +173,14 @@ def test_frequency_weighted_embedding_serves_the_frequent_pieces_better():
 def test_recovery_records_the_accuracy_the_change_alone_left(tiny_prepared, tiny_teacher):
     import numpy as np
 
-    from textcompress.stages.compress import CompressContext
+    from textcompress.techniques import TechniqueContext
     from textcompress.techniques import TECHNIQUES
     from textcompress.techniques.decomposition import apply_low_rank
     from textcompress.training import accuracy, predict_logits
 
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["low_rank"].defaults, "modules": "all", "rank": 2, "fit": "activations", "calibration": 64}
     untrained, _ = apply_low_rank(teacher, {**args, "epochs": 0}, ctx)
     _, details = apply_low_rank(teacher, {**args, "epochs": 1, "lr": 1e-3}, ctx)

@@ -12,8 +12,7 @@ from torch import nn
 
 from textcompress.data import load_split, pad_batch
 from textcompress.modeling import TextClassifier, count_parameters, load_bundle
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.distillation import apply_distill, pick_teacher_layers, student_from_teacher
 from textcompress.training import kd_loss, predict_logits
 
@@ -176,7 +175,7 @@ def test_kd_loss_decreases_over_optimizer_steps_on_a_fixed_batch(tiny_prepared, 
 def test_apply_distill_returns_a_smaller_trained_student_and_records_details(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher=teacher, train=train, validation=validation,
+    ctx = TechniqueContext(teacher=teacher, train=train, validation=validation,
                           teacher_logits=predict_logits(teacher, train), seed=0)
     teacher_state = copy.deepcopy(teacher.state_dict())
     untrained = student_from_teacher(teacher, [0])
@@ -201,7 +200,7 @@ def test_apply_distill_returns_a_smaller_trained_student_and_records_details(tin
 def test_apply_distill_same_is_a_recovery_copy_of_the_current_model(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
     current = student_from_teacher(teacher, [1])
     current_state = copy.deepcopy(current.state_dict())
     args = {**TECHNIQUES["distill"].defaults, "student": "same", "epochs": 1, "batch_size": 64}
@@ -219,7 +218,7 @@ def test_apply_distill_checks_layers_against_the_model_it_cuts(tiny_prepared):
     teacher = random_teacher(layers=2)
     shallower = student_from_teacher(teacher, [0])  # e.g. the result of an earlier distill step
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, np.zeros((len(train), 2), dtype=np.float32), seed=0)
+    ctx = TechniqueContext(teacher, train, validation, np.zeros((len(train), 2), dtype=np.float32), seed=0)
     args = {**TECHNIQUES["distill"].defaults, "layers": 2, "epochs": 1}
     with pytest.raises(ValueError, match="distill: layers"):
         apply_distill(shallower, args, ctx)
@@ -230,7 +229,7 @@ def test_apply_distill_checks_layers_against_the_model_it_cuts(tiny_prepared):
 
 
 def test_default_layer_map_spreads_student_layers_over_the_teacher():
-    from textcompress.techniques.distillation import default_layer_map
+    from textcompress.techniques.recovery import default_layer_map
 
     assert default_layer_map(2, 6) == [2, 5]
     assert default_layer_map(3, 6) == [1, 3, 5]
@@ -238,7 +237,7 @@ def test_default_layer_map_spreads_student_layers_over_the_teacher():
 
 
 def test_intermediate_losses_vanish_for_a_copy_of_the_teacher_and_grow_for_another_model(tiny_prepared, batch):
-    from textcompress.techniques.distillation import DistillationLoss
+    from textcompress.techniques.recovery import DistillationLoss
 
     teacher = random_teacher(layers=2)
     ids, mask = batch
@@ -256,7 +255,7 @@ def test_intermediate_losses_vanish_for_a_copy_of_the_teacher_and_grow_for_anoth
 
 
 def test_a_narrower_student_learns_hidden_states_through_a_trained_projection(batch):
-    from textcompress.techniques.distillation import DistillationLoss
+    from textcompress.techniques.recovery import DistillationLoss
 
     teacher = random_teacher(layers=2)
     narrow = TextClassifier(replace(tiny_model_config(layers=1), hidden_size=16, num_heads=2, intermediate_size=32))
@@ -272,7 +271,7 @@ def test_a_narrower_student_learns_hidden_states_through_a_trained_projection(ba
 def test_apply_distill_with_hidden_and_attention_losses_records_them(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["distill"].defaults, "layers": 1, "epochs": 1, "lr": 1e-3, "hidden_weight": 1.0,
             "attention_weight": 1.0, "layer_map": [1]}
     student, details = apply_distill(teacher, args, ctx)
@@ -303,7 +302,7 @@ def test_forward_with_hidden_records_one_attention_map_per_use_of_a_shared_layer
     {"attention_weight": 1.0},
 ])
 def test_each_loss_term_decreases_on_a_fixed_batch(batch, terms):
-    from textcompress.techniques.distillation import DistillationLoss
+    from textcompress.techniques.recovery import DistillationLoss
 
     teacher = random_teacher(layers=2)
     student = random_teacher(layers=1, seed=5, dropout=0.0).train()
@@ -330,7 +329,7 @@ def test_each_loss_term_decreases_on_a_fixed_batch(batch, terms):
 
 
 def test_logit_mse_is_zero_for_the_teachers_own_logits(batch):
-    from textcompress.techniques.distillation import DistillationLoss
+    from textcompress.techniques.recovery import DistillationLoss
 
     teacher = random_teacher(layers=1)
     ids, mask = batch
@@ -394,7 +393,7 @@ def test_apply_distill_narrows_heads_neurons_and_width_and_trains_with_the_basis
 
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["distill"].defaults, "layers": 2, "width": 16, "ffn": 24, "epochs": 1, "lr": 1e-3,
             "hidden_weight": 1.0}
     student, details = apply_distill(teacher, args, ctx)
@@ -426,7 +425,7 @@ def test_word_level_students_learn_from_the_teacher_and_start_from_its_embedding
 
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["distill"].defaults, "student": kind, "embedding_size": 16, "hidden_size": 16, "epochs": 6,
             "lr": 5e-3, "batch_size": 16, "logit_loss": "mse", "alpha": 0.5, **extra}
     untrained_args = {**args, "epochs": 0}
@@ -459,7 +458,7 @@ def test_embedding_table_projects_onto_principal_directions():
 def test_intermediate_losses_are_refused_for_a_recurrent_student(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["distill"].defaults, "student": "lstm", "layers": 1, "hidden_weight": 1.0, "epochs": 1}
     with pytest.raises(ValueError, match="need a transformer student, not rnn; set them to 0"):
         apply_distill(teacher, args, ctx)
@@ -470,11 +469,11 @@ def test_intermediate_losses_are_refused_for_a_recurrent_student(tiny_prepared, 
 
 
 def test_a_second_candidate_reads_cached_states_and_never_runs_the_teacher(tiny_prepared, tiny_teacher, tmp_path):
-    from textcompress.techniques.distillation import CachedTeacherStates
+    from textcompress.techniques.recovery import CachedTeacherStates
 
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, predict_logits(teacher, train), seed=0, cache_dir=tmp_path)
+    ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0, cache_dir=tmp_path)
     calls = []
     original = teacher.forward_with_hidden
     teacher.forward_with_hidden = lambda *a, **k: calls.append(1) or original(*a, **k)
@@ -504,18 +503,18 @@ def test_a_second_candidate_reads_cached_states_and_never_runs_the_teacher(tiny_
 
 
 def test_states_are_computed_live_when_caching_is_off_or_attention_maps_are_needed(tiny_prepared, tiny_teacher, tmp_path):
-    from textcompress.techniques.distillation import teacher_states
+    from textcompress.techniques.recovery import teacher_states
 
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
-    ctx = CompressContext(teacher, train, validation, np.zeros((len(train), 2), dtype=np.float32), seed=0, cache_dir=tmp_path)
+    ctx = TechniqueContext(teacher, train, validation, np.zeros((len(train), 2), dtype=np.float32), seed=0, cache_dir=tmp_path)
     assert teacher_states(ctx, [1], {"teacher_states": "live", "hidden_weight": 1.0}) is None
     assert teacher_states(ctx, [1], {"teacher_states": "auto", "hidden_weight": 1.0, "attention_weight": 1.0}) is None
     assert teacher_states(ctx, [1], {"teacher_states": "auto", "hidden_weight": 1.0}) is not None
 
 
 def test_the_cache_key_changes_with_the_teachers_config_weights_and_data(tiny_prepared):
-    from textcompress.techniques.distillation import fingerprint
+    from textcompress.techniques.recovery import fingerprint
 
     train = load_split(tiny_prepared, "train")
     teacher = random_teacher(layers=2)

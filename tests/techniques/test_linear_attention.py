@@ -15,8 +15,7 @@ from textcompress.data import load_split, pad_batch
 from textcompress.export import export_onnx
 from textcompress.inference import make_session, run_logits
 from textcompress.modeling import TextClassifier, load_bundle, save_bundle
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.linear_attention import apply_attention, swap_attention, transfer_attention
 from textcompress.training import predict_logits
 
@@ -138,7 +137,7 @@ def test_each_variant_exports_with_dynamic_sequence_length(kind, tiny_prepared, 
 def test_apply_attention_recovers_with_redraws(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train = load_split(tiny_prepared, "train")
-    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["attention"].defaults, "kind": "performer", "features": 16, "redraw": 2, "epochs": 1, "lr": 1e-3}
     swapped, details = apply_attention(copy.deepcopy(teacher), args, ctx)
     assert details["kind"] == "performer" and len(details["history"]) == 1
@@ -148,7 +147,7 @@ def test_apply_attention_recovers_with_redraws(tiny_prepared, tiny_teacher):
 def test_apply_attention_runs_hedgehogs_transfer_then_recovery(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train = load_split(tiny_prepared, "train")
-    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["attention"].defaults, "kind": "hedgehog", "transfer_steps": 20, "epochs": 1, "lr": 1e-3}
     swapped, details = apply_attention(copy.deepcopy(teacher), args, ctx)
     assert swapped.config.attention == "hedgehog"

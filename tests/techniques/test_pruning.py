@@ -13,8 +13,7 @@ import torch
 from textcompress.data import load_split, pad_batch
 from textcompress.export import export_onnx, parity_max_abs_diff
 from textcompress.modeling import TextClassifier, count_parameters, load_bundle, save_bundle
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.pruning import (
     apply_drop_layers, apply_prune_magnitude, apply_prune_structured, choose_kept, cubic_sparsity, gate_importance,
     layers_to_keep, magnitude_masks, prunable_weights, remove_heads_and_neurons,
@@ -38,7 +37,7 @@ def batch(tiny_prepared):
 def ctx(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train = load_split(tiny_prepared, "train")
-    return CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    return TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
 
 
 def masked_logits(model, keep_heads, keep_neurons, ids, mask):

@@ -20,8 +20,7 @@ from textcompress.export import export_onnx, parity_batch
 from textcompress.inference import make_session, run_logits
 from textcompress.modeling import FakeQuantEmbedding, FakeQuantLinear, load_bundle, save_bundle, set_fake_quant
 from textcompress.quantization import calibration_batches, int8_from_fake_quant
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.quantization_aware import apply_qat, calibrate_input_ranges, fake_quantized
 from textcompress.training import predict_logits
 
@@ -34,7 +33,7 @@ INT8_LOGIT_TOLERANCE = 1e-3
 @pytest.fixture(scope="module")
 def ctx(tiny_teacher, tiny_prepared):
     teacher, train = load_bundle(tiny_teacher)[0], load_split(tiny_prepared, "train")
-    return CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    return TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from textcompress.data import load_split, pad_arrays, pad_batch
 from textcompress.export import export_onnx, parity_max_abs_diff
 from textcompress.modeling import count_parameters, load_bundle, save_bundle
 from textcompress.modeling_rnn import FactorizedRNN, RecurrentClassifier, RecurrentConfig
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.distillation import word_level_student
 from textcompress.techniques.pruning import apply_drop_layers, apply_prune_magnitude, apply_prune_structured, prunable_weights
 from textcompress.techniques.recurrent import (
@@ -61,7 +60,7 @@ def rnn_ctx(tiny_prepared):
     teacher = RecurrentClassifier(RecurrentConfig(len(TINY_VOCAB), 16, 16, cell="lstm", dropout=0.0))
     train = load_split(tiny_prepared, "train")
     train_classifier(teacher, train, epochs=3, lr=1e-2, batch_size=16, seed=0)
-    return CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    return TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
 
 
 def recovery_args(name: str, **extra) -> dict:

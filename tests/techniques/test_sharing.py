@@ -15,8 +15,7 @@ from textcompress.data import load_split, pad_batch
 from textcompress.export import export_onnx, parity_max_abs_diff
 from textcompress.modeling import TextClassifier, count_parameters, load_bundle, save_bundle
 from textcompress.quantization import calibration_batches
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.decomposition import input_grams
 from textcompress.techniques.sharing import apply_share_layers, group_sources, relaxed_targets, share_layers
 from textcompress.training import predict_logits
@@ -85,7 +84,7 @@ def test_shared_bundle_and_onnx_store_each_weight_once(tiny_prepared, tmp_path):
 def test_apply_share_layers_recovers_and_records_groups(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train = load_split(tiny_prepared, "train")
-    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
     before = copy.deepcopy(teacher.state_dict())
     args = {**TECHNIQUES["share_layers"].defaults, "groups": 1, "epochs": 1, "lr": 1e-3}
     shared, details = apply_share_layers(teacher, args, ctx)
@@ -162,7 +161,7 @@ def test_relaxed_bundle_and_onnx_store_the_shared_weight_once(tiny_prepared, tmp
 def test_apply_share_layers_fits_relaxed_corrections_on_calibration_sentences(tiny_prepared, tiny_teacher):
     teacher, _ = load_bundle(tiny_teacher)
     train = load_split(tiny_prepared, "train")
-    ctx = CompressContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
+    ctx = TechniqueContext(teacher, train, load_split(tiny_prepared, "validation"), predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["share_layers"].defaults, "groups": 1, "delta_rank": 4, "fit": "activations",
             "calibration": 16, "epochs": 0}
     relaxed, details = apply_share_layers(teacher, args, ctx)

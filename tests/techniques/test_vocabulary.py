@@ -11,19 +11,18 @@ import torch
 
 from textcompress.data import load_split, load_tokenizer, pad_batch
 from textcompress.modeling import TextClassifier, load_bundle
-from textcompress.stages.compress import CompressContext
-from textcompress.techniques import TECHNIQUES
+from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.vocabulary import apply_trim_vocab, pieces_to_keep
 
 from tests.conftest import tiny_model_config
 
 
-def half_train_context(model, tiny_prepared, tmp_path) -> CompressContext:
+def half_train_context(model, tiny_prepared, tmp_path) -> TechniqueContext:
     """A compress context whose training set is the first half of the tiny one, so that some
     pieces of the tiny vocabulary go unseen."""
     train = load_split(tiny_prepared, "train")
     half = type(train)(train.texts[:20], train.input_ids[:20], train.labels[:20])
-    return CompressContext(model, half, load_split(tiny_prepared, "validation"), np.zeros((20, 2), np.float32), 0,
+    return TechniqueContext(model, half, load_split(tiny_prepared, "validation"), np.zeros((20, 2), np.float32), 0,
                            tokenizer_file=tiny_prepared / "tokenizer.json", max_length=32, workdir=tmp_path)
 
 

@@ -3,6 +3,7 @@ length, at the base model's shape with positions extended (see textcompress.atte
 
 from pathlib import Path
 
+from textcompress import catalog
 from textcompress.attention_benchmark import plot_attention_benchmark, run_attention_benchmark
 from textcompress.fileio import write_json
 from textcompress.modeling import from_pretrained_bert, resolve_base
@@ -10,9 +11,10 @@ from textcompress.stages import run_stage
 
 
 def main(argv=None):
+    """Writes the attention kinds' latency and memory against sequence length (--out) and its plot."""
     def add(parser):
-        parser.add_argument("--out", default="reports/attention_benchmark.json")
-        parser.add_argument("--plot", default="reports/attention_benchmark.png")
+        parser.add_argument("--out", default=str(catalog.ATTENTION_BENCHMARK))
+        parser.add_argument("--plot", default=str(catalog.ATTENTION_BENCHMARK_PLOT))
 
     def body(params, args):
         cfg = params["attention_benchmark"]

@@ -2,21 +2,21 @@
 
 from pathlib import Path
 
+from textcompress import catalog
 from textcompress.benchmark import benchmark_candidates
 from textcompress.data import load_split
 from textcompress.errors import TextcompressError
-from textcompress.export import PARENT_FILE
-from textcompress.report import PARENT_SUFFIX
 from textcompress.fileio import write_json
-from textcompress.inference import MODEL_FILE
+from textcompress.catalog import MODEL_FILE, PARENT_FILE, PARENT_SUFFIX
 from textcompress.stages import run_stage
 
 
 def main(argv=None):
+    """Writes every exported candidate's latency, throughput and peak memory, timed interleaved, to --out."""
     def add(parser):
-        parser.add_argument("--prepared", default="artifacts/prepared")
-        parser.add_argument("--onnx-root", default="artifacts/onnx")
-        parser.add_argument("--out", default="reports/benchmark.json")
+        parser.add_argument("--prepared", default=str(catalog.PREPARED))
+        parser.add_argument("--onnx-root", default=str(catalog.ONNX))
+        parser.add_argument("--out", default=str(catalog.BENCHMARK))
 
     def body(params, args):
         cfg = params["benchmark"]

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from textcompress import catalog
 from textcompress.data import load_labels, load_split
 from textcompress.evaluation import evaluate_predictions
 from textcompress.fileio import write_json
@@ -10,9 +11,11 @@ from textcompress.stages import run_stage
 
 
 def main(argv=None):
+    """Writes the exported candidate's accuracy, macro-F1, bootstrap interval, agreement with the
+    teacher and its predictions to --out."""
     def add(parser):
         parser.add_argument("candidate")
-        parser.add_argument("--prepared", default="artifacts/prepared")
+        parser.add_argument("--prepared", default=str(catalog.PREPARED))
         parser.add_argument("--onnx", required=True)
         parser.add_argument("--teacher-onnx", required=True)
         parser.add_argument("--out", required=True)

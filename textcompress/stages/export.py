@@ -1,53 +1,29 @@
-"""Stage `export@<candidate>`: ONNX export, the parity check, then ONNX-level steps (quantization).
+"""Stage `export@<candidate>`: ONNX export, the parity check, then the recipe's export-time
+steps (quantization; a `qat` model made into int8) in order, each on the file the last wrote.
 
-A quantization-aware model (the `qat` step) is exported twice: in fp32 (the parent, checked for
-parity like any export) and fake-quantized, made into an int8 file that becomes the model."""
+The fp32 export is the parent: a model trained fake-quantized is exported with the roundings
+off, and a candidate whose steps changed the file keeps the parent beside it, so the benchmark
+can time both and the report can check their agreement."""
 
 import shutil
-from functools import cached_property
 from pathlib import Path
 
+from textcompress import catalog
 from textcompress.data import load_split
 from textcompress.export import PARENT_FILE, compressed_size_bytes, export_onnx, label_agreement, parity_max_abs_diff
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.inference import MODEL_FILE, make_session, split_for_model, split_logits
+from textcompress.inference import MODEL_FILE, split_for_model
 from textcompress.modeling import load_bundle, set_fake_quant
-from textcompress.quantization import int8_from_fake_quant
-from textcompress.training import predict_logits
 from textcompress.stages import run_stage
-from textcompress.stages.compress import candidate_recipe
-from textcompress.techniques import parse_step
-
-
-class ExportContext:
-    """What an ONNX-level step may use: training sentences (for calibration), loaded on first use
-    and tokenized the way the candidate's tokenizer does."""
-
-    def __init__(self, prepared: Path, model_dir: Path, max_length: int, seed: int):
-        self.prepared, self.model_dir, self.max_length, self.seed = prepared, model_dir, max_length, seed
-
-    @cached_property
-    def train(self):
-        return split_for_model(load_split(self.prepared, "train"), self.prepared, self.model_dir, self.max_length)
-
-
-def export_int8_from_qat(model, tmp: Path, validation, opset: int) -> tuple[Path, dict]:
-    """The fake-quantized model as an int8 ONNX file, and how closely it follows PyTorch's fake-quant model."""
-    set_fake_quant(model, True)
-    fake_quant, int8 = tmp / "fake-quant.onnx", tmp / "qat.onnx"
-    export_onnx(model, fake_quant, opset)
-    details = int8_from_fake_quant(fake_quant, int8)
-    torch_labels = predict_logits(model, validation).argmax(-1)
-    onnx_labels = split_logits(make_session(int8), validation).argmax(-1)
-    details.update(max_abs_diff_to_fake_quant=parity_max_abs_diff(model, int8, validation),
-                   label_agreement_with_fake_quant=float((torch_labels == onnx_labels).mean()))
-    return int8, {"technique": "qat", "family": "quantization", "args": {}, "details": details}
+from textcompress.techniques import ExportContext, candidate_recipe
 
 
 def main(argv=None):
+    """Writes the candidate's ONNX folder (model, fp32 parent where they differ, tokenizer, labels,
+    export.json with parity, agreement and each export step's details) to --out."""
     def add(parser):
         parser.add_argument("candidate")
-        parser.add_argument("--prepared", default="artifacts/prepared")
+        parser.add_argument("--prepared", default=str(catalog.PREPARED))
         parser.add_argument("--model", required=True)
         parser.add_argument("--out", required=True)
 
@@ -56,8 +32,9 @@ def main(argv=None):
         model, _ = load_bundle(args.model)
         validation = split_for_model(load_split(args.prepared, "validation"), args.prepared, args.model,
                                      params["data"]["max_length"])
-        ctx = ExportContext(Path(args.prepared), Path(args.model), params["data"]["max_length"], params["seed"])
-        quantization_aware = set_fake_quant(model, False) > 0
+        ctx = ExportContext(Path(args.prepared), Path(args.model), params["data"]["max_length"], params["seed"],
+                            model, validation, cfg["opset"])
+        set_fake_quant(model, False)
         with atomic_dir(args.out) as tmp:
             fp32 = tmp / "fp32.onnx"
             export_onnx(model, fp32, cfg["opset"])
@@ -65,16 +42,10 @@ def main(argv=None):
             report = {"parity_max_abs_diff": parity, "parity_ok": parity <= cfg["parity_tolerance"],
                       "parity_tolerance": cfg["parity_tolerance"], "steps": []}
             current = fp32
-            if quantization_aware:
-                current, step = export_int8_from_qat(model, tmp, validation, cfg["opset"])
-                report["steps"].append(step)
-            for position, step in enumerate(recipe):
-                technique, step_args = parse_step(step)
-                if technique.stage != "export":
-                    continue
-                result = tmp / f"step{position}-{technique.name}.onnx"
-                details = technique.apply_fn()(current, result, step_args, ctx)
-                report["steps"].append({"technique": technique.name, "family": technique.family, "args": step_args, "details": details})
+            for step in recipe.export_steps:
+                result = tmp / f"step{step.position}-{step.name}.onnx"
+                details = step.technique.export(current, result, dict(step.args), ctx)
+                report["steps"].append(step.record(details))
                 current = result
             if current != fp32:
                 agreement = label_agreement(fp32, current, validation)

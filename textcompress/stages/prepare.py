@@ -2,6 +2,7 @@
 
 import json
 
+from textcompress import catalog
 from textcompress.data import prepare
 from textcompress.errors import ParamsError
 from textcompress.modeling import resolve_base
@@ -9,8 +10,9 @@ from textcompress.stages import run_stage
 
 
 def main(argv=None):
+    """Writes the tokenized splits, the label map and the tokenizer to --out."""
     def add(parser):
-        parser.add_argument("--out", default="artifacts/prepared")
+        parser.add_argument("--out", default=str(catalog.PREPARED))
 
     def body(params, args):
         base = resolve_base(params["base_model"])

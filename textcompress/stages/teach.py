@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from textcompress import catalog
 from textcompress.data import load_labels, load_split
 from textcompress.fileio import atomic_dir, write_json
 from textcompress.modeling import from_pretrained_bert, load_bundle, resolve_base, save_bundle
@@ -49,11 +50,13 @@ def run_key(params: dict, train) -> str:
 
 
 def main(argv=None):
+    """Writes the teacher bundle to --out (fine-tuned, trained, or a fine-tuned classifier taken as it
+    is) and its training curve to --metrics, resuming from --checkpoint when one matches."""
     def add(parser):
-        parser.add_argument("--prepared", default="artifacts/prepared")
-        parser.add_argument("--out", default="artifacts/teacher")
-        parser.add_argument("--metrics", default="artifacts/teacher_metrics.json")
-        parser.add_argument("--checkpoint", default="artifacts/checkpoints/teach.pt",
+        parser.add_argument("--prepared", default=str(catalog.PREPARED))
+        parser.add_argument("--out", default=str(catalog.TEACHER))
+        parser.add_argument("--metrics", default=str(catalog.TEACHER_METRICS))
+        parser.add_argument("--checkpoint", default=str(catalog.CHECKPOINTS / "teach.pt"),
                             help="saved every runtime.checkpoint_every steps; a killed run resumes from it")
 
     def body(params, args):

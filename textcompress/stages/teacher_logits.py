@@ -3,6 +3,7 @@ by every distillation-based candidate."""
 
 import numpy as np
 
+from textcompress import catalog
 from textcompress.data import load_split
 from textcompress.fileio import atomic_path
 from textcompress.modeling import load_bundle
@@ -11,10 +12,11 @@ from textcompress.training import predict_logits
 
 
 def main(argv=None):
+    """Writes the teacher's logits on the training set to --out, once for every distillation."""
     def add(parser):
-        parser.add_argument("--prepared", default="artifacts/prepared")
-        parser.add_argument("--teacher", default="artifacts/teacher")
-        parser.add_argument("--out", default="artifacts/teacher_logits.npy")
+        parser.add_argument("--prepared", default=str(catalog.PREPARED))
+        parser.add_argument("--teacher", default=str(catalog.TEACHER))
+        parser.add_argument("--out", default=str(catalog.TEACHER_LOGITS))
 
     def body(params, args):
         model, _ = load_bundle(args.teacher)

@@ -29,7 +29,8 @@ from torch import nn
 
 from textcompress.data import token_counts
 from textcompress.modeling import LAYER_LINEARS, LowRankLinear, TextClassifier, count_parameters
-from textcompress.techniques.distillation import recover
+from textcompress.techniques.base import RECOVERY, Technique
+from textcompress.techniques.recovery import recover
 
 
 def choose_rank(singular_values: torch.Tensor, rank: int = 0, ratio: float = 0.0, energy: float = 0.0) -> int:
@@ -137,6 +138,8 @@ def low_rank(model: TextClassifier, modules: str = "ffn", rank: int = 0, ratio: 
 
 
 def apply_low_rank(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `low_rank` step: the chosen linears replaced by truncated-SVD factor pairs (fitted to their
+    weights or their inputs), or an LSTM/GRU's W_ih/W_hh factorised; then recovery. Returns (model, details)."""
     from textcompress.modeling_rnn import RecurrentClassifier
 
     details = {"fit": args["fit"]}
@@ -182,6 +185,8 @@ def factorize_embedding(model: TextClassifier, size: int, row_weights: torch.Ten
 
 
 def apply_factorize_embedding(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `factorize_embedding` step: the word-piece table as vocabulary × size and size × hidden
+    factors from its (optionally frequency-weighted) SVD; then recovery. Returns (model, details)."""
     table = model.embeddings.word_embeddings.weight.detach().double()
     counts = torch.from_numpy(token_counts(ctx.train, table.shape[0]).astype(np.float64))
     weights = counts + 1 if args["fit"] == "frequency" else None
@@ -196,3 +201,39 @@ def apply_factorize_embedding(model: TextClassifier, args: dict, ctx) -> tuple[T
                "params_before": count_parameters(model), "params_after": count_parameters(result)}
     details["history"] = recover(result, ctx, args, desc="factorize_embedding recovery")
     return result, details
+
+
+RECURRENT_MODULES = ("input", "hidden", "recurrent")
+
+
+def _check_low_rank(given: dict, kind: str):
+    if sum(bool(given.get(k)) for k in ("rank", "ratio", "energy")) != 1:
+        return "give exactly one of rank, ratio or energy", "e.g. `{low_rank: {modules: ffn, energy: 0.9}}`"
+    modules = given.get("modules", "ffn")
+    if kind == "transformer" and modules in RECURRENT_MODULES:
+        return f"modules: {modules} applies to LSTM/GRU models", "use ffn, attention or all"
+    if kind == "recurrent" and modules not in RECURRENT_MODULES:
+        return f"modules: {modules} names transformer layers", "use input (W_ih), hidden (W_hh) or recurrent (both)"
+    return None
+
+
+TECHNIQUES = (
+    Technique(
+        "factorize_embedding", "tensor_decomposition",
+        # fit: weights (plain SVD of the table) or frequency (rows weighted by training use).
+        defaults={"size": 128, "fit": "weights", **RECOVERY},
+        choices={"fit": ("weights", "frequency")},
+        bounds={"size": (1, None)},
+        apply=apply_factorize_embedding,
+    ),
+    Technique(
+        "low_rank", "tensor_decomposition",
+        # fit: weights (plain SVD) or activations (fit each layer's outputs on `calibration` training sentences).
+        # modules: ffn, attention, all (transformers); input (W_ih), hidden (W_hh), recurrent (both) for LSTM/GRU.
+        defaults={"modules": "ffn", "rank": 0, "ratio": 0.0, "energy": 0.0, "fit": "weights", "calibration": 512,
+                  **RECOVERY},
+        choices={"modules": ("ffn", "attention", "all", *RECURRENT_MODULES), "fit": ("weights", "activations")},
+        bounds={"rank": (0, None), "ratio": (0, 1), "energy": (0, 1), "calibration": (1, None)},
+        models=("transformer", "recurrent"), check=_check_low_rank, apply=apply_low_rank,
+    ),
+)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from textcompress.data import Split, length_bucketed_batches, pad_batch
-from textcompress.modeling import TextClassifier, count_parameters
-from textcompress.techniques.distillation import recover
+from textcompress.modeling import ATTENTIONS, TextClassifier, count_parameters
+from textcompress.techniques.base import RECOVERY, Technique
+from textcompress.techniques.recovery import recover
 
 LEARNED_BY_THE_SWAP = ("features", "key_projection", "value_projection", "feature_map_q", "feature_map_k")
 
@@ -84,6 +85,8 @@ def transfer_attention(model: TextClassifier, split: Split, steps: int, lr: floa
 
 
 def apply_attention(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `attention` step: softmax attention swapped for a linear kind in every layer (hedgehog
+    first trained by attention transfer), weights kept; then recovery. Returns (model, details)."""
     swapped = swap_attention(model, args["kind"], args["features"], args["length"], ctx.seed)
     hook = None
     if args["kind"] == "performer" and args["redraw"]:
@@ -104,3 +107,18 @@ def apply_attention(model: TextClassifier, args: dict, ctx) -> tuple[TextClassif
                                                       args["batch_size"], ctx.seed)
     details["history"] = recover(swapped, ctx, args, desc=f"{args['kind']} attention recovery", step_hook=hook)
     return swapped, details
+
+
+TECHNIQUES = (
+    Technique(
+        "attention", "linear_attention",
+        # transfer_steps / transfer_lr: hedgehog's attention transfer, its feature maps alone trained
+        # to reproduce softmax attention's weights before the recovery fine-tune.
+        defaults={"kind": "linear", "features": 64, "length": 64, "redraw": 100, "transfer_steps": 300,
+                  "transfer_lr": 1.0e-2, **RECOVERY},
+        choices={"kind": tuple(k for k in ATTENTIONS if k != "softmax")},
+        bounds={"features": (1, None), "length": (1, None), "redraw": (0, None), "transfer_steps": (0, None),
+                "transfer_lr": (0, 1)},
+        apply=apply_attention,
+    ),
+)

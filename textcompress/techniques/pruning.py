@@ -22,7 +22,7 @@ On an LSTM/GRU model (textcompress/techniques/recurrent.py): `prune_structured: 
 removes hidden units, `drop_layers: {strategy: top}` keeps the first layers, and
 `prune_magnitude` zeroes the recurrent weight matrices.
 
-Every step ends with a recovery fine-tune against the teacher (`distillation.recover`).
+Every step ends with a recovery fine-tune against the teacher (`recovery.recover`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.modeling import TextClassifier, count_parameters
 from textcompress.modeling_rnn import RecurrentClassifier
-from textcompress.techniques.distillation import recover, student_from_teacher
+from textcompress.techniques.base import FRACTION_BELOW_ONE, RECOVERY, SCOPES, Technique
+from textcompress.techniques.recovery import recover
 from textcompress.training import kd_loss
 
 
@@ -156,6 +157,8 @@ def _refuse_shared(model: TextClassifier, what: str) -> None:
 
 
 def apply_prune_structured(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `prune_structured` step: the least important heads and FFN neurons (or an LSTM/GRU's
+    hidden units) cut out of the matrices; then recovery. Returns (smaller model, details)."""
     if isinstance(model, RecurrentClassifier):
         from textcompress.techniques.recurrent import apply_prune_units
         return apply_prune_units(model, args, ctx)
@@ -173,6 +176,20 @@ def apply_prune_structured(model: TextClassifier, args: dict, ctx) -> tuple[Text
 
 # ---------------------------------------------------------------------------
 # Layer dropping
+
+
+def student_from_teacher(teacher: TextClassifier, teacher_layers: list[int]) -> TextClassifier:
+    """A shallower copy of the teacher: same embeddings and head, the chosen layers in order.
+    Before training it computes exactly what those teacher layers compute."""
+    config = replace(teacher.config, num_layers=len(teacher_layers),
+                     layer_heads=[teacher.config.layer_heads[i] for i in teacher_layers],
+                     layer_ffn=[teacher.config.layer_ffn[i] for i in teacher_layers])
+    student = TextClassifier(config)
+    student.embeddings.load_state_dict(teacher.embeddings.state_dict())
+    student.classifier.load_state_dict(teacher.classifier.state_dict())
+    for target, source in zip(student.encoder.layer, teacher_layers):
+        target.load_state_dict(teacher.encoder.layer[source].state_dict())
+    return student
 
 
 def layers_to_keep(model: TextClassifier, keep: int, strategy: str, ctx=None, batches: int = 16) -> list[int]:
@@ -207,6 +224,8 @@ def _kd_loss_on_batches(model, ctx, batches: int) -> float:
 
 
 def apply_drop_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `drop_layers` step: keep `keep` layers chosen by `strategy`; then recovery.
+    Returns (shallower model, details)."""
     if isinstance(model, RecurrentClassifier):
         from textcompress.techniques.recurrent import keep_bottom_layers
         kept, student = list(range(args["keep"])), keep_bottom_layers(model, args["keep"])
@@ -285,6 +304,8 @@ def sparsity_report(model: TextClassifier) -> dict:
 
 
 def apply_prune_magnitude(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `prune_magnitude` step: the smallest weights zeroed to `sparsity`, one-shot or on a cubic
+    schedule during the recovery fine-tune. Returns (model with zeros, details)."""
     pruned = copy.deepcopy(model)
     weights = prunable_weights(pruned)
     masks: dict[str, torch.Tensor] = {}
@@ -388,6 +409,8 @@ def remove_emptied_structure(model: TextClassifier) -> tuple[TextClassifier, dic
 
 
 def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `prune_movement` step: weights (or blocks) masked by accumulated movement scores during
+    fine-tuning, then emptied heads and neurons cut out. Returns (model, details)."""
     from torch.nn.utils import parametrize
 
     if isinstance(model, RecurrentClassifier):  # params validation says so first; this guards direct calls
@@ -437,3 +460,69 @@ def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextCl
                    note="emptied heads and neurons are cut out (smaller, faster); the zero blocks left in the "
                         "kept matrices stay dense in ONNX and only shrink the compressed file")
     return pruned, details
+
+
+# ---------------------------------------------------------------------------
+# The declarations
+
+
+def _check_structured(given: dict, kind: str):
+    if kind == "transformer":
+        if given.get("units"):
+            return "units applies to LSTM/GRU models", "prune a transformer with heads and ffn"
+        return None
+    if given.get("heads") is not None or given.get("ffn") is not None:
+        return "heads and ffn apply to transformers", "prune an LSTM/GRU's hidden units with units: 0.5"
+    if not given.get("units"):
+        return "an LSTM/GRU is pruned by hidden units", "set units, the fraction to remove (e.g. 0.5)"
+    return None
+
+
+def _check_drop_layers(given: dict, kind: str):
+    if kind == "recurrent" and given.get("strategy", "top") != "top":
+        return "an LSTM/GRU keeps its first layers (the first reads the embedding)", "use strategy: top"
+    return None
+
+
+def _check_movement(given: dict, kind: str):
+    block = given.get("block")
+    if block is not None and not (len(block) == 2 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
+        return f"block={block!r} must be two whole numbers ≥ 1", "e.g. `block: [32, 32]`, or [1, 1] for single weights"
+    return None
+
+
+TECHNIQUES = (
+    Technique(
+        "prune_structured", "pruning",
+        # heads, ffn: fractions removed from a transformer; units: from every direction of an LSTM/GRU.
+        defaults={"heads": 0.5, "ffn": 0.5, "units": 0.0, "scope": "global", "round_to": 16, "importance_batches": 64,
+                  **RECOVERY},
+        choices={"scope": SCOPES},
+        bounds={"heads": FRACTION_BELOW_ONE, "ffn": FRACTION_BELOW_ONE, "units": FRACTION_BELOW_ONE,
+                "round_to": (1, None), "importance_batches": (1, None)},
+        models=("transformer", "recurrent"), check=_check_structured, apply=apply_prune_structured,
+    ),
+    Technique(
+        "drop_layers", "pruning",
+        defaults={"keep": 3, "strategy": "top", "importance_batches": 16, **RECOVERY},
+        choices={"strategy": ("top", "bottom", "alternate", "importance")},
+        bounds={"keep": (1, None), "importance_batches": (1, None)},
+        models=("transformer", "recurrent"), check=_check_drop_layers, apply=apply_drop_layers,
+    ),
+    Technique(
+        "prune_magnitude", "pruning",
+        defaults={"sparsity": 0.8, "scope": "global", "schedule": "cubic", "frequency": 50, **RECOVERY},
+        choices={"scope": SCOPES, "schedule": ("cubic", "oneshot")},
+        bounds={"sparsity": FRACTION_BELOW_ONE, "frequency": (1, None)},
+        models=("transformer", "recurrent"), apply=apply_prune_magnitude,
+    ),
+    Technique(
+        "prune_movement", "pruning",
+        # block: [rows, cols] scored and masked together ([1, 1]: single weights); emptied heads
+        # and FFN neurons are then cut out.
+        defaults={"sparsity": 0.8, "scope": "global", "frequency": 50, "block": [1, 1], **RECOVERY},
+        choices={"scope": SCOPES},
+        bounds={"sparsity": FRACTION_BELOW_ONE, "frequency": (1, None)},
+        check=_check_movement, apply=apply_prune_movement,
+    ),
+)

@@ -7,7 +7,7 @@ are rounded to int8 too. The rounding is in the forward pass and gradients pass 
 through it, so distillation from the teacher teaches the weights to live with it (Jacob et al.,
 2018). The classifier head stays fp32: it is two rows.
 
-`export` writes the fake-quantized model as a QDQ graph whose weights are int8 initializers
+Its `export` writes the fake-quantized model as a QDQ graph whose weights are int8 initializers
 (`quantization.int8_from_fake_quant`), which ONNX Runtime runs with its integer kernels; the same
 weights without the rounding are exported beside it as the fp32 parent for the guardrails.
 """
@@ -15,14 +15,18 @@ weights without the rounding are exported beside it as the fp32 parent for the g
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from textcompress.export import export_onnx, parity_max_abs_diff
+from textcompress.inference import make_session, split_logits
 from textcompress.modeling import FakeQuantLinear, TextClassifier, set_fake_quant
-from textcompress.quantization import calibration_batches
-from textcompress.techniques.distillation import recover
+from textcompress.quantization import calibration_batches, int8_from_fake_quant
+from textcompress.techniques.base import RECOVERY, Technique
+from textcompress.techniques.recovery import recover
 
 QUANTIZED_TABLES = ("embeddings.word_embeddings", "embeddings.position_embeddings")
 
@@ -85,6 +89,8 @@ def calibrate_input_ranges(model: TextClassifier, batches: list[dict]) -> dict[s
 
 
 def apply_qat(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `qat` step: the model fake-quantized to int8 with calibrated input ranges, then fine-tuned
+    by distillation; `export_qat` writes it as int8. Returns (fake-quantized model, details)."""
     quantized = fake_quantized(model)
     batches = calibration_batches(ctx.train, args["calibration"], seed=ctx.seed)
     ranges = calibrate_input_ranges(quantized, batches)
@@ -94,3 +100,36 @@ def apply_qat(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, d
     # The calibrated model's accuracy before training is history[0]["validation_accuracy_before"].
     details["history"] = recover(quantized, ctx, args, desc="quantization-aware training")
     return quantized.eval(), details
+
+
+def export_qat(onnx_in: Path, onnx_out: Path, args: dict, ctx) -> dict:
+    """The export of a `qat` model: its fake-quantized graph made into an int8 file (`onnx_in`, the
+    fp32 parent exported with the roundings off, is not read), and how closely it follows PyTorch's
+    fake-quantized model."""
+    from textcompress.training import predict_logits
+
+    model = ctx.model
+    set_fake_quant(model, True)
+    fake_quant = Path(onnx_out).with_name("fake-quant.onnx")
+    try:
+        export_onnx(model, fake_quant, ctx.opset)
+        details = int8_from_fake_quant(fake_quant, onnx_out)
+    finally:
+        fake_quant.unlink(missing_ok=True)
+    torch_labels = predict_logits(model, ctx.validation).argmax(-1)
+    onnx_labels = split_logits(make_session(onnx_out), ctx.validation).argmax(-1)
+    details.update(max_abs_diff_to_fake_quant=parity_max_abs_diff(model, onnx_out, ctx.validation),
+                   label_agreement_with_fake_quant=float((torch_labels == onnx_labels).mean()))
+    return details
+
+
+TECHNIQUES = (
+    Technique(
+        "qat", "quantization",
+        # Fine-tunes the model fake-quantized to int8 (activation ranges calibrated on `calibration`
+        # training sentences) with distillation; its `export` then writes it as int8. Last in a recipe.
+        defaults={"calibration": 256, **RECOVERY, "epochs": 0.5, "lr": 2.0e-5},
+        bounds={"calibration": (1, None)},
+        apply=apply_qat, export=export_qat, last=True,
+    ),
+)

@@ -29,7 +29,7 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.modeling import count_parameters
 from textcompress.modeling_rnn import GATES, FactorizedRNN, RecurrentClassifier
-from textcompress.techniques.distillation import recover
+from textcompress.techniques.recovery import recover
 from textcompress.training import kd_loss
 
 DIRECTIONS = ("forward", "backward")
@@ -165,6 +165,8 @@ def remove_hidden_units(model: RecurrentClassifier, keep: dict[str, list[int]]) 
 
 
 def apply_prune_units(model: RecurrentClassifier, args: dict, ctx) -> tuple[RecurrentClassifier, dict]:
+    """`prune_structured: {units: f}` on an LSTM/GRU: the least important hidden units of every
+    direction removed; then recovery. Returns (smaller model, details)."""
     scores = unit_importance(model, ctx.train, ctx.teacher_logits, batches=args["importance_batches"],
                              batch_size=args["batch_size"], seed=ctx.seed)
     keep = units_to_keep(scores, args["units"], args["round_to"])

@@ -20,7 +20,8 @@ import torch
 
 from textcompress.modeling import LAYER_LINEARS, TextClassifier, count_parameters
 from textcompress.techniques.decomposition import input_grams, low_rank_factors
-from textcompress.techniques.distillation import recover
+from textcompress.techniques.base import RECOVERY, Technique
+from textcompress.techniques.recovery import recover
 
 
 def group_sources(num_layers: int, groups: int) -> list[int]:
@@ -110,6 +111,8 @@ def _tie_view(model: TextClassifier, state: dict) -> dict:
 
 
 def apply_share_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `share_layers` step: layers in groups tied to one weight set (optionally with rank-r
+    per-layer corrections), or a BiLSTM/GRU's two directions tied; then recovery. Returns (model, details)."""
     from textcompress.modeling_rnn import RecurrentClassifier
 
     if isinstance(model, RecurrentClassifier):  # a BiLSTM/GRU: both directions run one set of weights
@@ -131,3 +134,27 @@ def apply_share_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClas
     details.update(params_before=count_parameters(model), params_after=count_parameters(shared))
     details["history"] = recover(shared, ctx, args, desc="share_layers recovery")
     return shared, details
+
+
+def _check(given: dict, kind: str):
+    if kind == "transformer" and given.get("share") == "directions":
+        return "share: directions applies to bidirectional LSTM/GRU models", "use all, attention or ffn"
+    if kind == "recurrent" and (given.get("share", "directions") != "directions" or "groups" in given or given.get("delta_rank")):
+        return "an LSTM/GRU shares weights between its two directions", "write `share_layers: {share: directions}`"
+    return None
+
+
+TECHNIQUES = (
+    Technique(
+        "share_layers", "parameter_sharing",
+        # delta_rank > 0: relaxed sharing, a per-layer rank-r correction to each shared weight, fitted
+        # to the weights or to each layer's inputs on `calibration` training sentences (fit).
+        # share: directions ties a BiLSTM/GRU's backward direction to its forward one.
+        defaults={"groups": 1, "share": "all", "init": "average", "delta_rank": 0, "fit": "weights", "calibration": 512,
+                  **RECOVERY},
+        choices={"share": ("all", "attention", "ffn", "directions"), "init": ("average", "first"),
+                 "fit": ("weights", "activations")},
+        bounds={"groups": (1, None), "delta_rank": (0, None), "calibration": (1, None)},
+        models=("transformer", "recurrent"), check=_check, apply=apply_share_layers,
+    ),
+)

@@ -20,6 +20,7 @@ from torch import nn
 
 from textcompress.data import Split, load_tokenizer, token_counts
 from textcompress.modeling import TextClassifier, count_parameters
+from textcompress.techniques.base import Technique
 
 
 def pieces_to_keep(vocab: dict[str, int], special: set[str], counts, min_count: int, floor: int) -> list[str]:
@@ -57,6 +58,8 @@ def keep_rows(model: nn.Module, old_ids: np.ndarray) -> nn.Module:
 
 
 def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
+    """The `trim_vocab` step: word-pieces unused in training dropped from the table, the tokenizer
+    rewritten to match (written to ctx.workdir). Returns (model, details)."""
     tokenizer_json = json.loads(Path(ctx.tokenizer_file).read_text())
     vocab = tokenizer_json["model"]["vocab"]
     if model.config.vocab_size != len(vocab):
@@ -88,3 +91,10 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
     details = {"vocab_before": len(vocab), "vocab_after": len(kept), "min_count": args["min_count"],
                "floor": args["floor"], "params_before": count_parameters(model), "params_after": count_parameters(result)}
     return result, details
+
+
+TECHNIQUES = (
+    Technique("trim_vocab", "pruning", defaults={"min_count": 1, "floor": 0},
+              bounds={"min_count": (1, None), "floor": (0, None)},
+              models=("transformer", "recurrent", "cnn"), apply=apply_trim_vocab),
+)
