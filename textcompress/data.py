@@ -22,7 +22,8 @@ from textcompress.errors import DataError
 from textcompress.fileio import atomic_dir
 
 SPLITS = ("train", "validation", "test")
-FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet", "hf")  # data.format; hf: a Hugging Face dataset id in data.train
+SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
 @dataclass
@@ -41,7 +42,9 @@ class Split:
 
 def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto") -> list[tuple[int, str, object]]:
     path = Path(path)
-    fmt = FORMATS.get(path.suffix.lower()) if fmt == "auto" else fmt
+    if fmt not in FORMATS:
+        raise DataError(path, f"unknown format {fmt!r}", f"set data.format to one of {', '.join(FORMATS)}")
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower()) if fmt == "auto" else fmt
     if fmt is None:
         raise DataError(path, f"unknown file type {path.suffix!r}", "use .tsv, .csv, .jsonl or .parquet, or set data.format")
     if fmt == "parquet":
