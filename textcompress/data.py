@@ -22,8 +22,6 @@ from textcompress.errors import DataError
 from textcompress.fileio import atomic_dir
 
 SPLITS = ("train", "validation", "test")
-FORMATS = ("auto", "tsv", "csv", "jsonl", "parquet", "hf")  # data.format; hf: a Hugging Face dataset id in data.train
-SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
 @dataclass
@@ -41,20 +39,26 @@ class Split:
 
 
 def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto") -> list[tuple[int, str, object]]:
+    """(line, text, raw label) rows of a data file, read by the reader of its format (`data.format`,
+    or its suffix when auto)."""
     path = Path(path)
     if fmt not in FORMATS:
         raise DataError(path, f"unknown format {fmt!r}", f"set data.format to one of {', '.join(FORMATS)}")
     fmt = SUFFIX_FORMATS.get(path.suffix.lower()) if fmt == "auto" else fmt
-    if fmt is None:
-        raise DataError(path, f"unknown file type {path.suffix!r}", "use .tsv, .csv, .jsonl or .parquet, or set data.format")
-    if fmt == "parquet":
-        return _read_parquet(path, text_column, label_column)
+    if fmt not in READERS:
+        raise DataError(path, f"unknown file type {path.suffix!r}",
+                        f"use one of {', '.join(sorted(SUFFIX_FORMATS))}, or set data.format")
     if not path.is_file():
         raise DataError(path, "file not found", "check data.train / data.validation in params.yaml (and run `dvc pull data.dvc`)")
-    text = _decode(path)
-    if fmt == "jsonl":
-        return _read_jsonl(path, text, text_column, label_column)
-    return _read_delimited(path, text, "\t" if fmt == "tsv" else ",", text_column, label_column)
+    return READERS[fmt](path, text_column, label_column)
+
+
+def _read_tsv(path: Path, text_column: str, label_column: str):
+    return _read_delimited(path, _decode(path), "\t", text_column, label_column)
+
+
+def _read_csv(path: Path, text_column: str, label_column: str):
+    return _read_delimited(path, _decode(path), ",", text_column, label_column)
 
 
 def _decode(path: Path) -> str:
@@ -100,8 +104,8 @@ def _delimited_rows(path: Path, reader, delimiter: str, text_column: str, label_
     return rows
 
 
-def _read_jsonl(path: Path, text: str, text_column: str, label_column: str):
-    rows = []
+def _read_jsonl(path: Path, text_column: str, label_column: str):
+    text, rows = _decode(path), []
     # Split on newlines only: JSON strings may hold U+2028 and friends, which splitlines() breaks on.
     for line, raw in enumerate(text.split("\n"), start=1):
         raw = raw.removesuffix("\r")
@@ -119,8 +123,6 @@ def _read_jsonl(path: Path, text: str, text_column: str, label_column: str):
 
 
 def _read_parquet(path: Path, text_column: str, label_column: str):
-    if not path.is_file():
-        raise DataError(path, "file not found", "check data.train / data.validation in params.yaml")
     try:
         frame = pd.read_parquet(path)
     except Exception as err:
@@ -131,6 +133,12 @@ def _read_parquet(path: Path, text_column: str, label_column: str):
                             "set data.text_column / data.label_column in params.yaml")
     # Row numbers are 1-based, as a spreadsheet shows them.
     return [(i + 1, t, l) for i, (t, l) in enumerate(zip(frame[text_column].tolist(), frame[label_column].tolist()))]
+
+
+# A format is its reader: (path, text column, label column) -> [(line, text, raw label)].
+READERS = {"tsv": _read_tsv, "csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
+SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+FORMATS = ("auto", *READERS, "hf")  # data.format; hf: a Hugging Face dataset id in data.train
 
 
 def read_hf_split(dataset_id: str, split: str, text_column: str, label_column: str):
