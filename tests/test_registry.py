@@ -3,26 +3,31 @@ says so, and a champion from an earlier run is measured in this run before it is
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tasks.tracking import measure_champion
 from tests.conftest import export_model_dir
+from textcompress.champion import measure_champion
 from textcompress.config import DEFAULTS
 from textcompress.data import load_split
-from textcompress.fileio import write_json
+from textcompress.fileio import read_json, write_json
 from textcompress.inference import OnnxTextClassifier
 from textcompress.modeling import load_bundle
 from textcompress.errors import TextcompressError
+from textcompress.promotion import PromotionPolicy
 from textcompress.registry import (ARCHIVED_TAG, CHALLENGER, CHAMPION, DEMOTED_TAG, archive_old_versions, decide,
-                                   log_candidates, promote, rollback)
-from textcompress.techniques.distillation import student_from_teacher
+                                   log_candidates, promote, promote_run, rollback)
+from textcompress.techniques.pruning import student_from_teacher
 
 MODEL = "test-classifier"
-POLICY = {"registered_model": MODEL, "max_accuracy_drop": 5.0, "objective": "latency_p50_ms"}
+PROMOTION_PARAMS = {"registered_model": MODEL, "max_accuracy_drop": 5.0, "objective": "latency_p50_ms"}
+POLICY = PromotionPolicy.from_params(PROMOTION_PARAMS)
 
 
 def row(name: str, accuracy: float, p50: float, eligible: bool = True) -> dict:
@@ -45,8 +50,8 @@ def project(tmp_path, tiny_teacher, tiny_prepared) -> Path:
     return root
 
 
-def log(project: Path, rows: list[dict], champion: str | None) -> tuple[dict, dict]:
-    report = {"champion": champion, "rows": rows}
+def log(project: Path, rows: list[dict], pick: str | None) -> tuple[dict, dict]:
+    report = {"pick": pick, "rows": rows}
     write_json(project / "reports" / "candidates.json", report)
     versions = log_candidates(report, project / "artifacts" / "onnx", project / "reports", MODEL, "registry-test",
                               project, data_version="v1", max_length=32)
@@ -65,7 +70,7 @@ def test_no_eligible_candidate_never_moves_the_alias(project):
     report, versions = log(project, [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)], "student")
     promote(report, versions, MODEL, POLICY)
     before = mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version
-    report["champion"] = None
+    report["pick"] = None
     decision = promote(report, versions, MODEL, POLICY)
     assert not decision["promoted"] and "no candidate is eligible" in decision["reason"]
     assert mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version == before
@@ -77,7 +82,7 @@ def test_a_slower_challenger_does_not_replace_the_champion_of_this_run(project):
     promote(report, versions, MODEL, POLICY)
     # The teacher's row made eligible and picked: slower than the champion measured in this run.
     report["rows"][0].update(eligible=True, reasons=[])
-    report["champion"] = "teacher"
+    report["pick"] = "teacher"
     decision = promote(report, versions, MODEL, POLICY)
     assert not decision["promoted"] and "does not beat" in decision["reason"]
     client = mlflow.MlflowClient()
@@ -99,7 +104,7 @@ def test_a_champion_from_an_earlier_run_is_measured_in_this_run(project, tiny_pr
     params = {**DEFAULTS, "benchmark": {**DEFAULTS["benchmark"], "max_sentences": 20, "warmup": 1},
               "data": {**DEFAULTS["data"], "max_length": 32}}
     rows = [row("teacher", 1.0, 2.0, eligible=False)]
-    write_json(project / "reports" / "candidates.json", {"champion": None, "rows": rows})
+    write_json(project / "reports" / "candidates.json", {"pick": None, "rows": rows})
     measured = measure_champion(project, params, old)
     assert measured is not None
     assert measured["accuracy"] == pytest.approx(expected_accuracy)
@@ -115,11 +120,63 @@ def test_dry_run_decides_without_touching_the_registry(project):
     assert "promotion.decision" not in client.get_model_version(MODEL, versions["student"]).tags
 
 
+def test_a_pick_chosen_on_the_selection_split_over_budget_on_validation_is_not_promoted(project):
+    # Eligible on the selection split, but 10 points below the teacher on validation (budget 5).
+    rows = [row("teacher", 1.0, 2.0, eligible=False), {**row("student", 0.9, 1.0), "selection_accuracy_drop": 0.5}]
+    report, versions = log(project, rows, "student")
+    policy = PromotionPolicy.from_params({**PROMOTION_PARAMS, "select_on": "selection"})
+    assert policy.eligibility_reasons(rows[1], {"parity_ok": True}) == []  # the pick is fair on its own split
+    decision = promote(report, versions, MODEL, policy)  # no champion yet: only the validation gate stands in the way
+    assert not decision["promoted"]
+    assert "chosen on the selection split" in decision["reason"] and "10.00 points" in decision["reason"]
+    aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
+    assert CHAMPION not in aliases and str(aliases[CHALLENGER]) == versions["student"]
+
+
+def project_params(project: Path) -> dict:
+    return {**DEFAULTS, "promotion": {**DEFAULTS["promotion"], **PROMOTION_PARAMS},
+            "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "experiment": "registry-test"}}
+
+
+def test_promote_run_is_the_service_behind_the_flow_and_the_cli(project):
+    rows = [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)]
+    _, versions = log(project, rows, "student")
+    params = project_params(project)
+    preview = promote_run(project, params, versions, dry_run=True)
+    assert preview["promoted"] and preview["reason"] == "no champion yet"
+    assert mlflow.MlflowClient().get_registered_model(MODEL).aliases == {}
+    assert not (project / "reports" / "promotion.json").exists()  # a dry run records nothing
+
+    decision = promote_run(project, params, versions)
+    assert decision["promoted"] and decision["challenger"] == "student"
+    assert read_json(project / "reports" / "promotion.json") == json.loads(json.dumps(decision))
+    assert str(mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
+    assert "already the champion" in promote_run(project, params, versions)["reason"]
+
+
+def test_the_promote_command_uses_the_library_service_without_prefect_tasks(project):
+    rows = [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)]
+    _, versions = log(project, rows, "student")
+    params = project_params(project)
+    import yaml
+
+    (project / "params.yaml").write_text(yaml.safe_dump({"promotion": PROMOTION_PARAMS, "mlflow": params["mlflow"]}))
+    write_json(project / "reports" / "run.json", {"versions": versions})
+    script = ("import sys; from textcompress.cli import main; main(['--project', sys.argv[1], 'promote', '--dry-run']); "
+              "print('task modules imported:', 'tasks.tracking' in sys.modules or 'tasks.stages' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(project)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "would make student (version" in done.stdout and "no champion yet" in done.stdout
+    assert "task modules imported: False" in done.stdout
+    assert mlflow.MlflowClient().get_registered_model(MODEL).aliases == {}
+
+
 def test_rollback_restores_the_replaced_champion_and_it_is_not_promoted_again(project):
     rows = [row("teacher", 1.0, 2.0), row("student", 1.0, 1.0)]
     report, versions = log(project, rows, "teacher")
     promote(report, versions, MODEL, POLICY)  # teacher first (no champion yet)
-    report["champion"] = "student"
+    report["pick"] = "student"
     assert promote(report, versions, MODEL, POLICY)["promoted"]  # faster: replaces it
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
@@ -147,7 +204,7 @@ def test_a_pick_that_loses_becomes_the_challenger_alias(project):
     rows = [row("teacher", 1.0, 2.0), row("student", 1.0, 1.0)]
     report, versions = log(project, rows, "student")
     promote(report, versions, MODEL, POLICY)
-    report["champion"] = "teacher"  # slower than the champion
+    report["pick"] = "teacher"  # slower than the champion
     promote(report, versions, MODEL, POLICY)
     aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
     assert str(aliases[CHAMPION]) == versions["student"] and str(aliases[CHALLENGER]) == versions["teacher"]
@@ -157,7 +214,7 @@ def test_retention_archives_old_versions_but_never_the_champion_or_its_rollback_
     rows = [row("teacher", 1.0, 2.0), row("student", 1.0, 1.0)]
     report, versions = log(project, rows, "teacher")
     promote(report, versions, MODEL, POLICY)
-    report["champion"] = "student"
+    report["pick"] = "student"
     promote(report, versions, MODEL, POLICY)  # student champion; teacher is its rollback target
     for data_version in ("v2", "v3"):  # later runs add versions nobody promotes
         log_candidates(report, project / "artifacts" / "onnx", project / "reports", MODEL, "registry-test", project,
@@ -183,11 +240,12 @@ CONCURRENT_PIPELINE = """
 import json, sys
 from pathlib import Path
 import mlflow
+from textcompress.promotion import PromotionPolicy
 from textcompress.registry import log_candidates, promote, registry_lock
 project, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 mlflow.set_tracking_uri(uri)
 report = json.loads(sys.argv[4])
-policy = {"registered_model": "test-classifier", "max_accuracy_drop": 5.0, "objective": "latency_p50_ms"}
+policy = PromotionPolicy.from_params({"registered_model": "test-classifier", "max_accuracy_drop": 5.0, "objective": "latency_p50_ms"})
 for attempt in range(5):  # each pipeline logs and promotes several times, as a scheduler would
     with registry_lock(uri):
         versions = log_candidates(report, project / "artifacts" / "onnx", project / "reports", "test-classifier",
@@ -199,15 +257,11 @@ for attempt in range(5):  # each pipeline logs and promotes several times, as a 
 
 
 def test_two_pipelines_promoting_at_once_end_with_one_champion_and_every_version(project, tmp_path):
-    import json
-    import subprocess
-    import sys
-
     uri = mlflow.get_tracking_uri()
     repo = Path(__file__).resolve().parents[1]
     children = []
     for name in ("teacher", "student"):
-        report = {"champion": name, "rows": [row(name, 1.0, 2.0 if name == "teacher" else 1.0)]}
+        report = {"pick": name, "rows": [row(name, 1.0, 2.0 if name == "teacher" else 1.0)]}
         children.append(subprocess.Popen([sys.executable, "-c", CONCURRENT_PIPELINE, str(project), uri, name, json.dumps(report)],
                                          cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [child.communicate(timeout=300) for child in children]

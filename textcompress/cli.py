@@ -78,7 +78,7 @@ def cmd_predict(args) -> None:
     import pandas as pd
 
     from textcompress.config import load_params
-    from tasks.tracking import tracking_uri
+    from textcompress.registry import tracking_uri
 
     texts = list(args.texts)
     if args.file:
@@ -118,8 +118,8 @@ def cmd_predict(args) -> None:
 def _registry_context(project: Path):
     import mlflow
 
-    from tasks.tracking import tracking_uri
     from textcompress.config import load_params
+    from textcompress.registry import tracking_uri
 
     params = load_params(project / "params.yaml")
     uri = tracking_uri(params["mlflow"]["tracking_uri"], project)
@@ -129,21 +129,16 @@ def _registry_context(project: Path):
 
 def cmd_promote(args) -> None:
     """Re-decide promotion from this run's report; --dry-run explains and changes nothing."""
-    from tasks.tracking import measure_champion, paired_test
+    from textcompress.config import load_params
     from textcompress.fileio import read_json
-    from textcompress.registry import decide, promote, registry_lock
+    from textcompress.registry import promote_run
 
     project = Path(args.project).resolve()
-    params, uri = _registry_context(project)
     run = project / "reports" / "run.json"
     if not run.is_file():
         raise TextcompressError(f"{run}: not found. Fix: run the pipeline first (`textcompress run`)")
-    report, versions = read_json(project / "reports" / "candidates.json"), read_json(run)["versions"]
-    measure = lambda version: measure_champion(project, params, version)  # noqa: E731
-    act = decide if args.dry_run else promote
-    with registry_lock(uri):
-        decision = act(report, versions, params["promotion"]["registered_model"], params["promotion"], measure,
-                       lambda champion_row: paired_test(project, report["champion"], champion_row))
+    params = load_params(project / "params.yaml")
+    decision = promote_run(project, params, read_json(run)["versions"], dry_run=args.dry_run)
     verb = "would" if args.dry_run else "did"
     outcome = f"{verb} make {decision['challenger']} (version {decision.get('challenger_version')}) champion" \
         if decision["promoted"] else f"{verb} not move the champion"

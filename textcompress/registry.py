@@ -1,5 +1,9 @@
 """MLflow: one run per candidate, one registered model with a version per candidate, and
-promotion of the `champion` alias by the policy.
+promotion of the `champion` alias by the policy (`textcompress.promotion.PromotionPolicy`).
+
+`promote_run` is the one promotion service: the Prefect flow and `textcompress promote` both call
+it. It measures a champion from another run in this run (`textcompress.champion`), decides under
+the registry lock, and records the decision.
 
 Runs are keyed by a fingerprint (the ONNX bytes, the recipe, the data and the metrics), so a
 re-run with nothing changed finds its versions instead of adding duplicates. The alias only
@@ -25,15 +29,25 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from textcompress.champion import measure_champion, paired_test
 from textcompress.errors import TextcompressError
+from textcompress.fileio import read_json, write_json
 from textcompress.inference import MODEL_FILE
-from textcompress.promotion import beats
+from textcompress.promotion import PromotionPolicy, report_pick
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEMOTED_TAG = "promotion.demoted"  # set by rollback: never promote this version again
 METRIC_FIELDS = ("accuracy", "macro_f1", "accuracy_drop", "size_mb", "params", "latency_p50_ms", "latency_p95_ms",
                  "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff", "label_agreement")
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
+
+
+def tracking_uri(uri: str, project_dir: Path) -> str:
+    """Relative SQLite paths are relative to the project, wherever the flow was started."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((Path(project_dir) / uri[len(prefix):]).resolve())
+    return uri
 
 
 @contextlib.contextmanager
@@ -151,15 +165,15 @@ def current_champion(client: MlflowClient, name: str):
         return None
 
 
-def decide(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
+def decide(report: dict, versions: dict[str, str], registered_model: str, policy: PromotionPolicy,
            compare_with_champion=None, paired_test=None) -> dict:
-    """What promotion would do, and why; changes nothing.
+    """What promotion would do with this run's pick (the challenger), and why; changes nothing.
 
     `compare_with_champion(version) -> row` measures a champion that is not among this run's
     candidates (other data or code) side by side with the challenger; without it such a
     champion is kept. `paired_test(champion_row) -> dict` compares the two on the same rows."""
     client = MlflowClient()
-    challenger = report["champion"]
+    challenger = report_pick(report)
     rows = {r["name"]: r for r in report["rows"]}
     decision = {"registered_model": registered_model, "challenger": challenger, "promoted": False}
     champion = current_champion(client, registered_model)
@@ -171,9 +185,8 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
     decision["challenger_version"] = version
     if client.get_model_version(registered_model, version).tags.get(DEMOTED_TAG):
         decision.update(demoted=True, reason=f"version {version} was rolled back before and is not promoted again")
-    elif rows[challenger]["accuracy_drop"] > policy["max_accuracy_drop"]:  # chosen on a selection split
-        decision["reason"] = (f"chosen on the selection split, but {rows[challenger]['accuracy_drop']:.2f} points below the "
-                              f"teacher on validation, over the budget of {policy['max_accuracy_drop']}: not promoted")
+    elif (gate := policy.validation_gate(rows[challenger])) is not None:  # chosen on a selection split
+        decision["reason"] = gate
     elif champion is None:
         decision.update(promoted=True, reason="no champion yet")
     elif str(champion.version) == version:
@@ -187,12 +200,12 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
         else:
             test = paired_test(champion_row) if paired_test is not None else None
             decision["paired_test"] = test
-            wins, why = beats(rows[challenger], champion_row, policy, test)
+            wins, why = policy.beats(rows[challenger], champion_row, test)
             decision.update(promoted=wins, reason=("beats the champion: " if wins else "does not beat the champion: ") + why)
     return decision
 
 
-def promote(report: dict, versions: dict[str, str], registered_model: str, policy: dict,
+def promote(report: dict, versions: dict[str, str], registered_model: str, policy: PromotionPolicy,
             compare_with_champion=None, paired_test=None) -> dict:
     """Carry out `decide`: move `champion` (remembering the one it replaces, for rollback), keep
     `challenger` on a pick that did not win, and record the decision on the version."""
@@ -213,6 +226,27 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
             "promotion.reason": decision["reason"][:5000]}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
+    return decision
+
+
+def promote_run(project_dir: Path | str, params: dict, versions: dict[str, str], dry_run: bool = False) -> dict:
+    """Promotion for the run in `project_dir` (its reports/candidates.json and `versions`, as
+    log_candidates returned them), under the registry lock: a champion from another run is
+    measured in this run, and McNemar's test compares it with the pick. Writes
+    reports/promotion.json; `dry_run` decides, explains and changes nothing."""
+    root = Path(project_dir)
+    uri = tracking_uri(params["mlflow"]["tracking_uri"], root)
+    mlflow.set_tracking_uri(uri)
+    report = read_json(root / "reports" / "candidates.json")
+    policy = PromotionPolicy.from_params(params["promotion"], teacher=report.get("teacher", "teacher"))
+    pick = report_pick(report)
+    act = decide if dry_run else promote
+    with registry_lock(uri):
+        decision = act(report, versions, params["promotion"]["registered_model"], policy,
+                       compare_with_champion=lambda version: measure_champion(root, params, version),
+                       paired_test=lambda champion_row: paired_test(root, pick, champion_row))
+    if not dry_run:
+        write_json(root / "reports" / "promotion.json", decision)
     return decision
 
 

@@ -1,6 +1,7 @@
 """The report: one row per candidate, all measured in the same run, and the Pareto plot.
 
-Writes `candidates.json` (the contract other tools read), `candidates.md` (for people),
+Writes `candidates.json` (the contract other tools read; `pick` names this run's pick, which the
+registry treats as the challenger of its `champion`), `candidates.md` (for people),
 `pareto.png` (accuracy against p50 latency, marker area by size, frontier drawn) and
 `summary.json` (a few numbers for `dvc metrics show`).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from textcompress.export import onnx_size_bytes
 from textcompress.fileio import atomic_path, read_json, write_json
-from textcompress.promotion import eligibility_reasons, pick_challenger
+from textcompress.promotion import PromotionPolicy
 from textcompress.techniques import recipe_families
 
 TEACHER, BASELINE = "teacher", "int8-dynamic"
@@ -28,6 +29,7 @@ def _read(path: Path):
 def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metrics_root: Path,
                  benchmark: dict, policy: dict, failures: dict | None = None) -> dict:
     failures = failures or {}
+    chooser = PromotionPolicy.from_params(policy, teacher=TEACHER)
     teacher_metrics = _read(metrics_root / f"{TEACHER}.json")
     teacher_accuracy = teacher_metrics["accuracy"] if teacher_metrics else None
     teacher_selection = (teacher_metrics or {}).get("selection", {}).get("accuracy")
@@ -64,10 +66,10 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
                         "torch_validation_accuracy": steps.get("torch_validation_accuracy")},
         })
         if row["status"] == "ok":
-            row["reasons"] = eligibility_reasons(row, exported, policy, TEACHER)
+            row["reasons"] = chooser.eligibility_reasons(row, exported)
         row["eligible"] = row["status"] == "ok" and not row["reasons"]
         rows.append(row)
-    return {"teacher": TEACHER, "baseline": BASELINE, "champion": pick_challenger(rows, policy),
+    return {"teacher": TEACHER, "baseline": BASELINE, "pick": chooser.pick(rows),
             "environment": benchmark.get("environment", {}), "benchmark": {k: benchmark.get(k) for k in ("sentences", "batch_size", "warmup")},
             "policy": policy, "rows": rows}
 
@@ -84,13 +86,12 @@ def ratios(report: dict, name: str, against: str) -> dict | None:
 
 def summary(report: dict) -> dict:
     rows = {r["name"]: r for r in report["rows"]}
-    out = {"teacher_accuracy": rows[TEACHER]["accuracy"], "champion": report["champion"]}
-    if report["champion"]:
-        champion = rows[report["champion"]]
-        out.update(champion_accuracy=champion["accuracy"], champion_latency_p50_ms=champion["latency_p50_ms"],
-                   champion_size_mb=champion["size_mb"])
+    out = {"teacher_accuracy": rows[TEACHER]["accuracy"], "pick": report["pick"]}
+    if report["pick"]:
+        pick = rows[report["pick"]]
+        out.update(pick_accuracy=pick["accuracy"], pick_latency_p50_ms=pick["latency_p50_ms"], pick_size_mb=pick["size_mb"])
         for against in (TEACHER, BASELINE):
-            r = ratios(report, report["champion"], against)
+            r = ratios(report, report["pick"], against)
             if r:
                 out.update({f"vs_{against}_{k}": v for k, v in r.items()})
     return out
@@ -106,7 +107,7 @@ def to_markdown(report: dict) -> str:
     env = report.get("environment", {})
     lines = [
         "# Candidates", "",
-        f"Champion pick of this run: **{report['champion'] or 'none qualifies'}** "
+        f"Pick of this run (the registry's challenger): **{report['pick'] or 'none qualifies'}** "
         f"(policy: lowest `{report['policy']['objective']}` within {report['policy']['max_accuracy_drop']} points of the teacher).",
         "",
         f"All timings from one run, interleaved in one process: ONNX Runtime {env.get('onnxruntime', '?')}, "
@@ -217,7 +218,7 @@ def plot_pareto(report: dict, out_path: Path) -> None:
         x = [r["latency_p50_ms"] for r in rows]
         y = [100 * r["accuracy"] for r in rows]
         sizes = [max(20.0, 6 * r["size_mb"]) for r in rows]
-        colors = ["tab:green" if r["name"] == report["champion"] else "tab:gray" if r["name"] == TEACHER else "tab:blue" for r in rows]
+        colors = ["tab:green" if r["name"] == report["pick"] else "tab:gray" if r["name"] == TEACHER else "tab:blue" for r in rows]
         ax.scatter(x, y, s=sizes, c=colors, alpha=0.6, edgecolors="black")
         for r, xi, yi in zip(rows, x, y):
             ax.annotate(f"{r['name']} ({r['size_mb']:.1f} MB)", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
@@ -247,7 +248,7 @@ def model_card(report: dict, context: dict) -> str:
     """A short card for this run's pick: what it is, what it was measured on, where it stops.
     `context`: data_version, base_model, max_length, labels (from the stage)."""
     rows = {r["name"]: r for r in report["rows"]}
-    name = report["champion"]
+    name = report["pick"]
     if name is None:
         return "# Model card\n\nNo candidate met the promotion policy in this run, so there is no model to describe.\n"
     r, teacher = rows[name], rows[TEACHER]

@@ -62,7 +62,7 @@ def test_candidates_json_has_the_contract(runs, project):
     assert rows["teacher"]["parity_max_abs_diff"] <= 1e-4
     assert rows["int8-dynamic"]["size_mb"] < rows["teacher"]["size_mb"]
     assert rows["distill-l2"]["params"] < rows["teacher"]["params"]
-    assert report["champion"] in {"int8-dynamic", "distill-l2"}
+    assert report["pick"] in {"int8-dynamic", "distill-l2"}
     for name in ("candidates.md", "pareto.png", "promotion.json"):
         assert (project / "reports" / name).is_file()
 
@@ -76,7 +76,7 @@ def test_registry_champion_labels_raw_text(runs, project):
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias("sst2-classifier", "champion")
     report = json.loads((project / "reports" / "candidates.json").read_text())
-    assert champion.tags["candidate"] == report["champion"]
+    assert champion.tags["candidate"] == report["pick"]
     assert champion.tags["promotion.decision"] == "promoted"
     model = mlflow.pyfunc.load_model("models:/sst2-classifier@champion")
     out = model.predict(pd.DataFrame({"text": ["the movie was really great .", "the plot was awful ."]}))
@@ -138,7 +138,7 @@ def test_promotion_and_completion_were_notified(runs, project):
     assert kinds.count("promotion") == 1  # only the first run moved the champion
     promotion = next(e for e in events if e["event"] == "promotion")
     report = json.loads((project / "reports" / "candidates.json").read_text())
-    assert report["champion"] in promotion["subject"]
+    assert report["pick"] in promotion["subject"]
 
 
 @pytest.mark.e2e

@@ -64,5 +64,5 @@ def test_a_bilstm_teacher_and_its_candidates_run_export_and_register_on_their_ow
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias("tiny-lstm-classifier", "champion")
-    assert champion.tags["candidate"] == report["champion"]
+    assert champion.tags["candidate"] == report["pick"]
     assert client.search_registered_models("name='sst2-classifier'") == []

@@ -1,0 +1,78 @@
+"""The current champion measured in this run, so that promotion compares like with like.
+
+A champion registered by an earlier run (other data or code) is downloaded from its MLflow
+model version, evaluated on this run's validation texts through its own tokenizer and label
+map, and timed interleaved with this run's teacher; McNemar's test then compares it with this
+run's pick on the same validation rows. Pure functions over the project's paths and the model
+version.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from textcompress.fileio import read_json
+
+
+def _predictions(root: Path, name: str) -> list | None:
+    path = root / "artifacts" / "metrics" / f"{name}.json"
+    return read_json(path).get("predictions") if path.is_file() else None
+
+
+def paired_test(root: Path, challenger: str, champion_row: dict) -> dict | None:
+    """McNemar's test of the challenger against the champion on this run's validation rows. The
+    champion's predictions come from its evaluation in this run, or from measure_champion."""
+    from textcompress.data import load_split
+    from textcompress.evaluation import mcnemar_test
+
+    labels = load_split(root / "artifacts" / "prepared", "validation").labels
+    ours = _predictions(root, challenger)
+    theirs = champion_row.get("predictions") or _predictions(root, champion_row["name"])
+    if ours is None or theirs is None or len(ours) != len(theirs) or len(ours) != len(labels):
+        return None
+    return mcnemar_test(np.asarray(ours) == labels, np.asarray(theirs) == labels)
+
+
+def measure_champion(root: Path, params: dict, version) -> dict | None:
+    """Evaluate a champion that is not among this run's candidates on this run's validation texts
+    (through its own tokenizer and label map), and time it interleaved with this run's teacher,
+    so that its row is comparable with this run's rows. None (keep the champion) if it cannot be."""
+    import mlflow
+
+    from textcompress.benchmark import benchmark_candidates
+    from textcompress.data import load_labels, load_split
+    from textcompress.evaluation import evaluate_predictions
+    from textcompress.inference import OnnxTextClassifier
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=tmp))
+            model_dir = local / "artifacts" / "model_dir"
+            settings = read_json(model_dir / "serving.json")
+            size_mb = sum(p.stat().st_size for p in model_dir.glob("*.onnx")) / 1e6
+            validation = load_split(root / "artifacts" / "prepared", "validation")
+            labels = load_labels(root / "artifacts" / "prepared")
+            predicted, _ = OnnxTextClassifier(model_dir, max_length=settings["max_length"]).predict(validation.texts)
+            index = {label: i for i, label in enumerate(labels)}
+            predicted_ids = [index.get(p, -1) for p in predicted]  # a label this data lacks counts as wrong
+            metrics = evaluate_predictions(np.asarray(predicted_ids), validation.labels, len(labels), bootstrap=200)
+            cfg = params["benchmark"]
+            timing = benchmark_candidates({"champion": model_dir, "teacher": root / "artifacts" / "onnx" / "teacher"},
+                                          validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
+                                          cfg["batch_size"], params["data"]["max_length"], measure_memory=False)["candidates"]
+    except Exception as err:  # an unreachable store, an incompatible old model: keep it, say why
+        print(f"could not measure the current champion in this run ({err.__class__.__name__}: {err}); keeping it")
+        return None
+    report = read_json(root / "reports" / "candidates.json")
+    teacher = next(r for r in report["rows"] if r["name"] == "teacher")
+    # Timed beside the teacher, then put on this run's scale through the teacher's numbers.
+    latency = teacher["latency_p50_ms"] / timing["teacher"]["latency_p50_ms"]
+    throughput = teacher["throughput_per_s"] / timing["teacher"]["throughput_per_s"]
+    return {"name": "champion", "accuracy": metrics["accuracy"], "accuracy_drop": 100 * (teacher["accuracy"] - metrics["accuracy"]),
+            "latency_p50_ms": timing["champion"]["latency_p50_ms"] * latency,
+            "latency_p95_ms": timing["champion"]["latency_p95_ms"] * latency,
+            "throughput_per_s": timing["champion"]["throughput_per_s"] * throughput,
+            "size_mb": size_mb, "predictions": predicted_ids}
