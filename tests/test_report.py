@@ -7,6 +7,7 @@ import json
 import pytest
 
 from textcompress.report import build_report, pareto_front, write_report
+from textcompress.techniques import recipe_families
 
 CONTRACT_FIELDS = {"name", "recipe", "families", "accuracy", "macro_f1", "accuracy_drop", "accuracy_ci", "size_mb", "params",
                    "latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff",
@@ -43,6 +44,7 @@ def artifacts(tmp_path):
             continue  # nothing after compress ran
         write_json(compressed / name / "steps.json",
                    {"params": 1000 * (i + 1), "steps": [{"technique": "x"}] if CANDIDATES[name] else [],
+                    "families": recipe_families(CANDIDATES[name]),  # compress writes them; report reads them
                     "torch_validation_accuracy": ACCURACY.get(name, 0.5)})
         graph, data = ONNX_BYTES[name]
         (onnx / name).mkdir(parents=True)

@@ -12,13 +12,12 @@ import math
 
 from pathlib import Path
 
+from textcompress.catalog import PARENT_SUFFIX  # noqa: F401 - benchmark entries timing a fp32 parent
 from textcompress.export import onnx_size_bytes
 from textcompress.fileio import atomic_path, read_json, write_json
 from textcompress.promotion import PromotionPolicy
-from textcompress.techniques import recipe_families
 
 TEACHER, BASELINE = "teacher", "int8-dynamic"
-PARENT_SUFFIX = "@fp32-parent"  # benchmark entries timing a quantized candidate's fp32 parent
 BENCH_FIELDS = ("latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "tokenize_p50_ms")
 
 
@@ -40,7 +39,7 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
         metrics = _read(metrics_root / f"{name}.json")
         timing = benchmark["candidates"].get(name)
         parent_timing = benchmark["candidates"].get(name + PARENT_SUFFIX) or {}
-        row = {"name": name, "recipe": recipe, "families": recipe_families(recipe), "status": "ok", "reasons": []}
+        row = {"name": name, "recipe": recipe, "families": steps.get("families", []), "status": "ok", "reasons": []}
         missing = [what for what, value in (("evaluation", metrics), ("benchmark", timing), ("teacher evaluation", teacher_accuracy)) if value is None]
         if name in failures or missing:
             row.update(status="failed", reasons=[failures.get(name) or f"no {', '.join(missing)} result"])

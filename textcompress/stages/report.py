@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+from textcompress import catalog
 from textcompress.data import load_labels
 from textcompress.fileio import data_version, read_json
 from textcompress.report import build_report, write_report
 from textcompress.stages import run_stage
 
-FAILURES_FILE = "failures.json"  # written by the flow when a candidate's stage failed
+FAILURES_FILE = catalog.FAILURES.name  # written by the flow: candidate -> why its stage failed
 
 
 def card_context(params: dict, prepared: Path) -> dict:
@@ -16,21 +17,22 @@ def card_context(params: dict, prepared: Path) -> dict:
 
 
 def main(argv=None):
+    """Writes candidates.json/.md, model_card.md, summary.json and pareto.png to --out."""
     def add(parser):
-        parser.add_argument("--artifacts", default="artifacts")
-        parser.add_argument("--benchmark", default="reports/benchmark.json")
-        parser.add_argument("--attention-benchmark", default="reports/attention_benchmark.json")
-        parser.add_argument("--out", default="reports")
+        parser.add_argument("--artifacts", default=str(catalog.ARTIFACTS))
+        parser.add_argument("--benchmark", default=str(catalog.BENCHMARK))
+        parser.add_argument("--attention-benchmark", default=str(catalog.ATTENTION_BENCHMARK))
+        parser.add_argument("--out", default=str(catalog.REPORTS))
 
     def body(params, args):
         root, out = Path(args.artifacts), Path(args.out)
         failures = read_json(out / FAILURES_FILE) if (out / FAILURES_FILE).is_file() else {}
-        report = build_report(params["candidates"], root / "compressed", root / "onnx", root / "metrics",
-                              read_json(args.benchmark), params["promotion"], failures)
+        report = build_report(params["candidates"], root / catalog.COMPRESSED.name, root / catalog.ONNX.name,
+                              root / catalog.METRICS.name, read_json(args.benchmark), params["promotion"], failures)
         if Path(args.attention_benchmark).is_file():
             report["attention_benchmark"] = read_json(args.attention_benchmark)
-        write_report(report, out, card_context(params, root / "prepared"))
-        print((out / "candidates.md").read_text())
+        write_report(report, out, card_context(params, root / catalog.PREPARED.name))
+        print((out / catalog.CANDIDATES_MD.name).read_text())
 
     run_stage(__doc__, add, body, argv)
 
