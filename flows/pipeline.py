@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from tasks.notify import notify
 from tasks.stages import StageFailed, pipeline_is_up_to_date, remove_outputs, run_dvc_stage, stage_order
@@ -37,19 +37,23 @@ def _notify_failure(flow, flow_run, state) -> None:
 
 @flow(name="textcompress-pipeline", log_prints=True, on_failure=[_notify_failure])
 def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = False) -> dict:
-    """`skip_unchanged` (scheduled runs): after pulling the data, stop if DVC says nothing changed."""
+    """`skip_unchanged` (scheduled runs): after pulling the data, stop if DVC says nothing changed.
+    A shared stage that fails fails the run with its StageFailed (the CLI prints its message); a
+    candidate that fails is reported (failures.json, run.json's `errors`) while the others go on."""
+    logger = get_run_logger()
     root = Path(project_dir).resolve()
     os.chdir(root)  # DVC and relative MLflow paths are project-relative
     params = load_params(root / "params.yaml")
     timings: dict[str, float] = {}
     if pull:
-        print(pull_data(str(root)))
+        logger.info(pull_data(str(root)))
     if skip_unchanged and (root / "reports" / "run.json").is_file() and pipeline_is_up_to_date(root):
-        print("neither data nor params nor code changed since the last run: nothing to do")
+        logger.info("neither data nor params nor code changed since the last run: nothing to do")
         return {"skipped": True, "reason": "nothing changed"}
 
     stages = stage_order(root)
-    failures: dict[str, str] = {}
+    failures: dict[str, str] = {}  # candidate -> why, the string the report shows
+    errors: dict[str, dict] = {}  # candidate -> the failed stage's error record (kind, file, line, fix, ...)
     statuses: dict[str, str] = {}
     failures_file = root / "reports" / FAILURES_FILE
     failures_file.unlink(missing_ok=True)
@@ -66,16 +70,18 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
             if stage.candidate in (None, "teacher"):
                 raise  # shared stages and the teacher's row (every ratio's reference) have no fallback
             failures[stage.candidate] = str(err)
+            record = err.record.summary() if err.record else {"message": str(err)}
+            errors[stage.candidate] = {"stage": stage.name, **record}
             statuses[stage.name] = "failed"
             stale = stage.outs + [o for s in stages if s.name in stage.downstream and s.candidate == stage.candidate for o in s.outs]
             remove_outputs(root, stale)
-            print(f"candidate {stage.candidate} failed; the others go on: {err}")
+            logger.warning("candidate %s failed; the others go on: %s", stage.candidate, err)
         timings[stage.name] = round(time.time() - started, 1)
 
     versions = log_to_mlflow(str(root), params)
     decision = promote_champion(str(root), params, versions)
     pushed = push_artifacts(str(root), params["pipeline"]["push_remote"])
-    summary = {"stages": statuses, "seconds": timings, "failed": failures, "versions": versions,
+    summary = {"stages": statuses, "seconds": timings, "failed": failures, "errors": errors, "versions": versions,
                "promotion": decision, "push": pushed}
     write_json(root / "reports" / "run.json", summary)
     if decision["promoted"]:
@@ -83,10 +89,11 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
                decision["reason"], root)
     notify(params["notify"], "completion", "textcompress run finished",
            f"failed candidates: {sorted(failures) or 'none'}; promotion: {decision['reason']}", root)
-    print((root / "reports" / "candidates.md").read_text())
-    print(f"promotion: {decision['reason']}" + (f" -> {decision['challenger']} is champion" if decision["promoted"] else ""))
-    print(f"report: {root / 'reports'}  ONNX files: {root / 'artifacts' / 'onnx'}  MLflow: {params['mlflow']['tracking_uri']}"
-          f" (mlflow ui --backend-store-uri {params['mlflow']['tracking_uri']})")
+    logger.info("\n%s", (root / "reports" / "candidates.md").read_text())
+    logger.info("promotion: %s%s", decision["reason"],
+                f" -> {decision['challenger']} is champion" if decision["promoted"] else "")
+    logger.info("report: %s  ONNX files: %s  MLflow: %s (mlflow ui --backend-store-uri %s)", root / "reports",
+                root / "artifacts" / "onnx", params["mlflow"]["tracking_uri"], params["mlflow"]["tracking_uri"])
     return summary
 
 

@@ -78,7 +78,8 @@ def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = Fal
             run_dvc_stage.fn(stage, str(workspace), upstream=True, threads=threads)
         status = {"candidate": candidate, "status": "ok"}
     except StageFailed as err:
-        status = {"candidate": candidate, "status": "failed", "error": str(err)}
+        status = {"candidate": candidate, "status": "failed", "error": str(err),
+                  "record": err.record.summary() if err.record else None}
     finally:
         if not keep_workspace:
             shutil.rmtree(workspace, ignore_errors=True)

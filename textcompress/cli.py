@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from textcompress.errors import TextcompressError
+from textcompress.errors import DEBUG_ENV, TextcompressError
 
 
 def activate_params(chosen: str | Path, project: Path) -> Path:
@@ -182,9 +184,41 @@ def cmd_gc(args) -> None:
         raise TextcompressError(f"dvc gc failed (exit {done.returncode}). Fix: see DVC's message above")
 
 
+def _user_error(err: BaseException) -> TextcompressError | None:
+    """The TextcompressError behind `err`, also when a flow or task runner wrapped it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, TextcompressError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """On the console, Prefect's log of a failed run keeps its line but not the traceback of a
+    user error: main prints that error's message once, the traceback only with --debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _user_error(record.exc_info[1]) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _hide_prefect_user_error_tracebacks() -> None:
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's console handler exists from here on (later setups only update levels)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoUserErrorTracebacks) for f in handler.filters):
+            handler.addFilter(_NoUserErrorTracebacks())
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="textcompress", description=__doc__)
     parser.add_argument("--project", default=".", help="the project directory (default: here)")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (also from the stages), "
+                                                            "not only its message")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline (Prefect flow over the DVC stages)")
     run.add_argument("--params", default="params.yaml", help="params file, e.g. params/quick.yaml")
@@ -221,10 +255,19 @@ def main(argv=None) -> None:
     # The temporary Prefect server's usage telemetry: nothing a pipeline needs, and an error in the
     # log wherever the network is closed.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # the stages print the tracebacks of their errors too
+    elif args.command in ("run", "sweep", "schedule"):
+        _hide_prefect_user_error_tracebacks()
     try:
         args.func(args)
-    except TextcompressError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise  # a bug: its traceback says where
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,8 +1,53 @@
-"""Errors a user can cause. Each says what was wrong, where, and what to do."""
+"""Errors a user can cause. Each says what was wrong, where, and what to do.
+
+Every error a user can cause is a TextcompressError: the CLI prints its message alone (the
+traceback only with `--debug`), and a DVC stage that fails writes a StageError record that the
+flow reads to say why, instead of reading the stage's output. The classes that replace a
+ValueError are ValueErrors too, so callers that catch ValueError keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+ERROR_FILE_ENV = "TEXTCOMPRESS_ERROR_FILE"  # where a failing stage writes its StageError record (set by the flow)
+DEBUG_ENV = "TEXTCOMPRESS_DEBUG"  # set by `textcompress --debug`: stages print tracebacks of user errors too
+
+
+def _message(where: str | None, problem: str, fix: str | None) -> str:
+    text = f"{where}: {problem}" if where else problem
+    return f"{text}. Fix: {fix}" if fix else text
+
+
+def _rebuild(cls, args, state):
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class TextcompressError(Exception):
-    """Base class: the CLI prints these without a traceback."""
+    """Base class: the CLI prints these without a traceback. The structured fields (None where
+    an error has none) are what a stage's error record reads."""
+
+    path: str | None = None  # the file that is wrong (a data file, params.yaml)
+    line: int | None = None  # its line, where one is known
+    key: str | None = None  # the params key that is wrong
+    problem: str | None = None  # what is wrong, without where and fix
+    fix: str | None = None  # what the user can do about it
+
+    def __init__(self, message: str = "", *, fix: str | None = None):
+        super().__init__(message)
+        if fix is None and ". Fix: " in message:  # the convention "what was wrong. Fix: what to do"
+            fix = message.rsplit(". Fix: ", 1)[1]
+        self.fix = fix
+
+    def __reduce__(self):  # survives pickling (a task runner's process boundary) with its fields
+        return _rebuild, (self.__class__, self.args, self.__dict__)
 
 
 class DataError(TextcompressError):
@@ -10,13 +55,97 @@ class DataError(TextcompressError):
 
     def __init__(self, path, problem: str, fix: str, line: int | None = None):
         where = f"{path}:{line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {problem}. Fix: {fix}")
-        self.path, self.line = str(path), line
+        super().__init__(_message(where, problem, fix), fix=fix)
+        self.path, self.line, self.problem = str(path), line, problem
 
 
 class ParamsError(TextcompressError):
     """params.yaml is invalid. The message names the file and the key."""
 
     def __init__(self, path, key: str, problem: str, fix: str):
-        super().__init__(f"{path}: `{key}`: {problem}. Fix: {fix}")
-        self.path, self.key = str(path), key
+        super().__init__(_message(f"{path}: `{key}`", problem, fix), fix=fix)
+        self.path, self.key, self.problem = str(path), key, problem
+
+
+class ModelError(TextcompressError, ValueError):
+    """A model cannot be built or changed as asked (its configuration, or what a step needs of it)."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, where: str | None = None):
+        super().__init__(_message(where, problem, fix), fix=fix)
+        self.problem = problem
+
+
+class RecipeError(TextcompressError, ValueError):
+    """A candidate's recipe step cannot work: its arguments, or its place in the recipe. `step`
+    is the technique (`distill`, `share_layers`, ...), which starts the message."""
+
+    def __init__(self, step: str | None, problem: str, fix: str | None = None):
+        super().__init__(_message(step, problem, fix), fix=fix)
+        self.step, self.problem = step, problem
+
+
+class PolicyError(TextcompressError, ValueError):
+    """A promotion or evaluation setting cannot be applied to the results at hand."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, key: str | None = None):
+        super().__init__(_message(f"`{key}`" if key else None, problem, fix), fix=fix)
+        self.key, self.problem = key, problem
+
+
+@dataclass
+class StageError:
+    """Why a DVC stage failed, as data: what a stage script writes to $TEXTCOMPRESS_ERROR_FILE
+    when it fails, and what the flow reads instead of the stage's output.
+
+    kind: the exception's class name for a user error (DataError, ParamsError, ...); "internal"
+    for any other exception (a bug: the traceback says where); the flow uses "killed" (a signal
+    ended the process) and "dvc" (DVC failed before or around the command) when there is no record."""
+
+    stage: str  # the stage script (prepare, teach, compress, ...) or DVC's stage address
+    kind: str
+    message: str
+    argv: list[str] | None = None
+    file: str | None = None
+    line: int | None = None
+    key: str | None = None
+    fix: str | None = None
+    exit_code: int | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(cls, err: BaseException, stage: str, argv: list[str] | None = None) -> StageError:
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        if isinstance(err, TextcompressError):
+            return cls(stage, type(err).__name__, str(err), argv, err.path, err.line, err.key, err.fix, 2, text)
+        first_line = (str(err).strip().splitlines() or [""])[0]  # the traceback keeps the rest
+        return cls(stage, "internal", f"{type(err).__name__}: {first_line}".rstrip(": "), argv,
+                   fix="this is a bug in textcompress, not in your data or params: report it with the traceback above",
+                   exit_code=1, traceback=text)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> StageError:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def summary(self) -> dict:
+        """The record without its traceback: what a run's report keeps."""
+        return {k: v for k, v in asdict(self).items() if k != "traceback" and v is not None}
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically (a temporary file, then rename): a reader never sees half a record."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> StageError | None:
+        """The record at `path`, or None when there is none (or it cannot be read)."""
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (OSError, ValueError, TypeError):
+            return None

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from textcompress.errors import PolicyError
+
 
 def macro_f1(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     scores = []
@@ -44,7 +46,8 @@ def mcnemar_test(correct_a, correct_b) -> dict:
     under the null hypothesis each such row favours either model with probability 1/2."""
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if a.shape != b.shape:
-        raise ValueError(f"paired test needs the same rows: {a.shape} vs {b.shape}")
+        raise PolicyError(f"paired test needs the same rows: {a.shape} vs {b.shape}",
+                          "compare predictions on the same validation rows")
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n, k = only_a + only_b, min(only_a, only_b)
     # Two-sided: twice the smaller tail of Binomial(n, 1/2), capped at 1.

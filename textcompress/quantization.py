@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from textcompress.data import Split, length_bucketed_batches, pad_arrays
+from textcompress.errors import RecipeError
 
 INT8_OPS = ["MatMul", "Gather"]
 # Dynamic mode also quantizes LSTM weights (ONNX Runtime's DynamicQuantizeLSTM). It has no
@@ -141,7 +142,8 @@ def apply_quantize(onnx_in: Path, onnx_out: Path, args: dict, ctx=None) -> dict:
     else:
         needs_data = args["mode"] == "static" or args.get("sensitivity")
         if needs_data and (ctx is None or ctx.train is None):
-            raise ValueError(f"quantize: mode {args['mode']} with sensitivity needs calibration sentences")
+            raise RecipeError("quantize", f"mode {args['mode']} with sensitivity needs calibration sentences",
+                              "pass a context with the training split (the export stage does)")
         histogram = args["mode"] == "static" and args["method"] != "minmax"
         batches = calibration_batches(ctx.train, args["calibration"], seed=ctx.seed,
                                       same_shape=histogram) if needs_data else []

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from textcompress.data import Split, length_bucketed_batches, pad_batch
+from textcompress.errors import RecipeError
 
 
 def seed_everything(seed: int) -> None:
@@ -144,7 +145,8 @@ def train_classifier(
     forward = model
     if world > 1:
         if loss_module is not None:
-            raise ValueError("distributed training runs the plain and logit-distillation losses only; run one process")
+            raise RecipeError(None, "distributed training runs the plain and logit-distillation losses only",
+                              "set runtime.processes: 1 for a step with intermediate-layer losses")
         if checkpoint is not None:
             checkpoint = checkpoint.for_rank(rank)
         # Rank 0's initial weights are broadcast; every rank then draws its own dropout masks.

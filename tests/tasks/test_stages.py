@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import textwrap
 
-from tasks.stages import project_env, run_dvc_stage
+import pytest
+
+from tasks.stages import (
+    StageFailed, TransientStageFailure, explain_failure, project_env, run_dvc_stage, stage_failure,
+)
+from textcompress.errors import StageError
 
 
 def test_threads_reach_the_stage_through_its_environment_and_not_its_params(tmp_path):
@@ -22,3 +28,93 @@ def test_threads_reach_the_stage_through_its_environment_and_not_its_params(tmp_
     assert (tmp_path / "threads.txt").read_text() == "3 3"
     # Threads are not a param: the same stage with another thread count is still up to date.
     assert run_dvc_stage.fn("probe", str(tmp_path), threads=1) == "cached"
+
+
+PROGRESS_TAIL = "teach epoch 2:   5%|▍ | 8/171 [00:23<07:55, 2.91s/it]"
+
+
+def test_a_stage_s_own_record_is_the_reason():
+    record = StageError("prepare", "DataError", "a.tsv:3: is empty. Fix: add rows", file="a.tsv", line=3, fix="add rows")
+    failure = stage_failure("prepare", explain_failure("prepare", 255, record, PROGRESS_TAIL), PROGRESS_TAIL)
+    assert type(failure) is StageFailed and failure.record is record
+    assert str(failure) == "stage prepare failed: a.tsv:3: is empty. Fix: add rows"
+    assert (failure.path, failure.line, failure.fix) == ("a.tsv", 3, "add rows")
+
+
+@pytest.mark.parametrize("returncode, dvc_says", [
+    (255, "ERROR: failed to reproduce 'teach': failed to run: python -m textcompress.stages.teach, exited with -9"),
+    (255, "ERROR: failed to reproduce 'teach': failed to run: python -m textcompress.stages.teach, exited with 137"),
+    (-9, ""),  # DVC itself was killed
+])
+def test_a_killed_process_is_named_by_its_signal_never_by_its_last_output(returncode, dvc_says):
+    output = f"Running stage 'teach':\n{PROGRESS_TAIL}\r{PROGRESS_TAIL}\n{dvc_says}\n"
+    record = explain_failure("teach", returncode, None, output)
+    assert record.kind == "killed" and record.message == "killed by signal 9 (SIGKILL: out of memory?)"
+    assert "free memory" in record.fix and "epoch" not in record.message
+    resumable = explain_failure("teach", returncode, None, output, resumable=True)
+    assert resumable.message.endswith("; rerun resumes from the last checkpoint in artifacts/checkpoints/")
+
+
+def test_without_a_record_or_a_signal_dvc_s_own_error_line_is_the_reason():
+    output = f"{PROGRESS_TAIL}\nERROR: failed to reproduce 'x': output 'y' does not exist\n"
+    assert explain_failure("x", 255, None, output).message == "failed to reproduce 'x': output 'y' does not exist"
+    assert explain_failure("x", 255, None, PROGRESS_TAIL).message == "dvc repro exited with 255 (see DVC's output above)"
+
+
+def test_only_a_lock_held_elsewhere_is_transient():
+    said = "ERROR: Unable to acquire lock. Most likely another DVC process is running"
+    assert type(stage_failure("x", explain_failure("x", 255, None, said), said)) is TransientStageFailure
+    user = StageError("x", "DataError", "a.tsv: is locked by nobody")  # a user error is never retried
+    assert type(stage_failure("x", user, said)) is StageFailed
+    locked = StageError("x", "internal", "OperationalError: database is locked", fix="report it")
+    assert type(stage_failure("x", locked, "")) is TransientStageFailure
+
+
+def test_a_failure_says_its_fix_and_keeps_its_record_across_processes():
+    record = StageError("teach", "internal", "RuntimeError: boom", fix="report it with the traceback above", exit_code=1,
+                        traceback="Traceback ...")
+    failure = stage_failure("teach", record, "")
+    assert str(failure) == "stage teach failed: RuntimeError: boom. Fix: report it with the traceback above"
+    copy = pickle.loads(pickle.dumps(failure))  # as a task runner returns it from another process
+    assert type(copy) is StageFailed and copy.record == record and str(copy) == str(failure)
+
+
+def _dvc_project(tmp_path, stages: str):
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=project_env())
+    (tmp_path / "dvc.yaml").write_text(textwrap.dedent(stages))
+
+
+def test_a_stage_killed_by_sigkill_is_reported_as_killed_with_its_checkpoint(tmp_path):
+    (tmp_path / "probe.py").write_text(f"import os, signal, sys\nsys.stdout.write({PROGRESS_TAIL!r} + '\\r')\n"
+                                       "sys.stdout.flush()\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    _dvc_project(tmp_path, """\
+        stages:
+          teach:
+            cmd: python probe.py
+            outs:
+              - teacher.txt
+        """)
+    (tmp_path / "artifacts" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "artifacts" / "checkpoints" / "teach.pt").write_bytes(b"state")
+    with pytest.raises(StageFailed) as failed:
+        run_dvc_stage.fn("teach", str(tmp_path))
+    assert str(failed.value) == ("stage teach failed: killed by signal 9 (SIGKILL: out of memory?); rerun resumes from "
+                                 f"the last checkpoint in artifacts/checkpoints/. Fix: {failed.value.record.fix}")
+    assert failed.value.record.kind == "killed" and failed.value.record.exit_code == -9
+
+
+def test_the_flow_reads_the_record_the_stage_script_wrote(tmp_path):
+    _dvc_project(tmp_path, """\
+        stages:
+          prepare:
+            cmd: python -m textcompress.stages.prepare --params nowhere.yaml --out prepared
+            outs:
+              - prepared
+        """)
+    with pytest.raises(StageFailed) as failed:
+        run_dvc_stage.fn("prepare", str(tmp_path))
+    record = failed.value.record
+    assert (record.stage, record.kind, record.file, record.key) == ("prepare", "ParamsError", "nowhere.yaml", "(file)")
+    assert str(failed.value) == f"stage prepare failed: {record.message}" and record.message.startswith("nowhere.yaml: ")
+    assert failed.value.fix == "run from the project root or pass --params PATH"
+    assert not list(tmp_path.glob("*.json"))  # the record lives outside the project: no DVC output, no stray file

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from textcompress.data import token_counts
+from textcompress.errors import RecipeError
 from textcompress.modeling import LAYER_LINEARS, LowRankLinear, TextClassifier, count_parameters
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.recovery import recover
@@ -43,7 +44,7 @@ def choose_rank(singular_values: torch.Tensor, rank: int = 0, ratio: float = 0.0
     if energy:
         cumulative = torch.cumsum(singular_values.double() ** 2, 0) / (singular_values.double() ** 2).sum()
         return min(full, int((cumulative < energy).sum()) + 1)
-    raise ValueError("low_rank: give one of rank, ratio or energy")
+    raise RecipeError("low_rank", "no rank, ratio or energy given", "give one of rank, ratio or energy")
 
 
 def whitening(gram: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ def low_rank(model: TextClassifier, modules: str = "ffn", rank: int = 0, ratio: 
     """A copy with the chosen linears factorised; returns it and {module: rank, or "dense (why)"}.
     With `grams` (from `input_grams`), ranks and factors fit each layer's outputs on those inputs."""
     if model.config.shared_layers:
-        raise ValueError("low_rank: put decomposition before sharing in the recipe")
+        raise RecipeError("low_rank", "the model already shares layers", "put decomposition before sharing in the recipe")
     decided, ranks = {}, {}
     for name in target_names(model, modules):
         linear = model.get_submodule(name)
@@ -145,7 +146,7 @@ def apply_low_rank(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifi
     details = {"fit": args["fit"]}
     if isinstance(model, RecurrentClassifier):
         if args["fit"] != "weights":
-            raise ValueError("low_rank: fit: activations is for transformer linears; use fit: weights on an LSTM/GRU")
+            raise RecipeError("low_rank", "fit: activations is for transformer linears", "use fit: weights on an LSTM/GRU")
         from textcompress.techniques.recurrent import low_rank_recurrent
         factored, decided = low_rank_recurrent(
             model, args["modules"], lambda s: choose_rank(s, args["rank"], args["ratio"], args["energy"]))
@@ -168,10 +169,11 @@ def factorize_embedding(model: TextClassifier, size: int, row_weights: torch.Ten
     `row_weights` (one per word piece), those of the rows weighted by √weight, so the E
     directions minimise Σ weight·‖row − its rank-E image‖²."""
     if model.config.embedding_size:
-        raise ValueError("factorize_embedding: the embedding is already factorised")
+        raise RecipeError("factorize_embedding", "the embedding is already factorised", "keep one factorize_embedding step")
     hidden = model.config.hidden_size
     if not 1 <= size < hidden:
-        raise ValueError(f"factorize_embedding: size={size} must be below the hidden size {hidden}")
+        raise RecipeError("factorize_embedding", f"size={size} must be below the hidden size {hidden}",
+                          f"use a size from 1 to {hidden - 1}")
     table = model.embeddings.word_embeddings.weight.detach().double()  # vocabulary × hidden
     weighted = table if row_weights is None else row_weights.double().sqrt()[:, None] * table
     directions = torch.linalg.svd(weighted, full_matrices=False).Vh[:size]  # E × hidden, orthonormal rows

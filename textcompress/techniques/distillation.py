@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
+from textcompress.errors import RecipeError
 from textcompress.modeling import TextClassifier, count_parameters
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.pruning import gate_importance, remove_heads_and_neurons, student_from_teacher
@@ -33,11 +34,13 @@ def pick_teacher_layers(num_teacher_layers: int, layers) -> list[int]:
     when cutting a fine-tuned BERT) or an explicit list of teacher layer indices."""
     if isinstance(layers, int):
         if not 1 <= layers <= num_teacher_layers:
-            raise ValueError(f"distill: layers={layers} must be between 1 and the teacher's {num_teacher_layers}")
+            raise RecipeError("distill", f"layers={layers} must be between 1 and the teacher's {num_teacher_layers}",
+                              f"use layers: 1 to {num_teacher_layers}")
         return list(range(layers))
     chosen = [int(i) for i in layers]
     if not chosen or any(not 0 <= i < num_teacher_layers for i in chosen):
-        raise ValueError(f"distill: layers={chosen} must be indices of the teacher's {num_teacher_layers} layers")
+        raise RecipeError("distill", f"layers={chosen} must be indices of the teacher's {num_teacher_layers} layers",
+                          f"list layer indices from 0 to {num_teacher_layers - 1}")
     return chosen
 
 
@@ -67,7 +70,7 @@ def project_width(model: TextClassifier, basis: torch.Tensor, energy: float = 1.
     permutation of the coordinates; an initialisation otherwise."""
     config = model.config
     if config.low_rank or config.embedding_size or config.shared_layers:
-        raise ValueError("distill: width narrows a plain encoder; put distill before sharing and decomposition steps")
+        raise RecipeError("distill", "width narrows a plain encoder", "put distill before sharing and decomposition steps")
     d, width = basis.shape
     narrow = TextClassifier(replace(config, hidden_size=width, num_heads=width // config.head_dim))
     reads = ("query.weight", "key.weight", "value.weight", "intermediate.dense.weight", "classifier.weight",
@@ -95,9 +98,11 @@ def narrow_student(student: TextClassifier, ctx, width: int, ffn: int) -> tuple[
     config, d = student.config, student.config.head_dim
     width = width or config.hidden_size
     if width % d or not d <= width <= config.hidden_size:
-        raise ValueError(f"distill: width={width} must be a multiple of the head size {d}, at most {config.hidden_size}")
+        raise RecipeError("distill", f"width={width} must be a multiple of the head size {d}, at most {config.hidden_size}",
+                          f"use a multiple of {d} up to {config.hidden_size}")
     if ffn > max(config.layer_ffn):
-        raise ValueError(f"distill: ffn={ffn} is wider than the teacher's {max(config.layer_ffn)}")
+        raise RecipeError("distill", f"ffn={ffn} is wider than the teacher's {max(config.layer_ffn)}",
+                          f"use ffn: at most {max(config.layer_ffn)}")
     heads, neurons = gate_importance(student, ctx.train, ctx.teacher_logits, batches=32, seed=ctx.seed)
     keep_heads = [sorted(s.argsort(descending=True)[: min(len(s), width // d)].tolist()) for s in heads]
     keep_neurons = [sorted(s.argsort(descending=True)[: ffn or len(s)].tolist()) for s in neurons]
@@ -123,7 +128,8 @@ def embedding_table(teacher: nn.Module, size: int) -> torch.Tensor:
     if isinstance(teacher, TextClassifier) and teacher.embeddings.word_projection is not None:
         table = teacher.embeddings.word_projection(table).detach()
     if size > table.shape[1]:
-        raise ValueError(f"distill: embedding_size={size} is wider than the teacher's {table.shape[1]}")
+        raise RecipeError("distill", f"embedding_size={size} is wider than the teacher's {table.shape[1]}",
+                          f"use embedding_size: at most {table.shape[1]}")
     return principal_projection(table, size)
 
 
@@ -138,7 +144,8 @@ def word_level_student(teacher: nn.Module, args: dict) -> nn.Module:
     else:
         from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig
         if not isinstance(args["layers"], int):
-            raise ValueError(f"distill: layers={args['layers']} must be a count of recurrent layers for student {args['student']}")
+            raise RecipeError("distill", f"layers={args['layers']} must be a count of recurrent layers for student "
+                              f"{args['student']}", "give layers as a whole number, 1 or more")
         student = RecurrentClassifier(RecurrentConfig(
             hidden_size=args["hidden_size"], cell=args["student"], num_layers=args["layers"],
             bidirectional=args["bidirectional"], pooling=args["pooling"], head_size=args["head_size"], **common))
@@ -164,8 +171,8 @@ def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[nn.Module, di
         student = word_level_student(model, args)
         details = {"student": args["student"], "config": dict(vars(student.config))}
     if layer_map and (len(layer_map) != student.config.num_layers or not all(0 <= j < ctx.teacher.config.num_layers for j in layer_map)):
-        raise ValueError(f"distill: layer_map {layer_map} must name a teacher layer for each of the student's "
-                         f"{student.config.num_layers} layers")
+        raise RecipeError("distill", f"layer_map {layer_map} must name a teacher layer for each of the student's "
+                          f"{student.config.num_layers} layers", f"list {student.config.num_layers} teacher layer indices")
     details["params_before"] = count_parameters(model)
     details["params_after"] = count_parameters(student)
     if args["logit_loss"] != "kl":

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from textcompress.data import Split, length_bucketed_batches, pad_batch
+from textcompress.errors import RecipeError
 from textcompress.modeling import ATTENTIONS, TextClassifier, count_parameters
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.recovery import recover
@@ -30,7 +31,8 @@ LEARNED_BY_THE_SWAP = ("features", "key_projection", "value_projection", "featur
 
 def swap_attention(model: TextClassifier, kind: str, features: int = 64, length: int = 64, seed: int = 0) -> TextClassifier:
     if model.config.attention != "softmax":
-        raise ValueError(f"attention: the model already uses {model.config.attention} attention")
+        raise RecipeError("attention", f"the model already uses {model.config.attention} attention",
+                          "keep one attention step in the recipe")
     torch.manual_seed(seed)  # the random features and Linformer projections
     config = replace(model.config, attention=kind, performer_features=features, linformer_length=length)
     swapped = TextClassifier(config)
@@ -52,7 +54,8 @@ def transfer_attention(model: TextClassifier, split: Split, steps: int, lr: floa
     attentions = [layer.attention.self for layer in model.encoder.layer]
     maps = [p for name, p in model.named_parameters() if name.endswith(("feature_map_q", "feature_map_k"))]
     if not maps:
-        raise ValueError("attention transfer needs hedgehog attention (its learned feature maps)")
+        raise RecipeError("attention", "attention transfer needs hedgehog attention (its learned feature maps)",
+                          "use kind: hedgehog")
     trainable = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
+from textcompress.errors import RecipeError
 from textcompress.modeling import TextClassifier, count_parameters
 from textcompress.modeling_rnn import RecurrentClassifier
 from textcompress.techniques.base import FRACTION_BELOW_ONE, RECOVERY, SCOPES, Technique
@@ -85,7 +86,7 @@ def choose_kept(scores: list[torch.Tensor], remove: float, scope: str, round_to:
     layer keeps at least one unit; with `round_to` > 1 a layer's kept count is rounded up to a
     multiple of it (matrix kernels like round sizes), never above its current count."""
     if not 0.0 <= remove < 1.0:
-        raise ValueError(f"the fraction to remove must be in [0, 1), got {remove}")
+        raise RecipeError(None, f"the fraction to remove must be in [0, 1), got {remove}", "use a fraction below 1, e.g. 0.5")
     counts = [len(s) for s in scores]
     if scope == "global":
         flat = torch.cat(scores)
@@ -100,7 +101,7 @@ def choose_kept(scores: list[torch.Tensor], remove: float, scope: str, round_to:
     elif scope == "layer":
         keep_counts = [n - int(round(remove * n)) for n in counts]
     else:
-        raise ValueError(f"scope must be global or layer, got {scope!r}")
+        raise RecipeError(None, f"scope must be global or layer, got {scope!r}", "use scope: global or scope: layer")
     kept = []
     for s, n, k in zip(scores, counts, keep_counts):
         k = max(1, k)
@@ -152,8 +153,8 @@ def remove_heads_and_neurons(model: TextClassifier, keep_heads: list[list[int]],
 
 def _refuse_shared(model: TextClassifier, what: str) -> None:
     if model.config.shared_layers or model.config.low_rank:
-        raise ValueError(f"{what} works on a model without shared layers or low-rank factors; "
-                         "put pruning steps before sharing and decomposition steps in the recipe")
+        raise RecipeError(None, f"{what} works on a model without shared layers or low-rank factors",
+                          "put pruning steps before sharing and decomposition steps in the recipe")
 
 
 def apply_prune_structured(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
@@ -195,7 +196,7 @@ def student_from_teacher(teacher: TextClassifier, teacher_layers: list[int]) -> 
 def layers_to_keep(model: TextClassifier, keep: int, strategy: str, ctx=None, batches: int = 16) -> list[int]:
     n = model.config.num_layers
     if not 1 <= keep <= n:
-        raise ValueError(f"drop_layers: keep={keep} must be between 1 and the model's {n} layers")
+        raise RecipeError("drop_layers", f"keep={keep} must be between 1 and the model's {n} layers", f"use keep: 1 to {n}")
     if strategy == "top":  # drop the top layers (Sajjad et al.: the least harmful for fine-tuned BERT)
         return list(range(keep))
     if strategy == "bottom":
@@ -208,7 +209,7 @@ def layers_to_keep(model: TextClassifier, keep: int, strategy: str, ctx=None, ba
             trial = student_from_teacher(model, [i for i in range(n) if i != dropped])
             costs.append(_kd_loss_on_batches(trial, ctx, batches))
         return sorted(sorted(range(n), key=lambda i: costs[i], reverse=True)[:keep])
-    raise ValueError(f"drop_layers: unknown strategy {strategy!r}")
+    raise RecipeError("drop_layers", f"unknown strategy {strategy!r}", "use strategy: top, bottom, alternate or importance")
 
 
 @torch.no_grad()
@@ -272,7 +273,7 @@ def keep_masks(scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> 
         return masks
     if scope == "layer":
         return {n: top(s.detach().flatten()).view_as(s) for n, s in scores.items()}
-    raise ValueError(f"scope must be global or layer, got {scope!r}")
+    raise RecipeError(None, f"scope must be global or layer, got {scope!r}", "use scope: global or scope: layer")
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
@@ -414,7 +415,8 @@ def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextCl
     from torch.nn.utils import parametrize
 
     if isinstance(model, RecurrentClassifier):  # params validation says so first; this guards direct calls
-        raise ValueError("prune_movement masks linear layers; on an LSTM/GRU model use prune_magnitude")
+        raise RecipeError("prune_movement", "masks linear layers, which an LSTM/GRU model has none of",
+                          "on an LSTM/GRU model use prune_magnitude")
     pruned = copy.deepcopy(model)
     names = list(prunable_weights(pruned))
     modules = {n: pruned.get_submodule(n.rsplit(".", 1)[0]) for n in names}

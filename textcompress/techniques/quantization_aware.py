@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from textcompress.errors import RecipeError
 from textcompress.export import export_onnx, parity_max_abs_diff
 from textcompress.inference import make_session, split_logits
 from textcompress.modeling import FakeQuantLinear, TextClassifier, set_fake_quant
@@ -44,11 +45,11 @@ def quantizable_modules(model: TextClassifier) -> list[str]:
 def fake_quantized(model: TextClassifier) -> TextClassifier:
     """The same weights in a model whose quantizable modules run fake-quantized (ranges not yet calibrated)."""
     if model.config.fake_quant:
-        raise ValueError("qat: the model is already quantization-aware")
+        raise RecipeError("qat", "the model is already quantization-aware", "keep one qat step in the recipe")
     if model.config.share_delta_rank:
         # Its shared weights are plain Parameters, not Linears: they would stay fp32 unnoticed.
-        raise ValueError("qat: a model with relaxed sharing (share_layers delta_rank) has no fake-quantized form; "
-                         "quantize it with `quantize: {mode: static}` or `{mode: dynamic}` instead")
+        raise RecipeError("qat", "a model with relaxed sharing (share_layers delta_rank) has no fake-quantized form",
+                          "quantize it with `quantize: {mode: static}` or `{mode: dynamic}` instead")
     quantized = TextClassifier(replace(model.config, fake_quant=quantizable_modules(model)))
     missing, unexpected = quantized.load_state_dict(model.state_dict(), strict=False)
     if [k for k in missing if not k.endswith("input_range")] or unexpected:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
+from textcompress.errors import RecipeError
 from textcompress.fileio import atomic_path
 from textcompress.modeling import TextClassifier
 from textcompress.training import accuracy, kd_loss, predict_logits, train_classifier
@@ -191,16 +192,18 @@ def distillation_loss(model: nn.Module, ctx, args: dict, layer_map: list[int] | 
     states = None
     if intermediate:
         if not isinstance(model, TextClassifier):
-            raise ValueError(f"hidden_weight and attention_weight need a transformer student, not "
-                             f"{model.config.architecture}; set them to 0")
+            raise RecipeError(None, f"hidden_weight and attention_weight need a transformer student, not "
+                              f"{model.config.architecture}; set them to 0", "hidden_weight: 0 and attention_weight: 0 in this step "
+                              "(logit distillation works for any student)")
         if args.get("attention_weight") and model.config.attention != "softmax":
-            raise ValueError("attention-map distillation needs softmax attention in the student; set attention_weight: 0")
+            raise RecipeError(None, "attention-map distillation needs softmax attention in the student",
+                              "set attention_weight: 0")
         layer_map = layer_map or default_layer_map(model.config.num_layers, ctx.teacher.config.num_layers)
         if args.get("attention_weight"):
             heads = [(model.config.layer_heads[i], ctx.teacher.config.layer_heads[j]) for i, j in enumerate(layer_map)]
             if any(s != t for s, t in heads):
-                raise ValueError(f"attention-map distillation compares maps head by head, but the student's heads per "
-                                 f"mapped layer differ from the teacher's {heads}; set attention_weight: 0 (use hidden_weight)")
+                raise RecipeError(None, f"attention-map distillation compares maps head by head, but the student's heads per "
+                                  f"mapped layer differ from the teacher's {heads}", "set attention_weight: 0 (use hidden_weight)")
         states = teacher_states(ctx, layer_map, args)
     return DistillationLoss(ctx.teacher, ctx.teacher_logits, getattr(model.config, "hidden_size", 0), layer_map or [],
                             args["temperature"], args["alpha"], args.get("hidden_weight", 0.0),
@@ -212,7 +215,8 @@ def teacher_states(ctx, layer_map: list[int], args: dict) -> CachedTeacherStates
     are always computed on the fly, and `teacher_states: auto` caches only below the size limit."""
     mode = args.get("teacher_states", "auto")
     if mode == "cache" and ctx.cache_dir is None:
-        raise ValueError("teacher_states: cache needs runtime.cache_dir; set it, or use teacher_states: auto")
+        raise RecipeError(None, "teacher_states: cache needs runtime.cache_dir",
+                          "set runtime.cache_dir, or use teacher_states: auto")
     if mode == "live" or args.get("attention_weight") or ctx.cache_dir is None:
         return None
     if mode == "auto" and CachedTeacherStates.size_bytes(ctx.teacher, ctx.train, layer_map) > STATES_CACHE_LIMIT_BYTES:

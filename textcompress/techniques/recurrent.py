@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
+from textcompress.errors import RecipeError
 from textcompress.modeling import count_parameters
 from textcompress.modeling_rnn import GATES, FactorizedRNN, RecurrentClassifier
 from textcompress.techniques.recovery import recover
@@ -58,8 +59,8 @@ def dense_weights(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _refuse_compressed(model: RecurrentClassifier, what: str) -> None:
     if model.config.ranks or model.config.tied_directions:
-        raise ValueError(f"{what} works on a recurrent model without low-rank factors or tied directions; "
-                         "put it before low_rank and share_layers in the recipe")
+        raise RecipeError(None, f"{what} works on a recurrent model without low-rank factors or tied directions",
+                          "put it before low_rank and share_layers in the recipe")
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +185,8 @@ def apply_prune_units(model: RecurrentClassifier, args: dict, ctx) -> tuple[Recu
 def keep_bottom_layers(model: RecurrentClassifier, keep: int) -> RecurrentClassifier:
     """The first `keep` layers and the head: the head reads the same width from any layer."""
     if not 1 <= keep <= model.config.num_layers:
-        raise ValueError(f"drop_layers: keep={keep} must be between 1 and the model's {model.config.num_layers} layers")
+        raise RecipeError("drop_layers", f"keep={keep} must be between 1 and the model's {model.config.num_layers} layers",
+                          f"use keep: 1 to {model.config.num_layers}")
     result = RecurrentClassifier(replace(model.config, num_layers=keep))
     result.load_state_dict({k: v for k, v in model.state_dict().items()
                             if not k.startswith("layers.") or int(k.split(".")[1]) < keep})
@@ -206,7 +208,7 @@ def low_rank_recurrent(model: RecurrentClassifier, modules: str, choose) -> tupl
     """A copy whose W_ih (`input`), W_hh (`hidden`) or both (`recurrent`) are factorised at the rank
     `choose(singular_values)` picks; returns it and {"<direction>.<matrix>": rank or "dense (why)"}."""
     if model.config.tied_directions:
-        raise ValueError("low_rank: put decomposition before share_layers in the recipe")
+        raise RecipeError("low_rank", "the model's directions are tied", "put decomposition before share_layers in the recipe")
     matrices = {"input": ("input",), "hidden": ("hidden",), "recurrent": ("input", "hidden")}[modules]
     ranks, decided = dict(model.config.ranks), {}
     dense = {name: dense_weights(module) for name, module in direction_modules(model).items()}
@@ -251,14 +253,15 @@ def tie_directions(model: RecurrentClassifier, init: str = "average") -> Recurre
     """A copy whose backward direction is its forward direction's module: `average` of the two
     directions' weights, or `first` (the forward weights as they are)."""
     if not model.config.bidirectional:
-        raise ValueError("share_layers: share: directions needs a bidirectional model")
+        raise RecipeError("share_layers", "share: directions needs a bidirectional model",
+                          "use share: directions on a bidirectional LSTM/GRU only")
     if model.config.tied_directions:
-        raise ValueError("share_layers: the directions are already tied")
+        raise RecipeError("share_layers", "the directions are already tied", "keep one share_layers step in the recipe")
     if init not in ("average", "first"):
-        raise ValueError(f"share_layers: init must be average or first, got {init!r}")
+        raise RecipeError("share_layers", f"init must be average or first, got {init!r}", "use init: average or init: first")
     for i in range(model.config.num_layers):
         if model.config.ranks.get(f"layers.{i}.forward_rnn", [0, 0]) != model.config.ranks.get(f"layers.{i}.backward_rnn", [0, 0]):
-            raise ValueError(f"share_layers: layer {i}'s directions have different ranks; tie them before low_rank")
+            raise RecipeError("share_layers", f"layer {i}'s directions have different ranks", "tie them before low_rank")
     tied = RecurrentClassifier(replace(model.config, tied_directions=True))
     state = model.state_dict()
     own = {}

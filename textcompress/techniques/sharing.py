@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import torch
 
+from textcompress.errors import RecipeError
 from textcompress.modeling import LAYER_LINEARS, TextClassifier, count_parameters
 from textcompress.techniques.decomposition import input_grams, low_rank_factors
 from textcompress.techniques.base import RECOVERY, Technique
@@ -27,7 +28,8 @@ from textcompress.techniques.recovery import recover
 def group_sources(num_layers: int, groups: int) -> list[int]:
     """Contiguous groups, as even as possible: layer i -> the first layer of its group."""
     if not 1 <= groups <= num_layers:
-        raise ValueError(f"share_layers: groups={groups} must be between 1 and the model's {num_layers} layers")
+        raise RecipeError("share_layers", f"groups={groups} must be between 1 and the model's {num_layers} layers",
+                          f"use groups: 1 to {num_layers}")
     bounds = [round(g * num_layers / groups) for g in range(groups + 1)]
     return [bounds[g] for g in range(groups) for _ in range(bounds[g], bounds[g + 1])]
 
@@ -39,16 +41,16 @@ def share_layers(model: TextClassifier, groups: int, share: str = "all", init: s
     each layer's correction fitted to its inputs when `grams` (from `relaxed_targets`) are given."""
     config = model.config
     if config.shared_layers and any(s != i for i, s in enumerate(config.shared_layers)):
-        raise ValueError("share_layers: the model already shares layers")
+        raise RecipeError("share_layers", "the model already shares layers", "keep one share_layers step in the recipe")
     if config.low_rank:
-        raise ValueError("share_layers: put sharing before low-rank decomposition in the recipe")
+        raise RecipeError("share_layers", "the model has low-rank factors", "put sharing before low-rank decomposition in the recipe")
     if init not in ("average", "first"):
-        raise ValueError(f"share_layers: init must be average or first, got {init!r}")
+        raise RecipeError("share_layers", f"init must be average or first, got {init!r}", "use init: average or init: first")
     sources = group_sources(config.num_layers, groups)
     for i, s in enumerate(sources):
         if (config.layer_heads[i], config.layer_ffn[i]) != (config.layer_heads[s], config.layer_ffn[s]):
-            raise ValueError(f"share_layers: layer {i} and layer {s} have different shapes (pruned unevenly); "
-                             "share before pruning, or prune per layer to equal sizes")
+            raise RecipeError("share_layers", f"layer {i} and layer {s} have different shapes (pruned unevenly)",
+                              "share before pruning, or prune per layer to equal sizes")
     shared = TextClassifier(replace(config, shared_layers=sources, share=share, share_delta_rank=delta_rank))
     state = model.state_dict()
     members = {s: [j for j, t in enumerate(sources) if t == s] for s in set(sources)}
@@ -86,7 +88,8 @@ def _relaxed_state(state: dict, members: dict[int, list[int]], share: str, init:
             weights = [state[f"encoder.layer.{j}.{name}.weight"] for j in group]
             common = torch.stack(weights).mean(0) if init == "average" else weights[0]
             if rank > min(common.shape):
-                raise ValueError(f"share_layers: delta_rank={rank} is above the full rank {min(common.shape)} of {name}")
+                raise RecipeError("share_layers", f"delta_rank={rank} is above the full rank {min(common.shape)} of {name}",
+                                  f"use a delta_rank of at most {min(common.shape)}")
             new[f"encoder.layer.{s}.{name}.weight"] = common
             for j, own in zip(group, weights):
                 prefix = f"encoder.layer.{j}.{name}"

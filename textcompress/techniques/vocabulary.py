@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from textcompress.data import Split, load_tokenizer, token_counts
+from textcompress.errors import RecipeError
 from textcompress.modeling import TextClassifier, count_parameters
 from textcompress.techniques.base import Technique
 
@@ -63,12 +64,14 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
     tokenizer_json = json.loads(Path(ctx.tokenizer_file).read_text())
     vocab = tokenizer_json["model"]["vocab"]
     if model.config.vocab_size != len(vocab):
-        raise ValueError("trim_vocab: the model's vocabulary no longer matches its tokenizer (trimmed twice?)")
+        raise RecipeError("trim_vocab", "the model's vocabulary no longer matches its tokenizer (trimmed twice?)",
+                          "keep one trim_vocab step in the recipe")
     special = {a["content"] for a in tokenizer_json.get("added_tokens", []) if a.get("special")}
     counts = token_counts(ctx.train, len(vocab))
     kept = pieces_to_keep(vocab, special, counts, args["min_count"], args["floor"])
     if "[PAD]" in vocab and kept.index("[PAD]") != 0:
-        raise ValueError("trim_vocab: [PAD] must stay id 0, which batching pads with")
+        raise RecipeError("trim_vocab", "[PAD] must stay id 0, which batching pads with",
+                          "use a tokenizer whose [PAD] is id 0, as BERT's is")
     old_ids = np.array([vocab[t] for t in kept])
 
     result = keep_rows(model, old_ids)
