@@ -21,9 +21,9 @@ from prefect import flow, get_run_logger
 from tasks.notify import notify
 from tasks.stages import StageFailed, pipeline_is_up_to_date, remove_outputs, run_dvc_stage, stage_order
 from tasks.tracking import log_to_mlflow, promote_champion, pull_data, push_artifacts
+from textcompress.catalog import Catalog
 from textcompress.config import load_params
 from textcompress.fileio import write_json
-from textcompress.stages.report import FAILURES_FILE
 
 
 def _notify_failure(flow, flow_run, state) -> None:
@@ -55,8 +55,8 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
     failures: dict[str, str] = {}  # candidate -> why, the string the report shows
     errors: dict[str, dict] = {}  # candidate -> the failed stage's error record (kind, file, line, fix, ...)
     statuses: dict[str, str] = {}
-    failures_file = root / "reports" / FAILURES_FILE
-    failures_file.unlink(missing_ok=True)
+    failures_file = Catalog(root).FAILURES
+    write_json(failures_file, {})  # a dep of `report` (dvc.yaml): this run's failures, none yet
     for stage in stages:
         if stage.candidate in failures:
             statuses[stage.name] = "skipped"
