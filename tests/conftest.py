@@ -107,7 +107,7 @@ def write_tiny_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
 
 
 def tiny_model_config(num_labels: int = 2, layers: int = 2):
-    from textcompress.modeling import EncoderConfig
+    from textcompress.models.encoder import EncoderConfig
 
     return EncoderConfig(vocab_size=len(TINY_VOCAB), hidden_size=32, num_layers=layers, num_heads=4,
                          intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
@@ -132,7 +132,7 @@ def tiny_teacher(tmp_path_factory, tiny_prepared) -> Path:
     import torch
 
     from textcompress.data import load_labels, load_split
-    from textcompress.modeling import TextClassifier, save_bundle
+    from textcompress.models.encoder import TextClassifier, save_bundle
     from textcompress.training import train_classifier
 
     torch.manual_seed(0)
@@ -147,7 +147,7 @@ def export_model_dir(model, bundle_dir: Path, out_dir: Path) -> Path:
     """An exported candidate directory as `export` writes it: model.onnx, tokenizer.json, labels.json."""
     import shutil
 
-    from textcompress.export import export_onnx
+    from textcompress.deploy.export import export_onnx
 
     out_dir.mkdir(parents=True)
     export_onnx(model, out_dir / "model.onnx")

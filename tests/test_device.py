@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from textcompress.data import load_split
-from textcompress.modeling import TextClassifier
+from textcompress.models.encoder import TextClassifier
 from textcompress.training import predict_logits, resolve_device, train_classifier
 
 from tests.conftest import tiny_model_config

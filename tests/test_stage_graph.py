@@ -34,9 +34,9 @@ LEFT_OUT = {
         # The model files grow with every compression family (new layer kinds, new attention);
         # retraining the teacher for that would cost half an hour of CPU per change. The teacher's
         # weights are the dep that matters downstream.
-        "textcompress/modeling.py": "grows with every compression family; retraining costs 30 minutes",
-        "textcompress/modeling_rnn.py": "grows with the recurrent techniques; retraining costs 15 minutes",
-        "textcompress/modeling_cnn.py": "the CNN student's model, never a teacher",
+        "textcompress/models/encoder.py": "grows with every compression family; retraining costs 30 minutes",
+        "textcompress/models/recurrent.py": "grows with the recurrent techniques; retraining costs 15 minutes",
+        "textcompress/models/cnn.py": "the CNN student's model, never a teacher",
         # What data.py does to the text (tokenizing, splitting) reaches the teacher through
         # artifacts/prepared, which is a dep; teach only reads those arrays back.
         "textcompress/data.py": "its tokenization reaches teach through artifacts/prepared, a dep",
@@ -76,6 +76,12 @@ def imported_modules(path: Path, module: str) -> set[str]:
     return found
 
 
+def runs_no_code(path: Path) -> bool:
+    """A package marker holding only its docstring: nothing in it can change an output."""
+    body = ast.parse(path.read_text()).body
+    return path.name == "__init__.py" and all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
 def import_closure(module: str) -> set[Path]:
     seen, todo = set(), [module]
     while todo:
@@ -108,8 +114,8 @@ def test_every_project_file_a_stage_imports_is_a_dep(name):
     command = stage.get("do", stage)["cmd"]
     module = re.search(r"python -m ([\w.]+)", command).group(1)
     deps = stage_deps(stage)
-    missing = sorted(str(p) for p in import_closure(module)
-                     if not covered(p, deps) and str(p) not in PLUMBING and str(p) not in LEFT_OUT.get(name, {}))
+    missing = sorted(str(p) for p in import_closure(module) if not covered(p, deps) and not runs_no_code(ROOT / p)
+                     and str(p) not in PLUMBING and str(p) not in LEFT_OUT.get(name, {}))
     assert not missing, f"dvc.yaml stage {name} imports these files but does not list them in deps: {missing}"
 
 
@@ -128,9 +134,9 @@ def test_the_closure_sees_function_level_imports_and_package_discovery():
     """The check itself can fail: compress reaches quantization.py only through a technique
     module, and the technique modules only through the registry's discovery."""
     closure = {str(p) for p in import_closure("textcompress.stages.compress")}
-    assert "textcompress/quantization.py" in closure
+    assert "textcompress/deploy/quantization.py" in closure
     assert "textcompress/techniques/pruning.py" in closure
-    assert not covered(Path("textcompress/quantization.py"), ["textcompress/techniques"])
+    assert not covered(Path("textcompress/deploy/quantization.py"), ["textcompress/techniques"])
 
 
 def test_every_file_a_stage_reads_from_another_stage_is_declared():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from textcompress.data import load_split
-from textcompress.modeling import TextClassifier
+from textcompress.models.encoder import TextClassifier
 from textcompress.training import Checkpoint, accuracy, predict_logits, train_classifier
 
 from tests.conftest import tiny_model_config

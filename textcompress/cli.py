@@ -80,7 +80,7 @@ def cmd_predict(args) -> None:
     import pandas as pd
 
     from textcompress.config import load_params
-    from textcompress.registry import tracking_uri
+    from textcompress.decisions.registry import tracking_uri
 
     texts = list(args.texts)
     if args.file:
@@ -100,7 +100,7 @@ def cmd_predict(args) -> None:
     name = params["promotion"]["registered_model"]
     candidate_dir = Path(args.project) / "artifacts" / "onnx" / (args.model or "")
     if args.model and candidate_dir.is_dir():
-        from textcompress.inference import OnnxTextClassifier
+        from textcompress.deploy.inference import OnnxTextClassifier
 
         labels, probabilities = OnnxTextClassifier(candidate_dir, max_length=params["data"]["max_length"]).predict(texts)
         result = pd.DataFrame({"label": labels, "probability": probabilities})
@@ -121,7 +121,7 @@ def _registry_context(project: Path):
     import mlflow
 
     from textcompress.config import load_params
-    from textcompress.registry import tracking_uri
+    from textcompress.decisions.registry import tracking_uri
 
     params = load_params(project / "params.yaml")
     uri = tracking_uri(params["mlflow"]["tracking_uri"], project)
@@ -133,7 +133,7 @@ def cmd_promote(args) -> None:
     """Re-decide promotion from this run's report; --dry-run explains and changes nothing."""
     from textcompress.config import load_params
     from textcompress.fileio import read_json
-    from textcompress.registry import promote_run
+    from textcompress.decisions.registry import promote_run
 
     project = Path(args.project).resolve()
     run = project / "reports" / "run.json"
@@ -153,7 +153,7 @@ def cmd_promote(args) -> None:
 
 
 def cmd_rollback(args) -> None:
-    from textcompress.registry import registry_lock, rollback
+    from textcompress.decisions.registry import registry_lock, rollback
 
     project = Path(args.project).resolve()
     params, uri = _registry_context(project)
@@ -167,7 +167,7 @@ def cmd_gc(args) -> None:
     that no kept revision uses."""
     import subprocess
 
-    from textcompress.registry import archive_old_versions, registry_lock
+    from textcompress.decisions.registry import archive_old_versions, registry_lock
 
     project = Path(args.project).resolve()
     params, uri = _registry_context(project)

@@ -17,7 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 
 from tasks.notify import EVENTS
 from textcompress.errors import ParamsError
-from textcompress.promotion import OBJECTIVES
+from textcompress.decisions.promotion import OBJECTIVES
 
 Whole = StrictInt  # a whole number: neither 1.5 nor true
 Number = Union[StrictInt, StrictFloat]  # an int stays an int and a float a float; true is not a number
@@ -167,7 +167,7 @@ class AttentionBenchmarkConfig(Section):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, kinds: list[str]) -> list[str]:
-        from textcompress.modeling import ATTENTIONS  # modeling.py owns the list (and imports torch)
+        from textcompress.models.encoder import ATTENTIONS  # models/encoder.py owns the list (and imports torch)
 
         if any(kind not in ATTENTIONS for kind in kinds):
             raise Invalid(f"must list kinds from {list(ATTENTIONS)}, got {kinds!r}", "e.g. [softmax, linear, performer, linformer]")

@@ -25,7 +25,7 @@ def write_tiny_base(path: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from textcompress.modeling import TextClassifier
+    from textcompress.models.encoder import TextClassifier
 
     torch.manual_seed(0)
     config = tiny_model_config()

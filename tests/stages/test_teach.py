@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from textcompress.config import DEFAULTS
-from textcompress.modeling import from_pretrained_bert
-from textcompress.modeling_rnn import RecurrentClassifier
+from textcompress.models.encoder import from_pretrained_bert
+from textcompress.models.recurrent import RecurrentClassifier
 from textcompress.stages.teach import recurrent_teacher
 
 from tests.e2e.tiny_project import write_tiny_base
@@ -60,7 +60,7 @@ def test_teach_with_two_processes_runs_under_torchrun_and_writes_one_teacher(bas
 
     import yaml
 
-    from textcompress.modeling import load_bundle
+    from textcompress.models.encoder import load_bundle
 
     params = {"seed": 0, "base_model": str(base), "teach": {"epochs": 1, "lr": 3.0e-3, "batch_size": 16},
               "runtime": {"processes": 2, "threads": 1, "checkpoint_every": 0}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from textcompress.data import Split, load_split
-from textcompress.modeling import load_bundle
+from textcompress.models.encoder import load_bundle
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.augmentation import augment_ids, augmented_split
 from textcompress.techniques.distillation import apply_distill

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from textcompress.data import load_split, pad_batch
-from textcompress.export import export_onnx, parity_max_abs_diff
-from textcompress.modeling import LowRankLinear, TextClassifier, count_parameters, load_bundle, save_bundle
-from textcompress.quantization import calibration_batches
+from textcompress.deploy.export import export_onnx, parity_max_abs_diff
+from textcompress.models.encoder import LowRankLinear, TextClassifier, count_parameters, load_bundle, save_bundle
+from textcompress.deploy.quantization import calibration_batches
 from textcompress.techniques.decomposition import (choose_rank, factorize_embedding, factorize_linear, input_grams,
                                                    low_rank, spectrum, target_names)
 

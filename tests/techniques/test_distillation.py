@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from textcompress.data import load_split, pad_batch
-from textcompress.modeling import TextClassifier, count_parameters, load_bundle
+from textcompress.models.encoder import TextClassifier, count_parameters, load_bundle
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.distillation import apply_distill, pick_teacher_layers, student_from_teacher
 from textcompress.training import kd_loss, predict_logits
@@ -388,8 +388,8 @@ def narrow_config_ok(model) -> bool:
 
 
 def test_apply_distill_narrows_heads_neurons_and_width_and_trains_with_the_basis(tiny_prepared, tiny_teacher, tmp_path):
-    from textcompress.export import export_onnx
-    from textcompress.inference import make_session, run_logits
+    from textcompress.deploy.export import export_onnx
+    from textcompress.deploy.inference import make_session, run_logits
 
     teacher, _ = load_bundle(tiny_teacher)
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")

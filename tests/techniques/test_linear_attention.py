@@ -1,4 +1,4 @@
-"""Tests for the linear-attention variants (textcompress.modeling.SelfAttention and
+"""Tests for the linear-attention variants (textcompress.models.encoder.SelfAttention and
 textcompress.techniques.linear_attention): padding changes nothing, the teacher's weights carry
 over, and every variant exports to ONNX with a dynamic sequence length."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from textcompress.data import load_split, pad_batch
-from textcompress.export import export_onnx
-from textcompress.inference import make_session, run_logits
-from textcompress.modeling import TextClassifier, load_bundle, save_bundle
+from textcompress.deploy.export import export_onnx
+from textcompress.deploy.inference import make_session, run_logits
+from textcompress.models.encoder import TextClassifier, load_bundle, save_bundle
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.linear_attention import apply_attention, swap_attention, transfer_attention
 from textcompress.training import predict_logits

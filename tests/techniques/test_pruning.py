@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from textcompress.data import load_split, pad_batch
-from textcompress.export import export_onnx, parity_max_abs_diff
-from textcompress.modeling import TextClassifier, count_parameters, load_bundle, save_bundle
+from textcompress.deploy.export import export_onnx, parity_max_abs_diff
+from textcompress.models.encoder import TextClassifier, count_parameters, load_bundle, save_bundle
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.pruning import (
     apply_drop_layers, apply_prune_magnitude, apply_prune_structured, choose_kept, cubic_sparsity, gate_importance,

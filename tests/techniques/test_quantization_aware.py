@@ -16,10 +16,10 @@ import yaml
 
 from textcompress.config import DEFAULTS
 from textcompress.data import load_split
-from textcompress.export import export_onnx, parity_batch
-from textcompress.inference import make_session, run_logits
-from textcompress.modeling import FakeQuantEmbedding, FakeQuantLinear, load_bundle, save_bundle, set_fake_quant
-from textcompress.quantization import calibration_batches, int8_from_fake_quant
+from textcompress.deploy.export import export_onnx, parity_batch
+from textcompress.deploy.inference import make_session, run_logits
+from textcompress.models.encoder import FakeQuantEmbedding, FakeQuantLinear, load_bundle, save_bundle, set_fake_quant
+from textcompress.deploy.quantization import calibration_batches, int8_from_fake_quant
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.quantization_aware import apply_qat, calibrate_input_ranges, fake_quantized
 from textcompress.training import predict_logits

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from textcompress.data import load_split, pad_arrays, pad_batch
-from textcompress.export import export_onnx, parity_max_abs_diff
-from textcompress.modeling import count_parameters, load_bundle, save_bundle
-from textcompress.modeling_rnn import FactorizedRNN, RecurrentClassifier, RecurrentConfig
+from textcompress.deploy.export import export_onnx, parity_max_abs_diff
+from textcompress.models.encoder import count_parameters, load_bundle, save_bundle
+from textcompress.models.recurrent import FactorizedRNN, RecurrentClassifier, RecurrentConfig
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.distillation import word_level_student
 from textcompress.techniques.pruning import apply_drop_layers, apply_prune_magnitude, apply_prune_structured, prunable_weights

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from textcompress.data import load_split, pad_batch
-from textcompress.export import export_onnx, parity_max_abs_diff
-from textcompress.modeling import TextClassifier, count_parameters, load_bundle, save_bundle
-from textcompress.quantization import calibration_batches
+from textcompress.deploy.export import export_onnx, parity_max_abs_diff
+from textcompress.models.encoder import TextClassifier, count_parameters, load_bundle, save_bundle
+from textcompress.deploy.quantization import calibration_batches
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.decomposition import input_grams
 from textcompress.techniques.sharing import apply_share_layers, group_sources, relaxed_targets, share_layers

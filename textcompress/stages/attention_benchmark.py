@@ -1,12 +1,12 @@
 """Stage `attention_benchmark`: latency and peak memory of each attention kind against sequence
-length, at the base model's shape with positions extended (see textcompress.attention_benchmark)."""
+length, at the base model's shape with positions extended (see textcompress.deploy.attention_benchmark)."""
 
 from pathlib import Path
 
 from textcompress import catalog
-from textcompress.attention_benchmark import plot_attention_benchmark, run_attention_benchmark
+from textcompress.deploy.attention_benchmark import plot_attention_benchmark, run_attention_benchmark
 from textcompress.fileio import write_json
-from textcompress.modeling import from_pretrained_bert, resolve_base
+from textcompress.models.encoder import from_pretrained_bert, resolve_base
 from textcompress.stages import run_stage
 
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from textcompress import catalog
-from textcompress.benchmark import benchmark_candidates
+from textcompress.deploy.benchmark import benchmark_candidates
 from textcompress.data import load_split
 from textcompress.errors import TextcompressError
 from textcompress.fileio import write_json

@@ -9,7 +9,7 @@ import numpy as np
 from textcompress import catalog
 from textcompress.data import load_split
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.modeling import count_parameters, load_bundle, save_bundle
+from textcompress.models.encoder import count_parameters, load_bundle, save_bundle
 from textcompress.stages import run_stage
 from textcompress.techniques import TechniqueContext, candidate_recipe
 from textcompress.training import accuracy, predict_logits

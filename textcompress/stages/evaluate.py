@@ -4,9 +4,9 @@ from pathlib import Path
 
 from textcompress import catalog
 from textcompress.data import load_labels, load_split
-from textcompress.evaluation import evaluate_predictions
+from textcompress.decisions.evaluation import evaluate_predictions
 from textcompress.fileio import write_json
-from textcompress.inference import MODEL_FILE, make_session, split_for_model, split_logits
+from textcompress.deploy.inference import MODEL_FILE, make_session, split_for_model, split_logits
 from textcompress.stages import run_stage
 
 

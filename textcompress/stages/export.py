@@ -10,10 +10,10 @@ from pathlib import Path
 
 from textcompress import catalog
 from textcompress.data import load_split
-from textcompress.export import PARENT_FILE, compressed_size_bytes, export_onnx, label_agreement, parity_max_abs_diff
+from textcompress.deploy.export import PARENT_FILE, compressed_size_bytes, export_onnx, label_agreement, parity_max_abs_diff
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.inference import MODEL_FILE, split_for_model
-from textcompress.modeling import load_bundle, set_fake_quant
+from textcompress.deploy.inference import MODEL_FILE, split_for_model
+from textcompress.models.encoder import load_bundle, set_fake_quant
 from textcompress.stages import run_stage
 from textcompress.techniques import ExportContext, candidate_recipe
 

@@ -5,7 +5,7 @@ import json
 from textcompress import catalog
 from textcompress.data import prepare
 from textcompress.errors import ParamsError
-from textcompress.modeling import resolve_base
+from textcompress.models.encoder import resolve_base
 from textcompress.stages import run_stage
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from textcompress import catalog
 from textcompress.data import load_labels
 from textcompress.fileio import data_version, read_json
-from textcompress.report import build_report, write_report
+from textcompress.decisions.report import build_report, write_report
 from textcompress.stages import run_stage
 
 FAILURES_FILE = catalog.FAILURES.name  # written by the flow: candidate -> why its stage failed

@@ -17,8 +17,8 @@ import numpy as np
 from textcompress import catalog
 from textcompress.data import load_labels, load_split
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.modeling import from_pretrained_bert, load_bundle, resolve_base, save_bundle
-from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig, principal_projection
+from textcompress.models.encoder import from_pretrained_bert, load_bundle, resolve_base, save_bundle
+from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig, principal_projection
 from textcompress.stages import run_stage
 from textcompress.training import (
     Checkpoint, accuracy, join_process_group, predict_logits, process_group, resolve_device, seed_everything,

@@ -6,7 +6,7 @@ import numpy as np
 from textcompress import catalog
 from textcompress.data import load_split
 from textcompress.fileio import atomic_path
-from textcompress.modeling import load_bundle
+from textcompress.models.encoder import load_bundle
 from textcompress.stages import run_stage
 from textcompress.training import predict_logits
 

@@ -163,6 +163,6 @@ class ExportContext:
     @cached_property
     def train(self) -> "Split":
         from textcompress.data import load_split
-        from textcompress.inference import split_for_model
+        from textcompress.deploy.inference import split_for_model
 
         return split_for_model(load_split(self.prepared, "train"), self.prepared, self.model_dir, self.max_length)

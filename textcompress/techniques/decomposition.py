@@ -29,7 +29,7 @@ from torch import nn
 
 from textcompress.data import token_counts
 from textcompress.errors import RecipeError
-from textcompress.modeling import LAYER_LINEARS, LowRankLinear, TextClassifier, count_parameters
+from textcompress.models.encoder import LAYER_LINEARS, LowRankLinear, TextClassifier, count_parameters
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.recovery import recover
 
@@ -141,7 +141,7 @@ def low_rank(model: TextClassifier, modules: str = "ffn", rank: int = 0, ratio: 
 def apply_low_rank(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     """The `low_rank` step: the chosen linears replaced by truncated-SVD factor pairs (fitted to their
     weights or their inputs), or an LSTM/GRU's W_ih/W_hh factorised; then recovery. Returns (model, details)."""
-    from textcompress.modeling_rnn import RecurrentClassifier
+    from textcompress.models.recurrent import RecurrentClassifier
 
     details = {"fit": args["fit"]}
     if isinstance(model, RecurrentClassifier):
@@ -153,7 +153,7 @@ def apply_low_rank(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifi
     else:
         grams = None
         if args["fit"] == "activations":
-            from textcompress.quantization import calibration_batches
+            from textcompress.deploy.quantization import calibration_batches
 
             names = [n for n in target_names(model, args["modules"]) if isinstance(model.get_submodule(n), nn.Linear)]
             grams = input_grams(model, names, calibration_batches(ctx.train, args["calibration"], seed=ctx.seed))

@@ -24,7 +24,7 @@ from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
-from textcompress.modeling import TextClassifier, count_parameters
+from textcompress.models.encoder import TextClassifier, count_parameters
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.pruning import gate_importance, remove_heads_and_neurons, student_from_teacher
 from textcompress.techniques.recovery import default_layer_map, recover, with_augmented_data, word_embeddings
@@ -122,7 +122,7 @@ def narrow_student(student: TextClassifier, ctx, width: int, ffn: int) -> tuple[
 def embedding_table(teacher: nn.Module, size: int) -> torch.Tensor:
     """The teacher's word-piece vectors (a transformer's or a recurrent model's), projected onto
     their top `size` principal directions when `size` is smaller than their width."""
-    from textcompress.modeling_rnn import principal_projection
+    from textcompress.models.recurrent import principal_projection
 
     table = word_embeddings(teacher).weight.detach()
     if isinstance(teacher, TextClassifier) and teacher.embeddings.word_projection is not None:
@@ -139,10 +139,10 @@ def word_level_student(teacher: nn.Module, args: dict) -> nn.Module:
     common = {"vocab_size": teacher.config.vocab_size, "embedding_size": size, "num_labels": teacher.config.num_labels,
               "dropout": args["dropout"]}
     if args["student"] == "cnn":
-        from textcompress.modeling_cnn import ConvClassifier, ConvConfig
+        from textcompress.models.cnn import ConvClassifier, ConvConfig
         student = ConvClassifier(ConvConfig(filters=args["filters"], kernel_sizes=args["kernel_sizes"], **common))
     else:
-        from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig
+        from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig
         if not isinstance(args["layers"], int):
             raise RecipeError("distill", f"layers={args['layers']} must be a count of recurrent layers for student "
                               f"{args['student']}", "give layers as a whole number, 1 or more")

@@ -22,7 +22,7 @@ import torch
 
 from textcompress.data import Split, length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
-from textcompress.modeling import ATTENTIONS, TextClassifier, count_parameters
+from textcompress.models.encoder import ATTENTIONS, TextClassifier, count_parameters
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.recovery import recover
 

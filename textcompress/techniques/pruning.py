@@ -36,8 +36,8 @@ from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
-from textcompress.modeling import TextClassifier, count_parameters
-from textcompress.modeling_rnn import RecurrentClassifier
+from textcompress.models.encoder import TextClassifier, count_parameters
+from textcompress.models.recurrent import RecurrentClassifier
 from textcompress.techniques.base import FRACTION_BELOW_ONE, RECOVERY, SCOPES, Technique
 from textcompress.techniques.recovery import recover
 from textcompress.training import kd_loss

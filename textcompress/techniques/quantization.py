@@ -1,12 +1,12 @@
 """Post-training quantization (the `quantize` recipe step), at the ONNX level in `export`:
 ONNX Runtime dynamic or static (QDQ, calibrated) int8, or fp16 for GPU targets. The graph work
-itself is in textcompress/quantization.py, beside the other ONNX tools; quantization-aware
+itself is in textcompress/deploy/quantization.py, beside the other ONNX tools; quantization-aware
 training is in quantization_aware.py.
 """
 
 from __future__ import annotations
 
-from textcompress.quantization import apply_quantize
+from textcompress.deploy.quantization import apply_quantize
 from textcompress.techniques.base import Technique
 
 TECHNIQUES = (

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from textcompress.errors import RecipeError
-from textcompress.export import export_onnx, parity_max_abs_diff
-from textcompress.inference import make_session, split_logits
-from textcompress.modeling import FakeQuantLinear, TextClassifier, set_fake_quant
-from textcompress.quantization import calibration_batches, int8_from_fake_quant
+from textcompress.deploy.export import export_onnx, parity_max_abs_diff
+from textcompress.deploy.inference import make_session, split_logits
+from textcompress.models.encoder import FakeQuantLinear, TextClassifier, set_fake_quant
+from textcompress.deploy.quantization import calibration_batches, int8_from_fake_quant
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.recovery import recover
 

@@ -24,7 +24,7 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
 from textcompress.fileio import atomic_path
-from textcompress.modeling import TextClassifier
+from textcompress.models.encoder import TextClassifier
 from textcompress.training import accuracy, kd_loss, predict_logits, train_classifier
 
 # `teacher_states: auto` caches the mapped layers' hidden states up to this size (SST-2: about

@@ -1,4 +1,4 @@
-"""The compression families applied to LSTM/GRU classifiers (textcompress/modeling_rnn.py).
+"""The compression families applied to LSTM/GRU classifiers (textcompress/models/recurrent.py).
 
 The recipe steps are the transformers' (`prune_structured`, `drop_layers`, `low_rank`,
 `share_layers`, ...); their `apply_*` functions hand a recurrent model to the functions here.
@@ -28,8 +28,8 @@ from torch import nn
 
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
-from textcompress.modeling import count_parameters
-from textcompress.modeling_rnn import GATES, FactorizedRNN, RecurrentClassifier
+from textcompress.models.encoder import count_parameters
+from textcompress.models.recurrent import GATES, FactorizedRNN, RecurrentClassifier
 from textcompress.techniques.recovery import recover
 from textcompress.training import kd_loss
 

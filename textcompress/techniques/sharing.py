@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from textcompress.errors import RecipeError
-from textcompress.modeling import LAYER_LINEARS, TextClassifier, count_parameters
+from textcompress.models.encoder import LAYER_LINEARS, TextClassifier, count_parameters
 from textcompress.techniques.decomposition import input_grams, low_rank_factors
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.recovery import recover
@@ -105,7 +105,7 @@ def _part_prefixes(share: str) -> list[str]:
 
 def _tie_view(model: TextClassifier, state: dict) -> dict:
     """The state dict `model` expects, with every tied key taking its group leader's value."""
-    from textcompress.modeling import shared_aliases
+    from textcompress.models.encoder import shared_aliases
 
     full = dict(state)
     for alias, original in shared_aliases(model).items():
@@ -116,7 +116,7 @@ def _tie_view(model: TextClassifier, state: dict) -> dict:
 def apply_share_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     """The `share_layers` step: layers in groups tied to one weight set (optionally with rank-r
     per-layer corrections), or a BiLSTM/GRU's two directions tied; then recovery. Returns (model, details)."""
-    from textcompress.modeling_rnn import RecurrentClassifier
+    from textcompress.models.recurrent import RecurrentClassifier
 
     if isinstance(model, RecurrentClassifier):  # a BiLSTM/GRU: both directions run one set of weights
         from textcompress.techniques.recurrent import tie_directions
@@ -125,7 +125,7 @@ def apply_share_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClas
     else:
         grams = None
         if args["delta_rank"] and args["fit"] == "activations":
-            from textcompress.quantization import calibration_batches
+            from textcompress.deploy.quantization import calibration_batches
 
             names = relaxed_targets(model.config.num_layers, args["groups"], args["share"])
             grams = input_grams(model, names, calibration_batches(ctx.train, args["calibration"], seed=ctx.seed))

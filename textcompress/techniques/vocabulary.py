@@ -20,7 +20,7 @@ from torch import nn
 
 from textcompress.data import Split, load_tokenizer, token_counts
 from textcompress.errors import RecipeError
-from textcompress.modeling import TextClassifier, count_parameters
+from textcompress.models.encoder import TextClassifier, count_parameters
 from textcompress.techniques.base import Technique
 
 

@@ -1,4 +1,4 @@
-"""Tests for textcompress.report: rows of the candidates contract, failures, Pareto front, files."""
+"""Tests for textcompress.decisions.report: rows of the candidates contract, failures, Pareto front, files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from textcompress.report import build_report, pareto_front, write_report
+from textcompress.decisions.report import build_report, pareto_front, write_report
 from textcompress.techniques import recipe_families
 
 CONTRACT_FIELDS = {"name", "recipe", "families", "accuracy", "macro_f1", "accuracy_drop", "accuracy_ci", "size_mb", "params",
@@ -175,7 +175,7 @@ def test_write_report_writes_its_files(report, tmp_path):
 
 
 def test_model_card_names_data_version_teacher_recipe_metrics_and_limits(report, tmp_path):
-    from textcompress.report import model_card
+    from textcompress.decisions.report import model_card
 
     context = {"data_version": "abc123.dir", "base_model": "minilm-l6", "max_length": 128, "labels": [0, 1]}
     write_report(report, tmp_path, context)

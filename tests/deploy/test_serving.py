@@ -1,4 +1,4 @@
-"""Tests for textcompress.serving: the input contract and the MLflow pyfunc end to end."""
+"""Tests for textcompress.deploy.serving: the input contract and the MLflow pyfunc end to end."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import export_model_dir
-from textcompress.serving import MAX_BATCH, OnnxTextModel, ServingInputError, texts_from_input
+from textcompress.deploy.serving import MAX_BATCH, OnnxTextModel, ServingInputError, texts_from_input
 
 SENTENCES = ["the movie was great .", "the plot was awful ."]
 
@@ -62,7 +62,7 @@ def test_refuses_an_unreadable_input():
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_teacher, tmp_path_factory):
-    from textcompress.modeling import load_bundle
+    from textcompress.models.encoder import load_bundle
 
     return export_model_dir(load_bundle(tiny_teacher)[0], tiny_teacher, tmp_path_factory.mktemp("serving") / "model_dir")
 

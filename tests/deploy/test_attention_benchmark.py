@@ -1,4 +1,4 @@
-"""Tests for textcompress.attention_benchmark: it measures every kind at every length, finds the
+"""Tests for textcompress.deploy.attention_benchmark: it measures every kind at every length, finds the
 crossover, and the report shows it (timings themselves are never asserted)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import torch
 
-from textcompress.attention_benchmark import crossover, encoder_of_shape, plot_attention_benchmark, run_attention_benchmark
-from textcompress.modeling import pool
-from textcompress.report import attention_section
+from textcompress.deploy.attention_benchmark import crossover, encoder_of_shape, plot_attention_benchmark, run_attention_benchmark
+from textcompress.models.encoder import pool
+from textcompress.decisions.report import attention_section
 
 from tests.conftest import tiny_model_config
 

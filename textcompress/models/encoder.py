@@ -518,10 +518,10 @@ def model_from_config(config: dict) -> nn.Module:
     config = dict(config)
     architecture = config.get("architecture", "transformer")
     if architecture == "rnn":
-        from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig
+        from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig
         return RecurrentClassifier(RecurrentConfig(**config))
     if architecture == "cnn":
-        from textcompress.modeling_cnn import ConvClassifier, ConvConfig
+        from textcompress.models.cnn import ConvClassifier, ConvConfig
         return ConvClassifier(ConvConfig(**config))
     if architecture != "transformer":
         raise TextcompressError(f"config.json: unknown architecture {architecture!r}. "

@@ -1,11 +1,11 @@
-"""Tests for textcompress.evaluation: accuracy, macro-F1, the bootstrap interval, agreement."""
+"""Tests for textcompress.decisions.evaluation: accuracy, macro-F1, the bootstrap interval, agreement."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from textcompress.evaluation import bootstrap_accuracy_ci, evaluate_predictions, macro_f1
+from textcompress.decisions.evaluation import bootstrap_accuracy_ci, evaluate_predictions, macro_f1
 
 # Three classes, six rows:
 #   labels    = 0 0 0 1 1 2
@@ -76,7 +76,7 @@ def test_label_agreement_is_none_without_a_reference():
 
 
 def test_mcnemar_counts_discordant_rows_and_gives_the_exact_p_value():
-    from textcompress.evaluation import mcnemar_test
+    from textcompress.decisions.evaluation import mcnemar_test
 
     a = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 1], dtype=bool)
     b = np.array([0, 0, 0, 0, 0, 1, 1, 0, 1, 1], dtype=bool)

@@ -1,4 +1,4 @@
-"""Tests for textcompress.quantization: static QDQ int8 calibrated on training sentences, fp16,
+"""Tests for textcompress.deploy.quantization: static QDQ int8 calibrated on training sentences, fp16,
 operators kept in fp32 by name, and the sensitivity search."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from onnx import numpy_helper
 import pytest
 
 from textcompress.data import load_split
-from textcompress.export import export_onnx, label_agreement
-from textcompress.inference import make_session, split_logits
-from textcompress.modeling import load_bundle
-from textcompress.quantization import apply_quantize, calibration_batches
+from textcompress.deploy.export import export_onnx, label_agreement
+from textcompress.deploy.inference import make_session, split_logits
+from textcompress.models.encoder import load_bundle
+from textcompress.deploy.quantization import apply_quantize, calibration_batches
 from textcompress.techniques import TECHNIQUES
 
 

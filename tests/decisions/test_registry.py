@@ -13,15 +13,15 @@ import mlflow
 import pytest
 
 from tests.conftest import export_model_dir
-from textcompress.champion import measure_champion
+from textcompress.decisions.champion import measure_champion
 from textcompress.config import DEFAULTS
 from textcompress.data import load_split
 from textcompress.fileio import read_json, write_json
-from textcompress.inference import OnnxTextClassifier
-from textcompress.modeling import load_bundle
+from textcompress.deploy.inference import OnnxTextClassifier
+from textcompress.models.encoder import load_bundle
 from textcompress.errors import TextcompressError
-from textcompress.promotion import PromotionPolicy
-from textcompress.registry import (ARCHIVED_TAG, CHALLENGER, CHAMPION, DEMOTED_TAG, archive_old_versions, decide,
+from textcompress.decisions.promotion import PromotionPolicy
+from textcompress.decisions.registry import (ARCHIVED_TAG, CHALLENGER, CHAMPION, DEMOTED_TAG, archive_old_versions, decide,
                                    log_candidates, promote, promote_run, rollback)
 from textcompress.techniques.pruning import student_from_teacher
 
@@ -164,7 +164,7 @@ def test_the_promote_command_uses_the_library_service_without_prefect_tasks(proj
     write_json(project / "reports" / "run.json", {"versions": versions})
     script = ("import sys; from textcompress.cli import main; main(['--project', sys.argv[1], 'promote', '--dry-run']); "
               "print('task modules imported:', 'tasks.tracking' in sys.modules or 'tasks.stages' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script, str(project)], cwd=Path(__file__).resolve().parents[1],
+    done = subprocess.run([sys.executable, "-c", script, str(project)], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "would make student (version" in done.stdout and "no champion yet" in done.stdout
@@ -240,8 +240,8 @@ CONCURRENT_PIPELINE = """
 import json, sys
 from pathlib import Path
 import mlflow
-from textcompress.promotion import PromotionPolicy
-from textcompress.registry import log_candidates, promote, registry_lock
+from textcompress.decisions.promotion import PromotionPolicy
+from textcompress.decisions.registry import log_candidates, promote, registry_lock
 project, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 mlflow.set_tracking_uri(uri)
 report = json.loads(sys.argv[4])
@@ -258,7 +258,7 @@ for attempt in range(5):  # each pipeline logs and promotes several times, as a 
 
 def test_two_pipelines_promoting_at_once_end_with_one_champion_and_every_version(project, tmp_path):
     uri = mlflow.get_tracking_uri()
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     children = []
     for name in ("teacher", "student"):
         report = {"pick": name, "rows": [row(name, 1.0, 2.0 if name == "teacher" else 1.0)]}

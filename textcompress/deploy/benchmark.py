@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from textcompress.data import load_tokenizer, pad_arrays
-from textcompress.inference import MODEL_FILE, UNFUSED, make_session
+from textcompress.deploy.inference import MODEL_FILE, UNFUSED, make_session
 
 
 def _cpuinfo(field: str) -> str | None:

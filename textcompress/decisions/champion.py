@@ -26,7 +26,7 @@ def paired_test(root: Path, challenger: str, champion_row: dict) -> dict | None:
     """McNemar's test of the challenger against the champion on this run's validation rows. The
     champion's predictions come from its evaluation in this run, or from measure_champion."""
     from textcompress.data import load_split
-    from textcompress.evaluation import mcnemar_test
+    from textcompress.decisions.evaluation import mcnemar_test
 
     labels = load_split(root / "artifacts" / "prepared", "validation").labels
     ours = _predictions(root, challenger)
@@ -42,10 +42,10 @@ def measure_champion(root: Path, params: dict, version) -> dict | None:
     so that its row is comparable with this run's rows. None (keep the champion) if it cannot be."""
     import mlflow
 
-    from textcompress.benchmark import benchmark_candidates
+    from textcompress.deploy.benchmark import benchmark_candidates
     from textcompress.data import load_labels, load_split
-    from textcompress.evaluation import evaluate_predictions
-    from textcompress.inference import OnnxTextClassifier
+    from textcompress.decisions.evaluation import evaluate_predictions
+    from textcompress.deploy.inference import OnnxTextClassifier
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Tests for textcompress.modeling: the classifier's forward pass, bundles on disk,
+"""Tests for textcompress.models.encoder: the classifier's forward pass, bundles on disk,
 parameter counting and loading Hugging Face BERT checkpoints."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 from textcompress.data import pad_batch
 from textcompress.errors import TextcompressError
-from textcompress.modeling import (
+from textcompress.models.encoder import (
     TextClassifier,
     count_parameters,
     from_pretrained_bert,

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textcompress.benchmark import environment, peak_rss_mb
-from textcompress.export import export_onnx
-from textcompress.inference import make_session
-from textcompress.modeling import EncoderConfig, TextClassifier
+from textcompress.deploy.benchmark import environment, peak_rss_mb
+from textcompress.deploy.export import export_onnx
+from textcompress.deploy.inference import make_session
+from textcompress.models.encoder import EncoderConfig, TextClassifier
 
 SCOPES = ("encoder", "attention")
 

@@ -1,8 +1,8 @@
 """MLflow: one run per candidate, one registered model with a version per candidate, and
-promotion of the `champion` alias by the policy (`textcompress.promotion.PromotionPolicy`).
+promotion of the `champion` alias by the policy (`textcompress.decisions.promotion.PromotionPolicy`).
 
 `promote_run` is the one promotion service: the Prefect flow and `textcompress promote` both call
-it. It measures a champion from another run in this run (`textcompress.champion`), decides under
+it. It measures a champion from another run in this run (`textcompress.decisions.champion`), decides under
 the registry lock, and records the decision.
 
 Runs are keyed by a fingerprint (the ONNX bytes, the recipe, the data and the metrics), so a
@@ -29,11 +29,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from textcompress.champion import measure_champion, paired_test
+from textcompress.decisions.champion import measure_champion, paired_test
 from textcompress.errors import TextcompressError
 from textcompress.fileio import read_json, write_json
-from textcompress.inference import MODEL_FILE
-from textcompress.promotion import PromotionPolicy, report_pick
+from textcompress.deploy.inference import MODEL_FILE
+from textcompress.decisions.promotion import PromotionPolicy, report_pick
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEMOTED_TAG = "promotion.demoted"  # set by rollback: never promote this version again
@@ -104,7 +104,7 @@ def provenance(project_dir: Path) -> dict:
 def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_model: str, experiment: str,
                    project_dir: Path, data_version: str, max_length: int) -> dict[str, str]:
     """Log every candidate that ran; return {candidate: registered model version}."""
-    from textcompress.serving import OnnxTextModel
+    from textcompress.deploy.serving import OnnxTextModel
 
     client = MlflowClient()
     mlflow.set_experiment(experiment)
@@ -139,7 +139,7 @@ def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_
                     name="model", python_model=OnnxTextModel(), artifacts={"model_dir": str(bundle)},
                     signature=infer_signature(example, output), input_example=example,
                     pip_requirements=["onnxruntime", "tokenizers", "pandas", "numpy", "mlflow"],
-                    code_paths=[str(Path(__file__).parent)],
+                    code_paths=[str(Path(__file__).parents[1])],  # the textcompress package
                 )
         version = client.create_model_version(registered_model, info.model_uri, run_id=run.info.run_id,
                                               tags={**tags, "candidate": row["name"], "fingerprint": fp})

@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 
 from textcompress.catalog import PARENT_SUFFIX  # noqa: F401 - benchmark entries timing a fp32 parent
-from textcompress.export import onnx_size_bytes
+from textcompress.deploy.export import onnx_size_bytes
 from textcompress.fileio import atomic_path, read_json, write_json
-from textcompress.promotion import PromotionPolicy
+from textcompress.decisions.promotion import PromotionPolicy
 
 TEACHER, BASELINE = "teacher", "int8-dynamic"
 BENCH_FIELDS = ("latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "tokenize_p50_ms")

@@ -1,4 +1,4 @@
-"""Tests for textcompress.benchmark: what benchmark_candidates measures and records.
+"""Tests for textcompress.deploy.benchmark: what benchmark_candidates measures and records.
 
 Speed itself is measured by the benchmark stage, never asserted here: these tests only
 check that every measurement is present and sane."""
@@ -11,9 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from textcompress.benchmark import benchmark_candidates, peak_rss_mb
+from textcompress.deploy.benchmark import benchmark_candidates, peak_rss_mb
 from textcompress.data import pad_arrays
-from textcompress.modeling import load_bundle
+from textcompress.models.encoder import load_bundle
 from textcompress.techniques.pruning import student_from_teacher
 
 from tests.conftest import CLS_ID, SEP_ID, export_model_dir, tiny_sentiment_rows
@@ -76,6 +76,6 @@ def test_peak_rss_mb_failure_names_the_model(two_models):
     ({"fma", "avx", "avx2"}, "AVX2"), ({"sse4_2"}, "SSE"),
 ])
 def test_the_vector_isa_names_the_widest_int8_instructions(flags, expected):
-    from textcompress.benchmark import vector_isa
+    from textcompress.deploy.benchmark import vector_isa
 
     assert vector_isa(flags) == expected

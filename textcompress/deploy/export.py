@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from textcompress.data import Split, pad_arrays, pad_batch
-from textcompress.inference import make_session, run_logits, split_logits
-from textcompress.modeling import SelfAttention
+from textcompress.deploy.inference import make_session, run_logits, split_logits
+from textcompress.models.encoder import SelfAttention
 from textcompress.catalog import PARENT_FILE  # noqa: F401 - re-exported: a quantized candidate's fp32 parent
 
 PARITY_ROWS = 32

@@ -104,7 +104,7 @@ def nodes_with_weights(model_path: Path) -> list[str]:
 
 def most_sensitive_matmuls(onnx_in: Path, args: dict, batches: list[dict], excluded: list[str], count: int) -> list[dict]:
     """Quantize one MatMul at a time; rank by the largest logit change on the calibration batches."""
-    from textcompress.inference import make_session
+    from textcompress.deploy.inference import make_session
 
     graph = onnx.load(str(onnx_in), load_external_data=False).graph
     candidates = [n.name for n in graph.node if n.op_type == "MatMul" and n.name not in excluded]

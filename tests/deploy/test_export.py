@@ -1,4 +1,4 @@
-"""Tests for textcompress.export: ONNX export with dynamic axes, parity, quantized export, sizes."""
+"""Tests for textcompress.deploy.export: ONNX export with dynamic axes, parity, quantized export, sizes."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from textcompress.data import load_split, pad_arrays
 import onnx
 
-from textcompress.export import export_onnx, fused_attention, label_agreement, onnx_size_bytes, parity_max_abs_diff
-from textcompress.inference import UNFUSED, make_session, run_logits
-from textcompress.modeling import SelfAttention, load_bundle
-from textcompress.quantization import apply_quantize
+from textcompress.deploy.export import export_onnx, fused_attention, label_agreement, onnx_size_bytes, parity_max_abs_diff
+from textcompress.deploy.inference import UNFUSED, make_session, run_logits
+from textcompress.models.encoder import SelfAttention, load_bundle
+from textcompress.deploy.quantization import apply_quantize
 
 from tests.conftest import CLS_ID, SEP_ID, TINY_VOCAB
 
@@ -128,7 +128,7 @@ def test_onnx_size_bytes_of_a_real_export_is_the_file_size(fp32_onnx, tiny_token
 
 
 def test_compressed_size_shrinks_with_zeros(tmp_path):
-    from textcompress.export import compressed_size_bytes
+    from textcompress.deploy.export import compressed_size_bytes
 
     rng = np.random.default_rng(0)
     dense = rng.standard_normal(100_000).astype(np.float32)

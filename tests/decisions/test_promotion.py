@@ -1,4 +1,4 @@
-"""Tests for textcompress.promotion: the policy's one budget check, eligibility, the pick and beats()."""
+"""Tests for textcompress.decisions.promotion: the policy's one budget check, eligibility, the pick and beats()."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from textcompress.promotion import PromotionPolicy
+from textcompress.decisions.promotion import PromotionPolicy
 
 POLICY = PromotionPolicy.from_params({"registered_model": "m", "objective": "latency_p50_ms", "max_accuracy_drop": 1.0})
 GOOD_EXPORT = {"parity_max_abs_diff": 2e-6, "parity_ok": True, "parity_tolerance": 1e-4}

@@ -1,4 +1,4 @@
-"""Tests for textcompress.modeling_rnn and textcompress.modeling_cnn: the word-level students."""
+"""Tests for textcompress.models.recurrent and textcompress.models.cnn: the word-level students."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from textcompress.data import pad_arrays
-from textcompress.export import export_onnx
-from textcompress.inference import make_session, run_logits
-from textcompress.modeling import load_bundle, save_bundle
-from textcompress.modeling_cnn import ConvClassifier, ConvConfig
-from textcompress.modeling_rnn import RecurrentClassifier, RecurrentConfig, reverse_real_tokens
+from textcompress.deploy.export import export_onnx
+from textcompress.deploy.inference import make_session, run_logits
+from textcompress.models.encoder import load_bundle, save_bundle
+from textcompress.models.cnn import ConvClassifier, ConvConfig
+from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig, reverse_real_tokens
 
 VOCAB = 40
 SENTENCES = [np.array([2, 5, 9, 11, 3]), np.array([2, 7, 3]), np.array([2, 4, 4, 8, 13, 21, 30, 6, 3]),
@@ -102,7 +102,7 @@ def test_recurrent_config_refuses_impossible_shapes(bad):
 def test_dynamic_int8_quantizes_lstm_weights_and_reports_the_grus_it_keeps_fp32(tmp_path):
     import onnx
 
-    from textcompress.quantization import apply_quantize
+    from textcompress.deploy.quantization import apply_quantize
 
     ids, mask = pad_arrays(SENTENCES)
     args = {"mode": "dynamic", "per_channel": False, "exclude": [], "sensitivity": 0, "calibration": 8, "method": "minmax"}
