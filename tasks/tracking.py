@@ -1,5 +1,5 @@
 """Prefect tasks around MLflow and the DVC remote: log, promote, push. The logic is the library's
-(`textcompress.registry`); these tasks add retries and the flow's view of it."""
+(`textcompress.decisions.registry`); these tasks add retries and the flow's view of it."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from prefect import task
 from tasks.stages import project_env
 from textcompress.errors import TextcompressError
 from textcompress.fileio import data_version, read_json
-from textcompress.registry import promote_run, registry_lock, tracking_uri
+from textcompress.decisions.registry import promote_run, registry_lock, tracking_uri
 
 READ_ONLY_REMOTES = {"shared"}  # the team's data remote: never pushed to
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], task_run_name="log candidates to MLflow")
 def log_to_mlflow(project_dir: str, params: dict) -> dict[str, str]:
-    from textcompress.registry import log_candidates
+    from textcompress.decisions.registry import log_candidates
 
     root = Path(project_dir)
     uri = tracking_uri(params["mlflow"]["tracking_uri"], root)
