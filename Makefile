@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make run    set up, pull the data, run the pipeline on params.yaml (or PARAMS=params/<family>.yaml)
+#   make run    set up, pull the data, run the pipeline on params.yaml (or PARAMS=params/<family>.yaml,
+#               which runs in its own workspace runs/<family>/)
 #   make test   set up, run the test suite
 PARAMS ?= params.yaml
 VENV ?= .venv

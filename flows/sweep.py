@@ -18,52 +18,30 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from prefect import flow, task
 
 from flows.pipeline import pipeline
-from tasks.stages import StageFailed, project_env, run_dvc_stage, stage_order
+from tasks.stages import StageFailed, run_dvc_stage, stage_order
 from textcompress.config import load_params
 from textcompress.errors import TextcompressError
+from textcompress.workspace import make_workspace
 
 WORKSPACES = ".sweep"  # under the project; ignored by git and DVC
-
-
-def cache_dir(project: Path) -> Path:
-    """The DVC cache the project uses: the configured one, else .dvc/cache."""
-    out = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=project, capture_output=True, text=True,
-                         env=project_env())
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else project / ".dvc" / "cache"
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def make_workspace(project: Path, candidate: str) -> Path:
-    """A fresh copy of the project's tracked and untracked (not ignored) files, its own git repo,
-    the same DVC remotes and the project's cache."""
+def candidate_workspace(project: Path, candidate: str) -> Path:
+    """A fresh workspace for one candidate (textcompress.workspace: the project's files, its cache)."""
     workspace = project / WORKSPACES / candidate
     if workspace.exists():
         shutil.rmtree(workspace)
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=project, capture_output=True,
-                            check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = project / name
-        if source.is_file() and not name.startswith(WORKSPACES + "/"):
-            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, workspace / name)
-    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(cache_dir(project))], cwd=workspace,
-                   check=True, capture_output=True, env=project_env())
-    # The data itself comes from the shared cache, not the remote.
-    subprocess.run([sys.executable, "-m", "dvc", "checkout", "-q"] + [p.name for p in project.glob("*.dvc") if p.is_file()],
-                   cwd=workspace, capture_output=True, env=project_env())
-    return workspace
+    return make_workspace(project, workspace)
 
 
 @task(task_run_name="candidate {candidate}")
@@ -72,7 +50,7 @@ def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = Fal
     come out of the run-cache. A failure is returned, not raised: the others go on."""
     project = Path(project_dir)
     started = time.time()
-    workspace = make_workspace(project, candidate)
+    workspace = candidate_workspace(project, candidate)
     try:
         for stage in (f"compress@{candidate}", f"export@{candidate}", f"evaluate@{candidate}"):
             run_dvc_stage.fn(stage, str(workspace), upstream=True, threads=threads)

@@ -1,18 +1,20 @@
-"""The CLI's params handling (a sweep file becomes a complete params.yaml, a bad one changes nothing)
+"""The CLI's params handling (a profile runs in its own workspace, a bad one changes nothing)
 and its errors (one clean line for a user error, the traceback with --debug)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from textcompress.cli import activate_params
 from textcompress.config import load_params
 from textcompress.errors import ParamsError
+from textcompress.workspace import profile_params, run_directory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,21 +31,64 @@ def tracked_sections() -> set[str]:
 
 
 @pytest.mark.parametrize("sweep", sorted(p.name for p in (REPO / "params").glob("*.yaml")))
-def test_every_sweep_file_becomes_a_complete_params_yaml(tmp_path, sweep):
+def test_every_profile_is_a_complete_params_file_for_its_own_workspace(tmp_path, sweep):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    active = activate_params(REPO / "params" / sweep, tmp_path)
-    written = yaml.safe_load(active.read_text())
-    assert tracked_sections() <= set(written)
-    assert load_params(active) == load_params(REPO / "params" / sweep)
+    where, params = profile_params(REPO / "params" / sweep, tmp_path)
+    assert where == tmp_path / "runs" / Path(sweep).stem
+    assert tracked_sections() <= set(params)
+    expected = load_params(REPO / "params" / sweep)
+    assert {k: v for k, v in params.items() if k != "mlflow"} == {k: v for k, v in expected.items() if k != "mlflow"}
+    assert params["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the project's registry
 
 
-def test_a_bad_sweep_file_leaves_params_yaml_untouched(tmp_path):
-    original = (REPO / "params.yaml").read_text()
-    (tmp_path / "params.yaml").write_text(original)
-    (tmp_path / "bad.yaml").write_text("teach:\n  epochs: -1\n")
+def test_the_project_s_own_params_run_in_the_project(tmp_path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    assert profile_params("params.yaml", tmp_path) == (tmp_path, load_params(tmp_path / "params.yaml"))
+
+
+def git(project: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def small_project(tmp_path):
+    """A git and DVC project holding the repository's params, profiles and stage graph."""
+    project = tmp_path / "project"
+    (project / "params").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", "params/quick.yaml"):
+        shutil.copy(REPO / name, project / name)
+    (project / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / ".gitignore", project / ".dvc" / ".gitignore")
+    (project / ".dvc" / "config").write_text("[core]\n    no_scm = false\n['remote \"shared\"']\n    url = ../../storage\n")
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
+    return project
+
+
+def test_a_profile_runs_in_its_workspace_and_changes_no_tracked_file(small_project):
+    where = run_directory("params/quick.yaml", small_project)
+    assert where == small_project / "runs" / "quick"
+    assert load_params(where / "params.yaml") == profile_params("params/quick.yaml", small_project)[1]
+    assert (where / "dvc.yaml").read_text() == (small_project / "dvc.yaml").read_text()
+    assert git(small_project, "status", "--porcelain") == ""  # runs/ is ignored; nothing tracked changed
+    # The workspace shares the project's cache, and a relative remote now points where the project's does.
+    dvc = [sys.executable, "-m", "dvc"]
+    cache = subprocess.run(dvc + ["cache", "dir"], cwd=where, capture_output=True, text=True).stdout.strip()
+    assert Path(cache) == small_project / ".dvc" / "cache"
+    remote = subprocess.run(dvc + ["remote", "list"], cwd=where, capture_output=True, text=True).stdout
+    assert str(small_project.parent / "storage") in remote
+    # A second run keeps what the workspace made: its own dvc.lock and reports.
+    (where / "dvc.lock").write_text("schema: '2.0'\n")
+    assert run_directory("params/quick.yaml", small_project) == where and (where / "dvc.lock").read_text() == "schema: '2.0'\n"
+
+
+def test_a_bad_profile_makes_and_changes_nothing(small_project):
+    original = (small_project / "params.yaml").read_text()
+    (small_project / "bad.yaml").write_text("teach:\n  epochs: -1\n")
     with pytest.raises(ParamsError, match="teach.epochs"):
-        activate_params(tmp_path / "bad.yaml", tmp_path)
-    assert (tmp_path / "params.yaml").read_text() == original
+        run_directory(small_project / "bad.yaml", small_project)
+    assert (small_project / "params.yaml").read_text() == original and not (small_project / "runs").exists()
 
 
 def test_a_user_error_prints_one_clean_line_and_exits_2(tmp_path, monkeypatch, capsys):
@@ -81,7 +126,7 @@ def test_a_user_error_wrapped_by_the_flow_is_still_one_line_and_a_bug_keeps_its_
         except StageFailed as err:
             raise RuntimeError("Flow run encountered an exception") from err
 
-    monkeypatch.setattr(cli, "activate_params", wrapped)
+    monkeypatch.setattr("textcompress.workspace.run_directory", wrapped)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--project", str(tmp_path), "run"])
     assert exit_.value.code == 2
@@ -90,7 +135,7 @@ def test_a_user_error_wrapped_by_the_flow_is_still_one_line_and_a_bug_keeps_its_
     def bug(*args):
         raise KeyError("teach")
 
-    monkeypatch.setattr(cli, "activate_params", bug)
+    monkeypatch.setattr("textcompress.workspace.run_directory", bug)
     with pytest.raises(KeyError):
         cli.main(["--project", str(tmp_path), "run"])
 

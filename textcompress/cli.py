@@ -12,39 +12,23 @@ from pathlib import Path
 from textcompress.errors import DEBUG_ENV, TextcompressError
 
 
-def activate_params(chosen: str | Path, project: Path) -> Path:
-    """Make `chosen` the params DVC reads (project/params.yaml), merged with the defaults, since DVC
-    tracks every section. Validates first, so a bad file changes nothing."""
-    import yaml
-
-    from textcompress.config import load_params
-    from textcompress.fileio import atomic_path
-
-    chosen, active = Path(chosen), project / "params.yaml"
-    if not chosen.is_absolute() and not chosen.exists():
-        chosen = project / chosen
-    params = load_params(chosen)
-    if chosen.resolve() != active.resolve():
-        merged = f"# Written by `textcompress run --params {chosen}`; `git checkout params.yaml` restores the default.\n"
-        merged += yaml.safe_dump(params, sort_keys=False)
-        if not active.exists() or active.read_text() != merged:
-            with atomic_path(active) as tmp:
-                tmp.write_text(merged)
-            print(f"params.yaml now holds {chosen} merged with the defaults")
-    return active
-
-
 def cmd_run(args) -> None:
+    from textcompress.workspace import run_directory
+
     project = Path(args.project).resolve()
-    activate_params(args.params, project)
+    where = run_directory(args.params, project)
+    if where != project:
+        print(f"profile {args.params} runs in {where.relative_to(project)}/ (its reports and dvc.lock there; "
+              "the project's DVC cache and MLflow registry)")
     from flows.pipeline import pipeline
 
-    pipeline(project_dir=str(project), pull=not args.no_pull)
+    pipeline(project_dir=str(where), pull=not args.no_pull)
 
 
 def cmd_sweep(args) -> None:
-    project = Path(args.project).resolve()
-    activate_params(args.params, project)
+    from textcompress.workspace import run_directory
+
+    project = run_directory(args.params, Path(args.project).resolve())
     from flows.sweep import sweep
 
     summary = sweep(str(project), workers=args.workers, runner=args.runner, address=args.address, pull=not args.no_pull)
@@ -64,9 +48,10 @@ def scheduled_deployment(project: Path, params: dict, cron: str | None = None) -
 def cmd_schedule(args) -> None:
     """Serve the pipeline as a Prefect deployment on a cron schedule (runs until stopped)."""
     from textcompress.config import load_params
+    from textcompress.workspace import run_directory
 
-    project = Path(args.project).resolve()
-    params = load_params(activate_params(args.params, project))
+    project = run_directory(args.params, Path(args.project).resolve())
+    params = load_params(project / "params.yaml")
     options = scheduled_deployment(project, params, args.cron)
     from flows.pipeline import pipeline
 
