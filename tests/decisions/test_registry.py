@@ -274,3 +274,21 @@ def test_two_pipelines_promoting_at_once_end_with_one_champion_and_every_version
     assert champion.tags["candidate"] in {"teacher", "student"}
     decisions = [json.loads(line) for out, _ in outputs for line in out.strip().splitlines()]
     assert sum(d["reason"] == "no champion yet" for d in decisions) == 1
+
+
+def test_a_new_experiment_keeps_its_artifacts_beside_the_sqlite_registry(tmp_path, monkeypatch):
+    """A profile run creates the experiment from runs/<profile>/; its models must not live there."""
+    from mlflow import MlflowClient
+
+    from textcompress.decisions.registry import ensure_experiment
+
+    elsewhere = tmp_path / "runs" / "quick"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    ensure_experiment(client, "textcompress")
+    location = client.get_experiment_by_name("textcompress").artifact_location
+    assert location == (tmp_path / "mlruns").as_uri()
+    ensure_experiment(client, "textcompress")  # an existing one is left as it is
+    assert mlflow.get_experiment_by_name("textcompress").artifact_location == location

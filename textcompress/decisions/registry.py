@@ -101,13 +101,24 @@ def provenance(project_dir: Path) -> dict:
     return {"git_commit": commit, "dvc_lock_sha256": file_digest(lock)[:16] if lock.is_file() else "none"}
 
 
+def ensure_experiment(client: MlflowClient, name: str) -> None:
+    """Make `name` the active experiment, creating it with its artifacts beside a SQLite registry
+    (mlruns/ next to mlflow.db), not under whichever directory first ran: a profile run in its
+    workspace and a run in the project then keep their models in the same place."""
+    uri = mlflow.get_tracking_uri()
+    if client.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
+        artifacts = Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns"
+        client.create_experiment(name, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(name)
+
+
 def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_model: str, experiment: str,
                    project_dir: Path, data_version: str, max_length: int) -> dict[str, str]:
     """Log every candidate that ran; return {candidate: registered model version}."""
     from textcompress.deploy.serving import OnnxTextModel
 
     client = MlflowClient()
-    mlflow.set_experiment(experiment)
+    ensure_experiment(client, experiment)
     _ensure_registered_model(client, registered_model)
     # Versions as strings throughout: SQLite stores give ints, REST servers strings.
     existing = {v.tags.get("fingerprint"): str(v.version) for v in client.search_model_versions(f"name='{registered_model}'")}
