@@ -47,7 +47,7 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
     timings: dict[str, float] = {}
     if pull:
         logger.info(pull_data(str(root)))
-    if skip_unchanged and (root / "reports" / "run.json").is_file() and pipeline_is_up_to_date(root):
+    if skip_unchanged and Catalog(root).RUN.is_file() and pipeline_is_up_to_date(root):
         logger.info("neither data nor params nor code changed since the last run: nothing to do")
         return {"skipped": True, "reason": "nothing changed"}
 
@@ -83,17 +83,17 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
     pushed = push_artifacts(str(root), params["pipeline"]["push_remote"])
     summary = {"stages": statuses, "seconds": timings, "failed": failures, "errors": errors, "versions": versions,
                "promotion": decision, "push": pushed}
-    write_json(root / "reports" / "run.json", summary)
+    write_json(Catalog(root).RUN, summary)
     if decision["promoted"]:
         notify(params["notify"], "promotion", f"{decision['challenger']} is the new champion of {decision['registered_model']}",
                decision["reason"], root)
     notify(params["notify"], "completion", "textcompress run finished",
            f"failed candidates: {sorted(failures) or 'none'}; promotion: {decision['reason']}", root)
-    logger.info("\n%s", (root / "reports" / "candidates.md").read_text())
+    logger.info("\n%s", Catalog(root).CANDIDATES_MD.read_text())
     logger.info("promotion: %s%s", decision["reason"],
                 f" -> {decision['challenger']} is champion" if decision["promoted"] else "")
-    logger.info("report: %s  ONNX files: %s  MLflow: %s (mlflow ui --backend-store-uri %s)", root / "reports",
-                root / "artifacts" / "onnx", params["mlflow"]["tracking_uri"], params["mlflow"]["tracking_uri"])
+    logger.info("report: %s  ONNX files: %s  MLflow: %s (mlflow ui --backend-store-uri %s)", Catalog(root).REPORTS,
+                Catalog(root).ONNX, params["mlflow"]["tracking_uri"], params["mlflow"]["tracking_uri"])
     return summary
 
 

@@ -11,6 +11,7 @@ import mlflow
 from prefect import task
 
 from tasks.stages import project_env
+from textcompress.catalog import Catalog
 from textcompress.errors import TextcompressError
 from textcompress.fileio import data_version, read_json
 from textcompress.decisions.registry import promote_run, registry_lock, tracking_uri
@@ -25,9 +26,9 @@ def log_to_mlflow(project_dir: str, params: dict) -> dict[str, str]:
     root = Path(project_dir)
     uri = tracking_uri(params["mlflow"]["tracking_uri"], root)
     mlflow.set_tracking_uri(uri)
-    report = read_json(root / "reports" / "candidates.json")
+    report = read_json(Catalog(root).CANDIDATES_JSON)
     with registry_lock(uri):
-        return log_candidates(report, root / "artifacts" / "onnx", root / "reports", params["promotion"]["registered_model"],
+        return log_candidates(report, Catalog(root).ONNX, Catalog(root).REPORTS, params["promotion"]["registered_model"],
                               params["mlflow"]["experiment"], root, data_version(root), params["data"]["max_length"])
 
 

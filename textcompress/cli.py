@@ -9,6 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from textcompress.catalog import Catalog
 from textcompress.errors import DEBUG_ENV, TextcompressError
 
 
@@ -83,7 +84,7 @@ def cmd_predict(args) -> None:
         raise TextcompressError("nothing to predict. Fix: pass sentences as arguments or --file")
     params = load_params(Path(args.project) / "params.yaml")
     name = params["promotion"]["registered_model"]
-    candidate_dir = Path(args.project) / "artifacts" / "onnx" / (args.model or "")
+    candidate_dir = Catalog(Path(args.project)).onnx(args.model or "")
     if args.model and candidate_dir.is_dir():
         from textcompress.deploy.inference import OnnxTextClassifier
 
@@ -121,7 +122,7 @@ def cmd_promote(args) -> None:
     from textcompress.decisions.registry import promote_run
 
     project = Path(args.project).resolve()
-    run = project / "reports" / "run.json"
+    run = Catalog(project).RUN
     if not run.is_file():
         raise TextcompressError(f"{run}: not found. Fix: run the pipeline first (`textcompress run`)")
     params = load_params(project / "params.yaml")

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from textcompress.catalog import Catalog
 from textcompress.fileio import read_json
 
 
 def _predictions(root: Path, name: str) -> list | None:
-    path = root / "artifacts" / "metrics" / f"{name}.json"
+    path = Catalog(root).metrics(name)
     return read_json(path).get("predictions") if path.is_file() else None
 
 
@@ -28,7 +29,7 @@ def paired_test(root: Path, challenger: str, champion_row: dict) -> dict | None:
     from textcompress.data import load_split
     from textcompress.decisions.evaluation import mcnemar_test
 
-    labels = load_split(root / "artifacts" / "prepared", "validation").labels
+    labels = load_split(Catalog(root).PREPARED, "validation").labels
     ours = _predictions(root, challenger)
     theirs = champion_row.get("predictions") or _predictions(root, champion_row["name"])
     if ours is None or theirs is None or len(ours) != len(theirs) or len(ours) != len(labels):
@@ -53,20 +54,20 @@ def measure_champion(root: Path, params: dict, version) -> dict | None:
             model_dir = local / "artifacts" / "model_dir"
             settings = read_json(model_dir / "serving.json")
             size_mb = sum(p.stat().st_size for p in model_dir.glob("*.onnx")) / 1e6
-            validation = load_split(root / "artifacts" / "prepared", "validation")
-            labels = load_labels(root / "artifacts" / "prepared")
+            validation = load_split(Catalog(root).PREPARED, "validation")
+            labels = load_labels(Catalog(root).PREPARED)
             predicted, _ = OnnxTextClassifier(model_dir, max_length=settings["max_length"]).predict(validation.texts)
             index = {label: i for i, label in enumerate(labels)}
             predicted_ids = [index.get(p, -1) for p in predicted]  # a label this data lacks counts as wrong
             metrics = evaluate_predictions(np.asarray(predicted_ids), validation.labels, len(labels), bootstrap=200)
             cfg = params["benchmark"]
-            timing = benchmark_candidates({"champion": model_dir, "teacher": root / "artifacts" / "onnx" / "teacher"},
+            timing = benchmark_candidates({"champion": model_dir, "teacher": Catalog(root).onnx("teacher")},
                                           validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
                                           cfg["batch_size"], params["data"]["max_length"], measure_memory=False)["candidates"]
     except Exception as err:  # an unreachable store, an incompatible old model: keep it, say why
         print(f"could not measure the current champion in this run ({err.__class__.__name__}: {err}); keeping it")
         return None
-    report = read_json(root / "reports" / "candidates.json")
+    report = read_json(Catalog(root).CANDIDATES_JSON)
     teacher = next(r for r in report["rows"] if r["name"] == "teacher")
     # Timed beside the teacher, then put on this run's scale through the teacher's numbers.
     latency = teacher["latency_p50_ms"] / timing["teacher"]["latency_p50_ms"]

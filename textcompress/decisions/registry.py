@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from textcompress.catalog import Catalog
 from textcompress.decisions.champion import measure_champion, paired_test
 from textcompress.errors import TextcompressError
 from textcompress.fileio import read_json, write_json
@@ -248,7 +249,7 @@ def promote_run(project_dir: Path | str, params: dict, versions: dict[str, str],
     root = Path(project_dir)
     uri = tracking_uri(params["mlflow"]["tracking_uri"], root)
     mlflow.set_tracking_uri(uri)
-    report = read_json(root / "reports" / "candidates.json")
+    report = read_json(Catalog(root).CANDIDATES_JSON)
     policy = PromotionPolicy.from_params(params["promotion"], teacher=report.get("teacher", "teacher"))
     pick = report_pick(report)
     act = decide if dry_run else promote
@@ -257,7 +258,7 @@ def promote_run(project_dir: Path | str, params: dict, versions: dict[str, str],
                        compare_with_champion=lambda version: measure_champion(root, params, version),
                        paired_test=lambda champion_row: paired_test(root, pick, champion_row))
     if not dry_run:
-        write_json(root / "reports" / "promotion.json", decision)
+        write_json(Catalog(root).PROMOTION, decision)
     return decision
 
 

@@ -12,7 +12,7 @@ import math
 
 from pathlib import Path
 
-from textcompress.catalog import PARENT_SUFFIX  # noqa: F401 - benchmark entries timing a fp32 parent
+from textcompress.catalog import CANDIDATES_JSON, PARENT_SUFFIX  # noqa: F401 - PARENT_SUFFIX: benchmark entries timing a fp32 parent
 from textcompress.deploy.export import onnx_size_bytes
 from textcompress.fileio import atomic_path, read_json, write_json
 from textcompress.decisions.promotion import PromotionPolicy
@@ -279,7 +279,7 @@ def model_card(report: dict, context: dict) -> str:
 def write_report(report: dict, out_dir: Path, card_context: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_pareto(report, out_dir / "pareto.png")
-    write_json(out_dir / "candidates.json", report)
+    write_json(out_dir / CANDIDATES_JSON.name, report)
     with atomic_path(out_dir / "candidates.md") as tmp:
         tmp.write_text(to_markdown(report))
     if card_context is not None:
