@@ -66,6 +66,18 @@ def test_a_rerun_with_nothing_changed_adds_no_versions(project):
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{MODEL}'")) == 2
 
 
+def test_the_registered_model_pins_the_versions_it_was_logged_with(project):
+    from importlib.metadata import version
+
+    _, versions = log(project, [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)], "student")
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{MODEL}/{versions['student']}")).read_text()
+    for name in ("onnxruntime", "tokenizers", "pandas", "numpy", "mlflow"):
+        assert f"{name}=={version(name)}" in requirements.splitlines()
+    # The plain exported folder travels with it: config, tokenizer and ONNX file.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{versions['student']}"))
+    assert {"model.onnx", "tokenizer.json", "labels.json"} <= {p.name for p in (local / "artifacts" / "model_dir").iterdir()}
+
+
 def test_no_eligible_candidate_never_moves_the_alias(project):
     report, versions = log(project, [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)], "student")
     promote(report, versions, MODEL, POLICY)

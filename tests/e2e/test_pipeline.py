@@ -82,6 +82,18 @@ def test_registry_champion_labels_raw_text(runs, project):
     out = model.predict(pd.DataFrame({"text": ["the movie was really great .", "the plot was awful ."]}))
     assert list(out["label"]) == [1, 0]
     assert ((out["probability"] > 0.5) & (out["probability"] <= 1.0)).all()
+    # The champion's exported folder is a standard one: transformers reads its labels and tokenizer,
+    # and ONNX Runtime fed as Optimum feeds it labels the texts as the registered model does.
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = project / "artifacts" / "onnx" / report["pick"]
+    config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    encoded = tokenizer(["the movie was really great .", "the plot was awful ."], padding=True, return_tensors="np")
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {i.name: encoded[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+    assert [config.id2label[int(i)] for i in logits.argmax(-1)] == ["1", "0"]
 
 
 @pytest.mark.e2e

@@ -102,6 +102,17 @@ def provenance(project_dir: Path) -> dict:
     return {"git_commit": commit, "dvc_lock_sha256": file_digest(lock)[:16] if lock.is_file() else "none"}
 
 
+SERVING_PACKAGES = ("mlflow", "onnxruntime", "tokenizers", "pandas", "numpy")  # what the served model imports
+
+
+def serving_requirements() -> list[str]:
+    """The served model's pip requirements, pinned to the versions this run used, so the
+    environment MLflow builds for it scores as this run did."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> None:
     """Make `name` the active experiment, creating it with its artifacts beside a SQLite registry
     (mlruns/ next to mlflow.db), not under whichever directory first ran: a profile run in its
@@ -150,7 +161,7 @@ def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=OnnxTextModel(), artifacts={"model_dir": str(bundle)},
                     signature=infer_signature(example, output), input_example=example,
-                    pip_requirements=["onnxruntime", "tokenizers", "pandas", "numpy", "mlflow"],
+                    pip_requirements=serving_requirements(),
                     code_paths=[str(Path(__file__).parents[1])],  # the textcompress package
                 )
         version = client.create_model_version(registered_model, info.model_uri, run_id=run.info.run_id,

@@ -12,6 +12,7 @@ from textcompress import catalog
 from textcompress.data import load_split
 from textcompress.deploy.export import PARENT_FILE, compressed_size_bytes, export_onnx, label_agreement, parity_max_abs_diff
 from textcompress.fileio import atomic_dir, write_json
+from textcompress.deploy.hf_folder import write_transformers_files
 from textcompress.deploy.inference import MODEL_FILE, split_for_model
 from textcompress.models.encoder import load_bundle, set_fake_quant
 from textcompress.stages import run_stage
@@ -29,7 +30,7 @@ def main(argv=None):
 
     def body(params, args):
         cfg, recipe = params["export"], candidate_recipe(params, args.candidate)
-        model, _ = load_bundle(args.model)
+        model, labels = load_bundle(args.model)
         validation = split_for_model(load_split(args.prepared, "validation"), args.prepared, args.model,
                                      params["data"]["max_length"])
         ctx = ExportContext(Path(args.prepared), Path(args.model), params["data"]["max_length"], params["seed"],
@@ -60,6 +61,8 @@ def main(argv=None):
             report["compressed_bytes"] = compressed_size_bytes(tmp / MODEL_FILE)
             for name in ("tokenizer.json", "labels.json"):
                 shutil.copyfile(Path(args.model) / name, tmp / name)
+            # The folder Optimum's ONNX classifiers use: config.json (id2label) and the tokenizer's configs.
+            write_transformers_files(tmp, model.config, labels, tmp / "tokenizer.json", params["data"]["max_length"])
             write_json(tmp / "export.json", report)
         print(f"{args.candidate}: parity {parity:.2e}" + (f", agreement with fp32 {report['label_agreement_with_fp32']:.4f}"
                                                           if "label_agreement_with_fp32" in report else ""))
