@@ -110,3 +110,19 @@ def test_logged_pyfunc_flags_an_empty_input(loaded_pyfunc):
 def test_logged_pyfunc_refuses_a_request_breaking_the_contract(loaded_pyfunc):
     with pytest.raises(Exception, match="`text` column"):
         loaded_pyfunc.predict(pd.DataFrame({"sentence": SENTENCES}))
+
+
+def test_in_process_scoring_takes_more_texts_than_one_request_may_hold(loaded_pyfunc):
+    texts = [SENTENCES[i % 2] for i in range(MAX_BATCH + 5)]
+    out = loaded_pyfunc.predict(pd.DataFrame({"text": texts}))
+    assert len(out) == MAX_BATCH + 5
+    alone = loaded_pyfunc.predict(pd.DataFrame({"text": SENTENCES}))["label"].tolist()
+    assert out["label"].tolist()[:2] == alone and out["label"].tolist()[MAX_BATCH:MAX_BATCH + 2] == alone  # both chunks
+
+
+def test_over_http_a_request_keeps_its_limit(loaded_pyfunc, monkeypatch):
+    from textcompress.deploy.serving import SERVING_ENVIRONMENT
+
+    monkeypatch.setenv(SERVING_ENVIRONMENT, "true")  # what MLflow's scoring server sets in its process
+    with pytest.raises(Exception, match=f"the limit is {MAX_BATCH}"):
+        loaded_pyfunc.predict(pd.DataFrame({"text": ["x"] * (MAX_BATCH + 1)}))

@@ -15,6 +15,7 @@ Serving contract:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -22,7 +23,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-MAX_BATCH = 1024
+MAX_BATCH = 1024  # texts in one HTTP request; in-process scoring takes any number, MAX_BATCH at a time
+# MLflow's scoring server sets this in its process (mlflow.environment_variables): requests come over HTTP.
+SERVING_ENVIRONMENT = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
+
+
+def over_http() -> bool:
+    return os.environ.get(SERVING_ENVIRONMENT, "").lower() == "true"
 
 
 class ServingInputError(MlflowException):
@@ -32,7 +39,9 @@ class ServingInputError(MlflowException):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def texts_from_input(model_input) -> list[str]:
+def texts_from_input(model_input, limit: int | None = MAX_BATCH) -> list[str]:
+    """The texts of a request or a batch, checked against the serving contract; more than `limit`
+    texts (None: no limit) are refused."""
     if isinstance(model_input, pd.DataFrame):
         if "text" not in model_input.columns:
             raise ServingInputError(f"the request has columns {list(model_input.columns)}; send a `text` column")
@@ -45,8 +54,8 @@ def texts_from_input(model_input) -> list[str]:
         texts = [model_input]
     else:
         raise ServingInputError(f"cannot read texts from {type(model_input).__name__}; send a list of strings or a `text` column")
-    if len(texts) > MAX_BATCH:
-        raise ServingInputError(f"{len(texts)} texts in one request; the limit is {MAX_BATCH}: split the request")
+    if limit is not None and len(texts) > limit:
+        raise ServingInputError(f"{len(texts)} texts in one request; the limit is {limit}: split the request")
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise ServingInputError(f"row {row}: text must be a string, got {type(text).__name__} ({text!r:.40})")
@@ -62,7 +71,13 @@ class OnnxTextModel(mlflow.pyfunc.PythonModel):
         self.classifier = OnnxTextClassifier(model_dir, threads=settings.get("threads"), max_length=settings.get("max_length", 128))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        texts = texts_from_input(model_input)
-        labels, probabilities = self.classifier.predict(texts)
-        return pd.DataFrame({"label": labels, "probability": probabilities.astype(float),
-                             "empty_input": [not t.strip() for t in texts]})
+        """Labels and probabilities for raw texts. Over HTTP a request holds at most MAX_BATCH texts;
+        in-process (`mlflow.pyfunc.load_model(...).predict`, `mlflow models predict`, a Spark UDF)
+        any number is scored, MAX_BATCH at a time."""
+        texts = texts_from_input(model_input, MAX_BATCH if over_http() else None)
+        labels, probabilities = [], []
+        for start in range(0, len(texts), MAX_BATCH):
+            chunk_labels, chunk_probabilities = self.classifier.predict(texts[start:start + MAX_BATCH])
+            labels += list(chunk_labels)
+            probabilities += chunk_probabilities.astype(float).tolist()
+        return pd.DataFrame({"label": labels, "probability": probabilities, "empty_input": [not t.strip() for t in texts]})
