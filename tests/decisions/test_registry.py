@@ -304,3 +304,18 @@ def test_a_new_experiment_keeps_its_artifacts_beside_the_sqlite_registry(tmp_pat
     assert location == (tmp_path / "mlruns").as_uri()
     ensure_experiment(client, "textcompress")  # an existing one is left as it is
     assert mlflow.get_experiment_by_name("textcompress").artifact_location == location
+
+
+def test_a_registry_lock_held_too_long_is_a_clear_error_naming_the_lock(tmp_path):
+    import fcntl
+
+    from textcompress.decisions.registry import registry_lock
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open(tmp_path / "mlflow.lock", "a") as held:  # another pipeline holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TextcompressError, match=r"mlflow\.lock: another pipeline has held the registry lock.*Fix: wait"):
+            with registry_lock(uri, timeout_s=0.5):
+                pass
+    with registry_lock(uri, timeout_s=0.5):  # released: the next pipeline goes on
+        pass
