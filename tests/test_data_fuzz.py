@@ -1,11 +1,14 @@
-"""Fuzzing `prepare` with malformed files: every outcome is either a prepared directory or a
-DataError that names the file, never another exception, and a failure writes nothing."""
+"""Fuzzing `prepare` with malformed files: each mutation has the outcome it must have (a prepared
+directory, or a DataError that names the file and says the fix), never another exception, and a
+failure writes nothing."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+
+import re
 
 from tests.conftest import tiny_sentiment_rows
 from textcompress.config import DEFAULTS
@@ -38,6 +41,18 @@ def mutations(rng: random.Random) -> list[tuple[str, bytes]]:
     ]
 
 
+# Files that are still well-formed: a BOM and Windows line ends, or a NUL inside a sentence (text).
+ACCEPTED = {"BOM and CRLF", "NUL bytes"}
+
+
+def must_be_accepted(name: str, content: bytes) -> bool:
+    """Every other mutation must be refused, except a file truncated right after a whole row."""
+    if name == "truncated mid-line":
+        last = content.decode().split("\n")[-1]
+        return last == "" or re.fullmatch(r"[^\t]+\t[01]", last) is not None
+    return name in ACCEPTED
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_prepare_on_malformed_training_files_fails_cleanly_or_succeeds(tmp_path, tiny_tokenizer_file, seed):
     rng = random.Random(seed)
@@ -51,10 +66,12 @@ def test_prepare_on_malformed_training_files_fails_cleanly_or_succeeds(tmp_path,
         try:
             prepare(params, tiny_tokenizer_file, out)
         except DataError as err:
+            assert not must_be_accepted(name, content), (name, str(err))
             assert str(train) in str(err) or str(validation) in str(err), (name, str(err))
             assert "Fix:" in str(err), (name, str(err))
             assert not out.exists(), name
         else:
+            assert must_be_accepted(name, content), f"{name}: accepted, but it must be refused"
             assert (out / "train.parquet").is_file(), name
             import shutil
 

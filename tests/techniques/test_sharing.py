@@ -32,7 +32,11 @@ def test_group_sources_split_layers_into_contiguous_groups():
     assert group_sources(6, 1) == [0] * 6
     assert group_sources(6, 2) == [0, 0, 0, 3, 3, 3]
     assert group_sources(6, 6) == list(range(6))
-    assert group_sources(5, 2) == [0, 0, 3, 3, 3] or group_sources(5, 2) == [0, 0, 2, 2, 2]
+    assert group_sources(5, 2) == [0, 0, 2, 2, 2]
+    for layers in range(1, 9):  # every layer reads its group's first layer, never a later one
+        for groups in range(1, layers + 1):
+            sources = group_sources(layers, groups)
+            assert len(set(sources)) == groups and all(s <= i and sources[s] == s for i, s in enumerate(sources))
     with pytest.raises(ValueError, match="groups"):
         group_sources(6, 0)
 
