@@ -1,7 +1,7 @@
 """Tests for textcompress.deploy.benchmark: what benchmark_candidates measures and records.
 
-Speed itself is measured by the benchmark stage, never asserted here: these tests only
-check that every measurement is present and sane."""
+Speed itself is measured by the benchmark stage, never asserted here: these tests check that
+every measurement is present and sane, and that the timing is interleaved as the module says."""
 
 from __future__ import annotations
 
@@ -45,6 +45,42 @@ def test_benchmark_candidates_measures_every_candidate(two_models, texts):
             assert timing[field] > 0, (name, field)
         assert timing["latency_p50_ms"] <= timing["latency_p95_ms"], name
         assert timing["peak_rss_mb"] > 0, name
+
+
+def test_candidates_are_timed_interleaved_in_an_order_that_rotates(two_models, texts, monkeypatch):
+    """The point of the module: every model runs every sentence (and batch) in the same round, and
+    which one goes first rotates, so a slow moment of a shared machine is spread over all."""
+    from pathlib import Path
+
+    import textcompress.deploy.benchmark as bench
+
+    three = {**two_models, "again": two_models["teacher"]}
+    calls: list[tuple[str, int]] = []
+    real = bench.make_session
+
+    class Recorded:
+        def __init__(self, path, threads=None):
+            self.session, self.name = real(path, threads), owner_of[str(path)].pop(0)
+
+        def run(self, outputs, inputs):
+            calls.append((self.name, inputs["input_ids"].shape[0]))
+            return self.session.run(outputs, inputs)
+
+    owner_of = {}  # model file -> the names it is benchmarked under, in the order sessions are made
+    for name, folder in three.items():
+        owner_of.setdefault(str(Path(folder) / "model.onnx"), []).append(name)
+    monkeypatch.setattr(bench, "make_session", Recorded)
+    warmup, batch_size = 2, 8
+    bench.benchmark_candidates(three, texts, warmup=warmup, batch_size=batch_size, max_length=32, measure_memory=False)
+    names, batches = list(three), -(-len(texts) // batch_size)
+    timed = calls[len(names) * (warmup + min(2, batches)):]  # after each model's own warm-up
+    singles, batched = timed[: len(texts) * len(names)], timed[len(texts) * len(names):]
+    for i in range(len(texts)):
+        round_ = singles[i * len(names):(i + 1) * len(names)]
+        assert [n for n, _ in round_] == names[i % 3:] + names[: i % 3] and {size for _, size in round_} == {1}
+    assert len(batched) == batches * len(names)
+    for j in range(batches):
+        assert [n for n, _ in batched[j * len(names):(j + 1) * len(names)]] == names[j % 3:] + names[: j % 3]
 
 
 def test_benchmark_candidates_records_the_environment(two_models, texts):
