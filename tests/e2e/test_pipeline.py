@@ -63,8 +63,20 @@ def test_candidates_json_has_the_contract(runs, project):
     assert rows["int8-dynamic"]["size_mb"] < rows["teacher"]["size_mb"]
     assert rows["distill-l2"]["params"] < rows["teacher"]["params"]
     assert report["pick"] in {"int8-dynamic", "distill-l2"}
-    for name in ("candidates.md", "pareto.png", "promotion.json"):
-        assert (project / "reports" / name).is_file()
+    # The human-readable files say the same: a table row per candidate with its accuracy, the pick
+    # named, a real plot, and the promotion decision about that pick.
+    table = (project / "reports" / "candidates.md").read_text()
+    for name, row in rows.items():
+        line = next(l for l in table.splitlines() if l.startswith(f"| {name} |"))
+        assert f"{100 * row['accuracy']:.2f}" in line, (name, line)
+    assert f"**{report['pick']}**" in table
+    from PIL import Image
+
+    with Image.open(project / "reports" / "pareto.png") as plot:
+        assert plot.format == "PNG" and min(plot.size) >= 300
+    promotion = json.loads((project / "reports" / "promotion.json").read_text())  # the last run's decision
+    assert promotion["challenger"] == report["pick"] and promotion == runs[1]["promotion"]
+    assert runs[0]["promotion"]["promoted"] is True and runs[0]["promotion"]["challenger"] == report["pick"]
 
 
 @pytest.mark.e2e
