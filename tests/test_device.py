@@ -16,9 +16,11 @@ from tests.conftest import tiny_model_config
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 
-def test_auto_picks_the_cpu_without_a_gpu_and_names_pass_through():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@pytest.mark.parametrize("has_gpu,expected", [(False, "cpu"), (True, "cuda")])
+def test_auto_picks_the_gpu_when_there_is_one_and_names_pass_through(monkeypatch, has_gpu, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_gpu)
+    assert resolve_device("auto") == torch.device(expected) and resolve_device(None) == torch.device(expected)
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("cuda:1") == torch.device("cuda", 1)
 
 
 @cuda
