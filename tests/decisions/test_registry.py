@@ -319,3 +319,11 @@ def test_a_registry_lock_held_too_long_is_a_clear_error_naming_the_lock(tmp_path
                 pass
     with registry_lock(uri, timeout_s=0.5):  # released: the next pipeline goes on
         pass
+
+
+def test_a_pick_whose_version_this_registry_lacks_is_a_clear_error(project):
+    """A fresh clone's committed run.json names versions its new mlflow.db does not have."""
+    report, versions = log(project, [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)], "student")
+    for wrong in ({**versions, "student": "99"}, {}):
+        with pytest.raises(TextcompressError, match=r"version (99|None) of .* is not in this registry.*Fix: run the pipeline"):
+            decide(report, wrong, MODEL, POLICY)

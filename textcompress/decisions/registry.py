@@ -204,8 +204,12 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
     if challenger is None:
         decision["reason"] = "no candidate is eligible under the policy; champion unchanged"
         return decision
-    version = versions[challenger]
+    version = versions.get(challenger)
     decision["challenger_version"] = version
+    if version is None or not client.search_model_versions(f"name='{registered_model}' and version_number={version}"):
+        raise TextcompressError(
+            f"{mlflow.get_tracking_uri()}: this run's pick {challenger!r} (version {version} of {registered_model}) is not "
+            "in this registry. Fix: run the pipeline here first (`make run`), so the registry holds this run's versions")
     if client.get_model_version(registered_model, version).tags.get(DEMOTED_TAG):
         decision.update(demoted=True, reason=f"version {version} was rolled back before and is not promoted again")
     elif (gate := policy.validation_gate(rows[challenger])) is not None:  # chosen on a selection split
