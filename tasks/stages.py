@@ -27,15 +27,11 @@ from pathlib import Path
 from prefect import task
 
 from textcompress.errors import ERROR_FILE_ENV, StageError, TextcompressError
+from textcompress.workspace import project_env
 
 TRANSIENT_MARKERS = ("database is locked", "Unable to acquire lock", "is locked by", "Resource temporarily unavailable")
 CHECKPOINTS = "artifacts/checkpoints"  # where `teach` saves the state a rerun resumes from
 SIGNAL_HINTS = {signal.SIGKILL: "out of memory?", signal.SIGTERM: "stopped from outside?", signal.SIGINT: "interrupted"}
-
-
-def project_env() -> dict:
-    """The environment for DVC subprocesses: dvc.yaml's `python` is this interpreter."""
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 class StageFailed(TextcompressError):

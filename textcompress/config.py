@@ -17,7 +17,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 
 from tasks.notify import EVENTS
 from textcompress.errors import ParamsError
-from textcompress.decisions.promotion import OBJECTIVES
+from textcompress.decisions.promotion import OBJECTIVES, SPLITS
+from textcompress.techniques.base import TEACHER_KINDS
 
 Whole = StrictInt  # a whole number: neither 1.5 nor true
 Number = Union[StrictInt, StrictFloat]  # an int stays an int and a float a float; true is not a number
@@ -84,7 +85,7 @@ class RecurrentConfig(Section):
 
 class TeachConfig(Section):
     finetuned_teacher: Optional[str] = setting(None, "a bundle or BERT classifier directory: skip fine-tuning")
-    architecture: Literal["transformer", "lstm", "gru"] = setting(
+    architecture: Literal[tuple(TEACHER_KINDS)] = setting(
         "transformer", "transformer: fine-tune the base; lstm / gru: train the recurrent classifier below")
     recurrent: RecurrentConfig = setting(RecurrentConfig)
     pooling: Literal["mean", "cls"] = "mean"
@@ -119,7 +120,7 @@ class PromotionConfig(Section):
     require_significance: StrictBool = setting(
         False, "McNemar's test of challenger vs champion on the same validation rows is always reported; "
         "with require_significance, a challenger significantly less accurate is not promoted")
-    select_on: Literal["validation", "selection"] = setting(
+    select_on: Literal[SPLITS] = setting(
         "validation", "where the accuracy budget is checked when choosing among candidates: validation, or the "
         "selection split carved from training (data.selection_fraction); validation still gates")
     significance_level: Number = setting(0.05, gt=0, lt=1, fix="e.g. 0.05")
@@ -233,14 +234,8 @@ class Params(Section):
         from textcompress.techniques import validate_recipe
 
         for name, recipe in self.candidates.items():
-            try:
-                validate_recipe(recipe, lambda problem, fix, n=name: Invalid(problem, fix, key=f"candidates.{n}"),
-                                self.teach.architecture)
-            except Invalid:
-                raise
-            except ValueError as err:  # a check that raises its own error (a RecipeError) instead of the factory's
-                raise Invalid(getattr(err, "problem", None) or str(err), getattr(err, "fix", None) or "see textcompress/techniques",
-                              key=f"candidates.{name}") from err
+            validate_recipe(recipe, lambda problem, fix, n=name: Invalid(problem, fix, key=f"candidates.{n}"),
+                            self.teach.architecture)
         return self
 
 

@@ -23,9 +23,14 @@ RUNS = "runs"  # profile workspaces, under the project; ignored by git and DVC
 RUN_PRODUCTS = ("params.yaml", "dvc.lock", "reports/")  # a workspace's own: never overwritten from the project
 
 
+def project_env() -> dict:
+    """The environment for DVC subprocesses: dvc.yaml's `python` is this interpreter."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
 def _dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, check=check, env=env)
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, check=check,
+                          env=project_env())
 
 
 def cache_dir(project: Path) -> Path:
