@@ -26,11 +26,11 @@ from pathlib import Path
 
 from prefect import task
 
+from textcompress.catalog import CHECKPOINTS  # where `teach` saves the state a rerun resumes from
 from textcompress.errors import ERROR_FILE_ENV, StageError, TextcompressError
 from textcompress.workspace import project_env
 
 TRANSIENT_MARKERS = ("database is locked", "Unable to acquire lock", "is locked by", "Resource temporarily unavailable")
-CHECKPOINTS = "artifacts/checkpoints"  # where `teach` saves the state a rerun resumes from
 SIGNAL_HINTS = {signal.SIGKILL: "out of memory?", signal.SIGTERM: "stopped from outside?", signal.SIGINT: "interrupted"}
 
 

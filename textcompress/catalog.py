@@ -34,10 +34,6 @@ RUN = REPORTS / "run.json"
 MODEL_FILE = "model.onnx"
 PARENT_FILE = "parent.onnx"  # a quantized candidate's fp32 parent, kept for the latency guardrail
 PARENT_SUFFIX = "@fp32-parent"  # benchmark entries timing a quantized candidate's fp32 parent
-STEPS_FILE = "steps.json"
-EXPORT_FILE = "export.json"
-LABELS_FILE = "labels.json"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def compressed(candidate: str) -> Path:

@@ -19,7 +19,6 @@ from textcompress.fileio import write_json
 # Special tokens by role, in the spellings of BERT-style and RoBERTa-style vocabularies.
 SPECIAL_TOKENS = {"cls_token": ("[CLS]", "<s>"), "sep_token": ("[SEP]", "</s>"), "pad_token": ("[PAD]", "<pad>"),
                   "unk_token": ("[UNK]", "<unk>"), "mask_token": ("[MASK]", "<mask>")}
-TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 def transformers_config(model_config, labels: list) -> dict:
