@@ -100,7 +100,8 @@ def test_a_stage_killed_by_sigkill_is_reported_as_killed_with_its_checkpoint(tmp
         run_dvc_stage.fn("teach", str(tmp_path))
     assert str(failed.value) == ("stage teach failed: killed by signal 9 (SIGKILL: out of memory?); rerun resumes from "
                                  f"the last checkpoint in artifacts/checkpoints/. Fix: {failed.value.record.fix}")
-    assert failed.value.record.kind == "killed" and failed.value.record.exit_code == -9
+    # DVC reports the status its shell saw: -9 when it ran the command itself, 128+9 through sh.
+    assert failed.value.record.kind == "killed" and failed.value.record.exit_code in (-9, 128 + 9)
 
 
 def test_the_flow_reads_the_record_the_stage_script_wrote(tmp_path):
