@@ -29,7 +29,8 @@ def log_to_mlflow(project_dir: str, params: dict) -> dict[str, str]:
     report = read_json(Catalog(root).CANDIDATES_JSON)
     with registry_lock(uri):
         return log_candidates(report, Catalog(root).ONNX, Catalog(root).REPORTS, params["promotion"]["registered_model"],
-                              params["mlflow"]["experiment"], root, data_version(root), params["data"]["max_length"])
+                              params["mlflow"]["experiment"], root, data_version(root), params["data"]["max_length"],
+                              pairs=params["data"]["text_pair_column"] is not None)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], task_run_name="promote champion")

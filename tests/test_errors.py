@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 
 import pytest
 import yaml
 
-from tests.conftest import build_tiny_tokenizer, tiny_sentiment_rows, write_tiny_tsv
+from tests.conftest import tiny_sentiment_rows, write_tiny_tsv
+from tests.e2e.tiny_project import write_tiny_base
 from textcompress.errors import (
     ERROR_FILE_ENV, DataError, ModelError, ParamsError, PolicyError, RecipeError, StageError, TextcompressError,
 )
@@ -47,17 +47,10 @@ def test_a_stage_error_round_trips_through_json():
     assert "traceback" not in record.summary() and record.summary()["line"] == 3
 
 
-def _tiny_base(path):
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
-    build_tiny_tokenizer().save(str(path / "tokenizer.json"))
-    return path
-
-
 def _params(tmp_path, train_rows):
     write_tiny_tsv(tmp_path / "train.tsv", train_rows)
     write_tiny_tsv(tmp_path / "validation.tsv", tiny_sentiment_rows(10, 2))
-    params = {"base_model": str(_tiny_base(tmp_path / "base")),
+    params = {"base_model": str(write_tiny_base(tmp_path / "base")),
               "data": {"train": str(tmp_path / "train.tsv"), "validation": str(tmp_path / "validation.tsv"), "max_length": 32}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path / "params.yaml"

@@ -68,27 +68,38 @@ def cmd_predict(args) -> None:
     from textcompress.config import load_params
     from textcompress.decisions.registry import tracking_uri
 
-    texts = list(args.texts)
+    params = load_params(Path(args.project) / "params.yaml")
+    pairs = params["data"]["text_pair_column"] is not None
+    texts, seconds = list(args.texts), list(args.pair or [])
+    if pairs and len(seconds) != len(texts):
+        raise TextcompressError(f"this project's model reads sentence pairs; {len(texts)} sentence(s) but {len(seconds)} "
+                                "--pair. Fix: give one --pair SECOND_SENTENCE per sentence, in order")
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise TextcompressError(f"{path}: file not found. Fix: pass an existing CSV (with a `text` column) or a text file")
         if path.suffix.lower() == ".csv":
             frame = pd.read_csv(path)
-            if "text" not in frame.columns:
-                raise TextcompressError(f"{path}:1: no `text` column (columns: {list(frame.columns)}). Fix: name the text column `text`")
+            for column in ("text", "text_pair") if pairs else ("text",):
+                if column not in frame.columns:
+                    raise TextcompressError(f"{path}:1: no `{column}` column (columns: {list(frame.columns)}). "
+                                            f"Fix: name the columns `text`{' and `text_pair`' if pairs else ''}")
             texts += frame["text"].astype(str).tolist()
+            seconds += frame["text_pair"].astype(str).tolist() if pairs else []
+        elif pairs:
+            raise TextcompressError(f"{path}: sentence pairs come in a CSV with `text` and `text_pair` columns. "
+                                    "Fix: write the pairs as such a CSV")
         else:
             texts += [line for line in path.read_text().splitlines() if line.strip()]
     if not texts:
         raise TextcompressError("nothing to predict. Fix: pass sentences as arguments or --file")
-    params = load_params(Path(args.project) / "params.yaml")
+    rows = list(zip(texts, seconds)) if pairs else texts
     name = params["promotion"]["registered_model"]
     candidate_dir = Catalog(Path(args.project)).onnx(args.model or "")
     if args.model and candidate_dir.is_dir():
         from textcompress.deploy.inference import OnnxTextClassifier
 
-        labels, probabilities = OnnxTextClassifier(candidate_dir, max_length=params["data"]["max_length"]).predict(texts)
+        labels, probabilities = OnnxTextClassifier(candidate_dir, max_length=params["data"]["max_length"]).predict(rows)
         result = pd.DataFrame({"label": labels, "probability": probabilities})
     else:
         mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], Path(args.project).resolve()))
@@ -98,9 +109,9 @@ def cmd_predict(args) -> None:
         except Exception as err:
             raise TextcompressError(f"cannot load {uri} ({err.__class__.__name__}). Fix: run the pipeline first, or pass "
                                     "--model with a candidate name or a model URI") from err
-        result = model.predict(pd.DataFrame({"text": texts}))
-    for text, label, probability in zip(texts, result["label"], result["probability"]):
-        print(f"{label}\t{probability:.3f}\t{text}")
+        result = model.predict(pd.DataFrame({"text": texts, **({"text_pair": seconds} if pairs else {})}))
+    for row, label, probability in zip(rows, result["label"], result["probability"]):
+        print(f"{label}\t{probability:.3f}\t{row if isinstance(row, str) else chr(9).join(row)}")
 
 
 def _registry_context(project: Path):
@@ -212,7 +223,8 @@ def main(argv=None) -> None:
     run.set_defaults(func=cmd_run)
     predict = sub.add_parser("predict", help="label sentences with the champion, a candidate or a model URI")
     predict.add_argument("texts", nargs="*")
-    predict.add_argument("--file", help="a CSV with a `text` column, or a text file with one sentence per line")
+    predict.add_argument("--pair", action="append", help="the second sentence of each pair, in order (models of sentence pairs)")
+    predict.add_argument("--file", help="a CSV with a `text` column (and `text_pair` for pairs), or a text file with one sentence per line")
     predict.add_argument("--model", help="a candidate name (artifacts/onnx/NAME) or an MLflow model URI; default: the champion")
     predict.set_defaults(func=cmd_predict)
     promote = sub.add_parser("promote", help="apply the promotion policy to the last run's report")

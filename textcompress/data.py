@@ -26,7 +26,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class Split:
-    texts: list[str]
+    texts: list  # sentences, or (sentence, second sentence) pairs: what tokenizers' encode_batch takes
     input_ids: list[np.ndarray]
     labels: np.ndarray  # label ids (indices into the label map)
 
@@ -35,12 +35,14 @@ class Split:
 
 
 # ---------------------------------------------------------------------------
-# Reading rows: each reader yields (line number, text, raw label) and names the file in errors.
+# Reading rows: each reader yields (line number, texts, raw label), texts being one value per text
+# column (the sentence, and the second one of a pair), and names the file in errors.
 
 
-def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto") -> list[tuple[int, str, object]]:
+def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto",
+              pair_column: str | None = None) -> list[tuple[int, object, object]]:
     """(line, text, raw label) rows of a data file, read by the reader of its format (`data.format`,
-    or its suffix when auto)."""
+    or its suffix when auto); with `pair_column`, text is a (sentence, second sentence) pair."""
     path = Path(path)
     if fmt not in FORMATS:
         raise DataError(path, f"unknown format {fmt!r}", f"set data.format to one of {', '.join(FORMATS)}")
@@ -50,15 +52,17 @@ def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = 
                         f"use one of {', '.join(sorted(SUFFIX_FORMATS))}, or set data.format")
     if not path.is_file():
         raise DataError(path, "file not found", "check data.train / data.validation in params.yaml (and run `dvc pull data.dvc`)")
-    return READERS[fmt](path, text_column, label_column)
+    columns = [text_column] if pair_column is None else [text_column, pair_column]
+    rows = READERS[fmt](path, columns, label_column)
+    return [(line, texts[0] if len(texts) == 1 else tuple(texts), label) for line, texts, label in rows]
 
 
-def _read_tsv(path: Path, text_column: str, label_column: str):
-    return _read_delimited(path, _decode(path), "\t", text_column, label_column)
+def _read_tsv(path: Path, text_columns: list[str], label_column: str):
+    return _read_delimited(path, _decode(path), "\t", text_columns, label_column)
 
 
-def _read_csv(path: Path, text_column: str, label_column: str):
-    return _read_delimited(path, _decode(path), ",", text_column, label_column)
+def _read_csv(path: Path, text_columns: list[str], label_column: str):
+    return _read_delimited(path, _decode(path), ",", text_columns, label_column)
 
 
 def _decode(path: Path) -> str:
@@ -70,27 +74,26 @@ def _decode(path: Path) -> str:
         raise DataError(path, f"is not valid UTF-8 (byte {err.start})", "re-save the file as UTF-8", line) from err
 
 
-def _read_delimited(path: Path, text: str, delimiter: str, text_column: str, label_column: str):
+def _read_delimited(path: Path, text: str, delimiter: str, text_columns: list[str], label_column: str):
     # TSV files such as GLUE's do not quote; quotes are part of the sentence there.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     try:
-        return _delimited_rows(path, reader, delimiter, text_column, label_column)
+        return _delimited_rows(path, reader, delimiter, text_columns, label_column)
     except csv.Error as err:  # a field over csv's size limit, a stray quote, ...
         raise DataError(path, f"cannot be read as {'TSV' if delimiter == chr(9) else 'CSV'} ({err})",
                         "check this line for a runaway quote or an overlong field", reader.line_num) from err
 
 
-def _delimited_rows(path: Path, reader, delimiter: str, text_column: str, label_column: str):
+def _delimited_rows(path: Path, reader, delimiter: str, text_columns: list[str], label_column: str):
     header = next(reader, None)
     if header is None:
         raise DataError(path, "is empty", "provide a header row and at least one example per class", 1)
     header = [h.strip() for h in header]
-    for column in (text_column, label_column):
+    for column in (*text_columns, label_column):
         if column not in header:
-            raise DataError(path, f"has no column {column!r} (header: {header})",
-                            "set data.text_column / data.label_column in params.yaml, or fix the header", 1)
-    ti, li = header.index(text_column), header.index(label_column)
+            raise DataError(path, f"has no column {column!r} (header: {header})", _COLUMN_FIX, 1)
+    ti, li = [header.index(c) for c in text_columns], header.index(label_column)
     rows = []
     for fields in reader:
         line = reader.line_num
@@ -100,11 +103,14 @@ def _delimited_rows(path: Path, reader, delimiter: str, text_column: str, label_
             kind = "tab" if delimiter == "\t" else "comma"
             raise DataError(path, f"has {len(fields)} fields where the header has {len(header)}",
                             f"check the {kind}s on this line (a stray delimiter or a missing field)", line)
-        rows.append((line, fields[ti], fields[li].strip()))
+        rows.append((line, [fields[i] for i in ti], fields[li].strip()))
     return rows
 
 
-def _read_jsonl(path: Path, text_column: str, label_column: str):
+_COLUMN_FIX = "set data.text_column / data.text_pair_column / data.label_column in params.yaml, or fix the header"
+
+
+def _read_jsonl(path: Path, text_columns: list[str], label_column: str):
     text, rows = _decode(path), []
     # Split on newlines only: JSON strings may hold U+2028 and friends, which splitlines() breaks on.
     for line, raw in enumerate(text.split("\n"), start=1):
@@ -115,39 +121,48 @@ def _read_jsonl(path: Path, text_column: str, label_column: str):
             record = json.loads(raw)
         except json.JSONDecodeError as err:
             raise DataError(path, f"is not valid JSON ({err.msg})", "write one JSON object per line", line) from err
-        if not isinstance(record, dict) or text_column not in record or label_column not in record:
-            raise DataError(path, f"lacks {text_column!r} or {label_column!r}",
-                            "give every line both fields, or set data.text_column / data.label_column", line)
-        rows.append((line, record[text_column], record[label_column]))
+        wanted = (*text_columns, label_column)
+        if not isinstance(record, dict) or any(c not in record for c in wanted):
+            raise DataError(path, f"lacks one of {', '.join(map(repr, wanted))}",
+                            "give every line these fields, or set data.text_column / data.text_pair_column / "
+                            "data.label_column", line)
+        rows.append((line, [record[c] for c in text_columns], record[label_column]))
     return rows
 
 
-def _read_parquet(path: Path, text_column: str, label_column: str):
+def _read_parquet(path: Path, text_columns: list[str], label_column: str):
     try:
         frame = pd.read_parquet(path)
     except Exception as err:
         raise DataError(path, f"is not a readable Parquet file ({err.__class__.__name__})", "re-write it as Parquet") from err
-    for column in (text_column, label_column):
+    return _frame_rows(path, frame, text_columns, label_column)
+
+
+def _frame_rows(source, frame: pd.DataFrame, text_columns: list[str], label_column: str):
+    for column in (*text_columns, label_column):
         if column not in frame.columns:
-            raise DataError(path, f"has no column {column!r} (columns: {list(frame.columns)})",
-                            "set data.text_column / data.label_column in params.yaml")
+            raise DataError(source, f"has no column {column!r} (columns: {list(frame.columns)})",
+                            _COLUMN_FIX.removesuffix(", or fix the header"))
+    texts = zip(*(frame[c].tolist() for c in text_columns))
     # Row numbers are 1-based, as a spreadsheet shows them.
-    return [(i + 1, t, l) for i, (t, l) in enumerate(zip(frame[text_column].tolist(), frame[label_column].tolist()))]
+    return [(i + 1, list(t), label) for i, (t, label) in enumerate(zip(texts, frame[label_column].tolist()))]
 
 
-# A format is its reader: (path, text column, label column) -> [(line, text, raw label)].
+# A format is its reader: (path, text columns, label column) -> [(line, [texts], raw label)].
 READERS = {"tsv": _read_tsv, "csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
 SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 FORMATS = ("auto", *READERS, "hf")  # data.format; hf: a Hugging Face dataset id in data.train
 
 
-def read_hf_split(dataset_id: str, split: str, text_column: str, label_column: str):
+def read_hf_split(dataset_id: str, split: str, text_column: str, label_column: str, pair_column: str | None = None):
     try:
         import datasets
     except ImportError as err:
         raise DataError(dataset_id, "a Hugging Face dataset id needs the `datasets` package", "pip install datasets, or export the data to a file") from err
     frame = datasets.load_dataset(dataset_id, split=split).to_pandas()
-    return [(i + 1, t, l) for i, (t, l) in enumerate(zip(frame[text_column].tolist(), frame[label_column].tolist()))]
+    columns = [text_column] if pair_column is None else [text_column, pair_column]
+    return [(line, t[0] if len(t) == 1 else tuple(t), label)
+            for line, t, label in _frame_rows(f"{dataset_id} ({split})", frame, columns, label_column)]
 
 
 # ---------------------------------------------------------------------------
@@ -158,8 +173,9 @@ def normalise_labels(path, rows) -> list:
     """Labels are ints or strings, not both: "1" and 1 are the same label, "pos" and 1 are an error."""
     labels, first_kind = [], None
     for line, text, label in rows:
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(path, "has an empty text", "remove the row or fill in its text", line)
+        for part, which in zip(text if isinstance(text, tuple) else (text,), ("text", "second text of the pair")):
+            if not isinstance(part, str) or not part.strip():
+                raise DataError(path, f"has an empty {which}", f"remove the row or fill in its {which}", line)
         if label is None or (isinstance(label, float) and np.isnan(label)) or str(label).strip() == "":
             raise DataError(path, "has no label", "fill in the label or remove the row", line)
         value = _as_label(label)
@@ -209,10 +225,13 @@ def prepare(data_params: dict, tokenizer_file: str | Path, out_dir: str | Path) 
             if split != "test":
                 raise DataError(f"data.{split}", "is not set", f"set data.{split} in params.yaml to a file")
             continue
+        pair_column = data_params.get("text_pair_column")
         if data_params.get("format") == "hf":
-            rows = read_hf_split(data_params["train"], split, data_params["text_column"], data_params["label_column"])
+            rows = read_hf_split(data_params["train"], split, data_params["text_column"], data_params["label_column"],
+                                 pair_column)
         else:
-            rows = read_rows(source, data_params["text_column"], data_params["label_column"], data_params.get("format", "auto"))
+            rows = read_rows(source, data_params["text_column"], data_params["label_column"],
+                             data_params.get("format", "auto"), pair_column)
         if split == "train" and data_params.get("limit_train"):
             rows = rows[: int(data_params["limit_train"])]
         if not rows:
@@ -230,12 +249,14 @@ def prepare(data_params: dict, tokenizer_file: str | Path, out_dir: str | Path) 
                 raise DataError(source, f"label {raw!r} never occurs in the training data ({train_source})",
                                 f"fix the label, or add training examples of it (known: {label_map})", line)
 
-    stats = {"labels": label_map}
+    stats = {"labels": label_map, "pairs": bool(data_params.get("text_pair_column"))}
     with atomic_dir(out_dir) as tmp:
         for split, (source, rows, labels) in splits.items():
-            texts = [str(text) for _, text, _ in rows]
+            texts = [text if isinstance(text, tuple) else str(text) for _, text, _ in rows]
             ids = [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(texts)]
-            frame = pd.DataFrame({"text": texts, "label": [index[l] for l in labels], "input_ids": ids})
+            columns = {"text": texts} if not isinstance(texts[0], tuple) else \
+                {"text": [a for a, _ in texts], "text_pair": [b for _, b in texts]}
+            frame = pd.DataFrame({**columns, "label": [index[l] for l in labels], "input_ids": ids})
             frame.to_parquet(tmp / f"{split}.parquet", index=False)
             lengths = np.array([len(i) for i in ids])
             stats[split] = {"rows": len(rows), "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max()),
@@ -275,8 +296,20 @@ def load_tokenizer(tokenizer_file: str | Path, max_length: int) -> Tokenizer:
 
 def load_split(prepared_dir: str | Path, split: str) -> Split:
     frame = pd.read_parquet(Path(prepared_dir) / f"{split}.parquet")
-    return Split(frame["text"].tolist(), [np.asarray(x, dtype=np.int64) for x in frame["input_ids"]],
+    texts = frame["text"].tolist() if "text_pair" not in frame else list(zip(frame["text"], frame["text_pair"]))
+    return Split(texts, [np.asarray(x, dtype=np.int64) for x in frame["input_ids"]],
                  frame["label"].to_numpy(dtype=np.int64))
+
+
+def pair_separator(tokenizer_file: str | Path) -> int:
+    """The token that ends a pair's first segment (BERT's [SEP]): the last of token type 0 when
+    the tokenizer encodes a pair."""
+    encoded = Tokenizer.from_file(str(tokenizer_file)).encode("a", "b")
+    return encoded.ids[max(i for i, t in enumerate(encoded.type_ids) if t == 0)]
+
+
+def holds_pairs(prepared_dir: str | Path) -> bool:
+    return bool(json.loads((Path(prepared_dir) / "stats.json").read_text()).get("pairs"))
 
 
 def load_labels(prepared_dir: str | Path) -> list:

@@ -1,15 +1,13 @@
 """Tests for textcompress.models.encoder: the classifier's forward pass, bundles on disk,
-parameter counting and loading Hugging Face BERT checkpoints."""
+and parameter counting."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from textcompress.data import pad_batch
@@ -17,7 +15,6 @@ from textcompress.errors import TextcompressError
 from textcompress.models.encoder import (
     TextClassifier,
     count_parameters,
-    from_pretrained_bert,
     load_bundle,
     save_bundle,
 )
@@ -103,93 +100,3 @@ def test_count_parameters_of_a_classifier_with_a_shared_layer_weight():
     shared = model.encoder.layer[0].intermediate.dense.weight
     model.encoder.layer[1].intermediate.dense.weight = shared
     assert count_parameters(model) == untied - shared.numel()
-
-
-# ---------------------------------------------------------------------------
-# Hugging Face BERT checkpoints
-
-HF_CONFIG = {
-    "model_type": "bert", "architectures": ["BertModel"], "vocab_size": len(TINY_VOCAB), "hidden_size": 32,
-    "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
-    "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
-}
-
-
-def hf_encoder_weights(config: dict) -> dict[str, torch.Tensor]:
-    """Random weights under Hugging Face BertModel key names (no prefix)."""
-    g = torch.Generator().manual_seed(7)
-    h, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g)
-
-    weights = {
-        "embeddings.word_embeddings.weight": rand(v, h),
-        "embeddings.position_embeddings.weight": rand(config["max_position_embeddings"], h),
-        "embeddings.token_type_embeddings.weight": rand(config["type_vocab_size"], h),
-        "embeddings.LayerNorm.weight": rand(h),
-        "embeddings.LayerNorm.bias": rand(h),
-    }
-    for i in range(config["num_hidden_layers"]):
-        p = f"encoder.layer.{i}."
-        for name in ("query", "key", "value"):
-            weights[f"{p}attention.self.{name}.weight"] = rand(h, h)
-            weights[f"{p}attention.self.{name}.bias"] = rand(h)
-        weights.update({
-            f"{p}attention.output.dense.weight": rand(h, h), f"{p}attention.output.dense.bias": rand(h),
-            f"{p}attention.output.LayerNorm.weight": rand(h), f"{p}attention.output.LayerNorm.bias": rand(h),
-            f"{p}intermediate.dense.weight": rand(f, h), f"{p}intermediate.dense.bias": rand(f),
-            f"{p}output.dense.weight": rand(h, f), f"{p}output.dense.bias": rand(h),
-            f"{p}output.LayerNorm.weight": rand(h), f"{p}output.LayerNorm.bias": rand(h),
-        })
-    return weights
-
-
-def write_hf_checkpoint(directory, weights: dict, prefix: str = "bert.", extra: bool = True):
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(HF_CONFIG))
-    tensors = {prefix + k: v.contiguous() for k, v in weights.items()}
-    if extra:  # parts of a pretraining checkpoint that are not ours
-        tensors[prefix + "pooler.dense.weight"] = torch.zeros(HF_CONFIG["hidden_size"], HF_CONFIG["hidden_size"])
-        tensors["cls.predictions.bias"] = torch.zeros(HF_CONFIG["vocab_size"])
-    save_file(tensors, str(directory / "model.safetensors"))
-    return directory
-
-
-@pytest.mark.parametrize("prefix", ["bert.", ""])
-def test_from_pretrained_bert_loads_the_encoder_weights_written(tmp_path, prefix):
-    weights = hf_encoder_weights(HF_CONFIG)
-    base = write_hf_checkpoint(tmp_path / "bert", weights, prefix=prefix)
-
-    model = from_pretrained_bert(base, num_labels=3, pooling="cls", dropout=0.0)
-
-    assert model.config.num_layers == 2 and model.config.hidden_size == 32 and model.config.num_heads == 4
-    assert model.config.num_labels == 3 and model.config.pooling == "cls"
-    assert model.classifier.out_features == 3
-    state = model.state_dict()
-    for key, tensor in weights.items():
-        assert torch.equal(state[key], tensor), key
-    # Every encoder tensor of the model came from the checkpoint (only the head starts fresh).
-    assert {k for k in state if not k.startswith("classifier.")} == set(weights)
-
-
-def test_from_pretrained_bert_rejects_a_checkpoint_missing_a_key(tmp_path):
-    weights = hf_encoder_weights(HF_CONFIG)
-    del weights["encoder.layer.1.output.dense.weight"]
-    base = write_hf_checkpoint(tmp_path / "bert", weights)
-    with pytest.raises(TextcompressError, match=r"encoder\.layer\.1\.output\.dense\.weight"):
-        from_pretrained_bert(base, num_labels=2)
-
-
-def test_from_pretrained_bert_rejects_another_model_type(tmp_path):
-    base = write_hf_checkpoint(tmp_path / "gpt", hf_encoder_weights(HF_CONFIG))
-    (base / "config.json").write_text(json.dumps({**HF_CONFIG, "model_type": "gpt2"}))
-    with pytest.raises(TextcompressError, match="gpt2"):
-        from_pretrained_bert(base, num_labels=2)
-
-
-def test_from_pretrained_bert_without_weights_file_raises(tmp_path):
-    base = write_hf_checkpoint(tmp_path / "bert", hf_encoder_weights(HF_CONFIG))
-    (base / "model.safetensors").unlink()
-    with pytest.raises(TextcompressError, match="model.safetensors"):
-        from_pretrained_bert(base, num_labels=2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from textcompress.config import DEFAULTS
-from textcompress.models.encoder import from_pretrained_bert
+from textcompress.models.checkpoints import from_pretrained
 from textcompress.models.recurrent import RecurrentClassifier
 from textcompress.stages.teach import recurrent_teacher
 
@@ -30,14 +30,14 @@ def teach_params(base, **recurrent) -> dict:
 
 def test_the_recurrent_teacher_starts_from_the_bases_word_pieces(base):
     model = recurrent_teacher(teach_params(base), num_labels=3)
-    table = from_pretrained_bert(base, 3).embeddings.word_embeddings.weight
+    table = from_pretrained(base, 3).embeddings.word_embeddings.weight
     assert isinstance(model, RecurrentClassifier) and model.config.cell == "gru" and model.config.num_labels == 3
     torch.testing.assert_close(model.word_embeddings.weight, table)
 
 
 def test_a_narrower_embedding_is_the_tables_principal_projection(base):
     model = recurrent_teacher(teach_params(base, embedding_size=4), num_labels=2)
-    table = from_pretrained_bert(base, 2).embeddings.word_embeddings.weight.detach().double()
+    table = from_pretrained(base, 2).embeddings.word_embeddings.weight.detach().double()
     centred = table - table.mean(0)
     # The projection keeps the top-4 principal subspace: its centred energy is the top-4 eigenvalues' sum.
     eigenvalues = torch.linalg.eigvalsh(centred.T @ centred).flip(0)
@@ -49,7 +49,7 @@ def test_a_narrower_embedding_is_the_tables_principal_projection(base):
 
 def test_embeddings_scratch_leaves_the_table_random(base):
     model = recurrent_teacher(teach_params(base, embeddings="scratch"), num_labels=2)
-    table = from_pretrained_bert(base, 2).embeddings.word_embeddings.weight
+    table = from_pretrained(base, 2).embeddings.word_embeddings.weight
     assert not torch.allclose(model.word_embeddings.weight, table)
 
 

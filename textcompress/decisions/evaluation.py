@@ -1,4 +1,4 @@
-"""Quality of an exported model: accuracy, macro-F1, a bootstrap interval, agreement, and the
+"""Quality of an exported model: accuracy, macro-F1, F1 of the positive label, a bootstrap interval, agreement, and the
 paired test that compares two models on the same rows."""
 
 from __future__ import annotations
@@ -20,6 +20,14 @@ def macro_f1(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> flo
     return float(np.mean(scores))
 
 
+def positive_f1(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float | None:
+    """F1 of label id 1, as GLUE scores MRPC and QQP; None beyond two classes."""
+    if num_classes != 2:
+        return None
+    tp = np.sum((predicted == 1) & (labels == 1))
+    return 0.0 if tp == 0 else float(2 * tp / (2 * tp + np.sum(predicted != labels)))
+
+
 def bootstrap_accuracy_ci(correct: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
     """Percentile bootstrap interval of accuracy over the evaluation rows."""
     rng = np.random.default_rng(seed)
@@ -35,6 +43,7 @@ def evaluate_predictions(predicted: np.ndarray, labels: np.ndarray, num_classes:
     return {
         "accuracy": float(correct.mean()),
         "macro_f1": macro_f1(predicted, labels, num_classes),
+        "f1": positive_f1(predicted, labels, num_classes),
         "accuracy_ci": bootstrap_accuracy_ci(correct, bootstrap),
         "label_agreement": None if reference is None else float((predicted == reference).mean()),
         "rows": int(len(labels)),

@@ -38,9 +38,10 @@ from textcompress.decisions.promotion import PromotionPolicy, report_pick
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEMOTED_TAG = "promotion.demoted"  # set by rollback: never promote this version again
-METRIC_FIELDS = ("accuracy", "macro_f1", "accuracy_drop", "size_mb", "params", "latency_p50_ms", "latency_p95_ms",
+METRIC_FIELDS = ("accuracy", "macro_f1", "f1", "accuracy_drop", "size_mb", "params", "latency_p50_ms", "latency_p95_ms",
                  "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff", "label_agreement")
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
+EXAMPLE_PAIRS = ["a film that grips, beautifully acted", "the weather was fine"]
 
 
 def tracking_uri(uri: str, project_dir: Path) -> str:
@@ -125,7 +126,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> None:
 
 
 def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_model: str, experiment: str,
-                   project_dir: Path, data_version: str, max_length: int) -> dict[str, str]:
+                   project_dir: Path, data_version: str, max_length: int, pairs: bool = False) -> dict[str, str]:
     """Log every candidate that ran; return {candidate: registered model version}."""
     from textcompress.deploy.serving import OnnxTextModel
 
@@ -155,8 +156,8 @@ def log_candidates(report: dict, onnx_root: Path, reports_dir: Path, registered_
             with tempfile.TemporaryDirectory() as tmp:
                 bundle = Path(tmp) / "model_dir"
                 shutil.copytree(onnx_root / row["name"], bundle, ignore=shutil.ignore_patterns("export.json"))
-                (bundle / "serving.json").write_text(json.dumps({"max_length": max_length, "threads": None}))
-                example = pd.DataFrame({"text": EXAMPLE_TEXTS})
+                (bundle / "serving.json").write_text(json.dumps({"max_length": max_length, "threads": None, "pairs": pairs}))
+                example = pd.DataFrame({"text": EXAMPLE_TEXTS, **({"text_pair": EXAMPLE_PAIRS} if pairs else {})})
                 output = pd.DataFrame({"label": [report_labels(bundle)[0]] * 2, "probability": [0.5, 0.5], "empty_input": [False, False]})
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=OnnxTextModel(), artifacts={"model_dir": str(bundle)},

@@ -51,6 +51,7 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
             "selection_accuracy_drop": None if selection is None or teacher_selection is None else 100.0 * (teacher_selection - selection),
             "accuracy": accuracy,
             "macro_f1": metrics.get("macro_f1"),
+            "f1": metrics.get("f1"),
             "accuracy_drop": None if accuracy is None or teacher_accuracy is None else 100.0 * (teacher_accuracy - accuracy),
             "accuracy_ci": metrics.get("accuracy_ci"),
             "size_mb": onnx_size_bytes(onnx_root / name) / 1e6 if (onnx_root / name).is_dir() else None,
@@ -114,8 +115,8 @@ def to_markdown(report: dict) -> str:
         f"p50/p95 at batch 1, throughput at batch "
         f"{report['benchmark'].get('batch_size')} over {report['benchmark'].get('sentences')} validation sentences.",
         "",
-        "| candidate | families | accuracy | drop (pts) | 95% CI | size MB | zipped MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | families | accuracy | drop (pts) | 95% CI | F1 | size MB | zipped MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         ok = r["status"] == "ok" and teacher.get("status") == "ok"
@@ -125,7 +126,7 @@ def to_markdown(report: dict) -> str:
         eligible = "yes" if r["eligible"] else ("failed" if r["status"] != "ok" else "no")
         lines.append(
             f"| {r['name']} | {', '.join(r['families']) or '—'} | {_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')} | "
-            f"{_fmt(r['accuracy_drop'], '+.2f')} | {ci} | {_fmt(r['size_mb'], '.1f')} | {_fmt(r.get('compressed_mb'), '.1f')} | {_fmt(smaller, '.2f')} | "
+            f"{_fmt(r['accuracy_drop'], '+.2f')} | {ci} | {_fmt(r.get('f1') and 100 * r['f1'], '.2f')} | {_fmt(r['size_mb'], '.1f')} | {_fmt(r.get('compressed_mb'), '.1f')} | {_fmt(smaller, '.2f')} | "
             f"{_fmt(r['latency_p50_ms'], '.2f')} | {_fmt(faster, '.2f')} | {_fmt(r['latency_p95_ms'], '.2f')} | "
             f"{_fmt(r['throughput_per_s'], '.0f')} | {_fmt(r['params'], ',')} | {eligible} |")
     lines += ["", "## Why not eligible", ""]

@@ -33,7 +33,7 @@ def transformers_config(model_config, labels: list) -> dict:
         "vocab_size": fields["vocab_size"], "hidden_size": fields["hidden_size"], "num_hidden_layers": fields["num_layers"],
         "num_attention_heads": fields["num_heads"], "intermediate_size": fields["intermediate_size"],
         "max_position_embeddings": fields["max_position_embeddings"], "type_vocab_size": fields["type_vocab_size"],
-        "layer_norm_eps": fields["layer_norm_eps"], "hidden_act": fields.get("activation", "gelu"),
+        "layer_norm_eps": fields["layer_norm_eps"], "hidden_act": fields.get("hidden_act", "gelu"),
         # What a plain BERT config cannot say: uneven layers, other attention, sharing, low rank, pooling.
         "textcompress": {"architecture": "transformer", **_plain(fields)},
     }

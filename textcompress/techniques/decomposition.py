@@ -170,7 +170,7 @@ def factorize_embedding(model: TextClassifier, size: int, row_weights: torch.Ten
     directions minimise Σ weight·‖row − its rank-E image‖²."""
     if model.config.embedding_size:
         raise RecipeError("factorize_embedding", "the embedding is already factorised", "keep one factorize_embedding step")
-    hidden = model.config.hidden_size
+    hidden = model.embeddings.word_embeddings.embedding_dim  # hidden_size, or ELECTRA's embedding width
     if not 1 <= size < hidden:
         raise RecipeError("factorize_embedding", f"size={size} must be below the hidden size {hidden}",
                           f"use a size from 1 to {hidden - 1}")

@@ -71,6 +71,10 @@ def project_width(model: TextClassifier, basis: torch.Tensor, energy: float = 1.
     config = model.config
     if config.low_rank or config.embedding_size or config.shared_layers:
         raise RecipeError("distill", "width narrows a plain encoder", "put distill before sharing and decomposition steps")
+    if config.head_activation or config.embedding_width:
+        raise RecipeError("distill", "width narrows an encoder with a linear head and full-width embeddings; this "
+                          "teacher has a fine-tuned head's dense layer or ELECTRA's projected embeddings",
+                          "drop `width` (cut layers, heads and neurons instead)")
     d, width = basis.shape
     narrow = TextClassifier(replace(config, hidden_size=width, num_heads=width // config.head_dim))
     reads = ("query.weight", "key.weight", "value.weight", "intermediate.dense.weight", "classifier.weight",

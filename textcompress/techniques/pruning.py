@@ -187,7 +187,9 @@ def student_from_teacher(teacher: TextClassifier, teacher_layers: list[int]) -> 
                      layer_ffn=[teacher.config.layer_ffn[i] for i in teacher_layers])
     student = TextClassifier(config)
     student.embeddings.load_state_dict(teacher.embeddings.state_dict())
-    student.classifier.load_state_dict(teacher.classifier.state_dict())
+    for head in ("pooler", "classifier"):
+        if getattr(teacher, head) is not None:
+            getattr(student, head).load_state_dict(getattr(teacher, head).state_dict())
     for target, source in zip(student.encoder.layer, teacher_layers):
         target.load_state_dict(teacher.encoder.layer[source].state_dict())
     return student
@@ -376,7 +378,7 @@ def expand_blocks(block_mask: torch.Tensor, block: tuple[int, int], shape: torch
 def remove_emptied_structure(model: TextClassifier) -> tuple[TextClassifier, dict]:
     """Cut out the FFN neurons and attention heads whose weights pruning emptied, exactly:
     - a neuron whose output column is zero contributes nothing;
-    - a neuron whose input row is zero outputs the constant gelu(bias), folded into the next bias;
+    - a neuron whose input row is zero outputs the constant activation(bias), folded into the next bias;
     - a head whose output-projection columns are zero contributes nothing;
     - a head whose value rows are zero attends over a constant (its value bias), folded likewise.
     Every layer keeps at least one head and one neuron."""
@@ -388,7 +390,7 @@ def remove_emptied_structure(model: TextClassifier) -> tuple[TextClassifier, dic
             dead_in = (up.weight == 0).all(dim=1)
             dead = dead_in | (down.weight == 0).all(dim=0)
             folded = dead_in & ~(down.weight == 0).all(dim=0)
-            down.bias += down.weight[:, folded] @ nn.functional.gelu(up.bias[folded])
+            down.bias += down.weight[:, folded] @ layer.intermediate.activation(up.bias[folded])
             neurons = torch.nonzero(~dead).flatten().tolist() or [0]
             attn, out = layer.attention.self, layer.attention.output.dense
             heads = []

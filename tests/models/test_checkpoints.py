@@ -1,0 +1,198 @@
+"""Tests for textcompress.models.checkpoints: Hugging Face checkpoints converted into the encoder.
+
+BERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA classifiers are built tiny and random with
+transformers' own classes, saved with `save_pretrained`, converted, and must give transformers'
+logits within 1e-5, with padding and with sentence pairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from textcompress.errors import TextcompressError
+from textcompress.models.checkpoints import from_pretrained
+
+from tests.conftest import TINY_VOCAB
+
+# ---------------------------------------------------------------------------
+# Hugging Face BERT checkpoints
+
+HF_CONFIG = {
+    "model_type": "bert", "architectures": ["BertModel"], "vocab_size": len(TINY_VOCAB), "hidden_size": 32,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
+    "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+}
+
+
+def hf_encoder_weights(config: dict) -> dict[str, torch.Tensor]:
+    """Random weights under Hugging Face BertModel key names (no prefix)."""
+    g = torch.Generator().manual_seed(7)
+    h, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    weights = {
+        "embeddings.word_embeddings.weight": rand(v, h),
+        "embeddings.position_embeddings.weight": rand(config["max_position_embeddings"], h),
+        "embeddings.token_type_embeddings.weight": rand(config["type_vocab_size"], h),
+        "embeddings.LayerNorm.weight": rand(h),
+        "embeddings.LayerNorm.bias": rand(h),
+    }
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            weights[f"{p}attention.self.{name}.weight"] = rand(h, h)
+            weights[f"{p}attention.self.{name}.bias"] = rand(h)
+        weights.update({
+            f"{p}attention.output.dense.weight": rand(h, h), f"{p}attention.output.dense.bias": rand(h),
+            f"{p}attention.output.LayerNorm.weight": rand(h), f"{p}attention.output.LayerNorm.bias": rand(h),
+            f"{p}intermediate.dense.weight": rand(f, h), f"{p}intermediate.dense.bias": rand(f),
+            f"{p}output.dense.weight": rand(h, f), f"{p}output.dense.bias": rand(h),
+            f"{p}output.LayerNorm.weight": rand(h), f"{p}output.LayerNorm.bias": rand(h),
+        })
+    return weights
+
+
+def write_hf_checkpoint(directory, weights: dict, prefix: str = "bert.", extra: bool = True):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(HF_CONFIG))
+    tensors = {prefix + k: v.contiguous() for k, v in weights.items()}
+    if extra:  # parts of a pretraining checkpoint that are not ours
+        tensors[prefix + "pooler.dense.weight"] = torch.zeros(HF_CONFIG["hidden_size"], HF_CONFIG["hidden_size"])
+        tensors["cls.predictions.bias"] = torch.zeros(HF_CONFIG["vocab_size"])
+    save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+@pytest.mark.parametrize("prefix", ["bert.", ""])
+def test_from_pretrained_loads_the_encoder_weights_written(tmp_path, prefix):
+    weights = hf_encoder_weights(HF_CONFIG)
+    base = write_hf_checkpoint(tmp_path / "bert", weights, prefix=prefix)
+
+    model = from_pretrained(base, num_labels=3, pooling="cls", dropout=0.0)
+
+    assert model.config.num_layers == 2 and model.config.hidden_size == 32 and model.config.num_heads == 4
+    assert model.config.num_labels == 3 and model.config.pooling == "cls"
+    assert model.classifier.out_features == 3
+    state = model.state_dict()
+    for key, tensor in weights.items():
+        assert torch.equal(state[key], tensor), key
+    # Every encoder tensor of the model came from the checkpoint (only the head starts fresh).
+    assert {k for k in state if not k.startswith("classifier.")} == set(weights)
+
+
+def test_from_pretrained_rejects_a_checkpoint_missing_a_key(tmp_path):
+    weights = hf_encoder_weights(HF_CONFIG)
+    del weights["encoder.layer.1.output.dense.weight"]
+    base = write_hf_checkpoint(tmp_path / "bert", weights)
+    with pytest.raises(TextcompressError, match=r"encoder\.layer\.1\.output\.dense\.weight"):
+        from_pretrained(base, num_labels=2)
+
+
+def test_from_pretrained_rejects_another_model_type(tmp_path):
+    base = write_hf_checkpoint(tmp_path / "gpt", hf_encoder_weights(HF_CONFIG))
+    (base / "config.json").write_text(json.dumps({**HF_CONFIG, "model_type": "gpt2"}))
+    with pytest.raises(TextcompressError, match="gpt2"):
+        from_pretrained(base, num_labels=2)
+
+
+def test_from_pretrained_without_weights_file_raises(tmp_path):
+    base = write_hf_checkpoint(tmp_path / "bert", hf_encoder_weights(HF_CONFIG))
+    (base / "model.safetensors").unlink()
+    with pytest.raises(TextcompressError, match="model.safetensors"):
+        from_pretrained(base, num_labels=2)
+
+
+# ---------------------------------------------------------------------------
+# Exact conversion, checked against transformers' own models
+
+SEP, PAD_RUN = 3, 7  # the separator of the pairs below; the id padding is written with on our side
+
+
+def tiny_hf_classifier(kind: str, folder, **overrides):
+    """A random tiny `*ForSequenceClassification` of `kind`, saved with save_pretrained. Weights
+    are drawn wider than transformers' default (std 0.02) so that logits differ by whole units
+    and a conversion mistake shows far above the tolerance."""
+    import transformers as hf
+
+    common = {"vocab_size": 40, "num_labels": 3, "initializer_range": 0.3, "max_position_embeddings": 40}
+    encoder = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48}
+    config, model = {
+        "bert": (hf.BertConfig, hf.BertForSequenceClassification),
+        "roberta": (hf.RobertaConfig, hf.RobertaForSequenceClassification),
+        "xlm-roberta": (hf.XLMRobertaConfig, hf.XLMRobertaForSequenceClassification),
+        "distilbert": (hf.DistilBertConfig, hf.DistilBertForSequenceClassification),
+        "electra": (hf.ElectraConfig, hf.ElectraForSequenceClassification),
+    }[kind]
+    if kind == "distilbert":
+        encoder = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48}
+    extra = {"electra": {"embedding_size": 16}, "roberta": {"pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1},
+             "bert": {"hidden_act": "gelu_new"}, "distilbert": {"activation": "relu"}}.get(kind, {})
+    torch.manual_seed(0)
+    classifier = model(config(**{**common, **encoder, **extra, **overrides})).eval()
+    classifier.save_pretrained(folder)
+    return classifier
+
+
+def pair_batch(pad_id: int):
+    """Three rows, right-padded: a single sentence, a pair, a longer pair; with transformers'
+    token types (0 up to and including the first separator)."""
+    rows = [[2, 11, 12, 13, SEP], [2, 14, 15, SEP, 16, 17, 18, SEP], [2, 19, 20, 21, 22, SEP, 23, 24, 25, 26, 27, SEP]]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+        types[i, row.index(SEP) + 1:len(row)] = 1
+    return ids, mask, types
+
+
+ARCHITECTURES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_a_converted_classifier_gives_transformers_logits_with_padding_and_pairs(kind, tmp_path):
+    reference = tiny_hf_classifier(kind, tmp_path)
+    pad_id = reference.config.pad_token_id or 0
+    ids, mask, types = pair_batch(pad_id)
+    with torch.no_grad():
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if kind != "distilbert":
+            inputs["token_type_ids"] = types
+        expected = reference(**inputs).logits
+        model = from_pretrained(tmp_path, num_labels=3, separator=SEP, label_rows=[0, 1, 2]).eval()
+        # Padding ids are whatever batching writes: the attention mask alone must hide them.
+        got = model(torch.where(mask.bool(), ids, torch.full_like(ids, PAD_RUN)), mask)
+    assert expected.abs().max() > 0.5  # logits large enough for the tolerance to mean something
+    assert (got - expected).abs().max() < 1e-5, (got - expected).abs().max()
+
+
+def test_the_conversion_would_be_caught_without_token_types(tmp_path):
+    """The pair rows above need their token types: ignoring them moves BERT's logits far beyond 1e-5."""
+    reference = tiny_hf_classifier("bert", tmp_path)
+    ids, mask, types = pair_batch(0)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        single = from_pretrained(tmp_path, num_labels=3, label_rows=[0, 1, 2]).eval()(ids, mask)
+    assert (single[1:] - expected[1:]).abs().max() > 1e-2
+    torch.testing.assert_close(single[0], expected[0], atol=1e-5, rtol=0)  # the single sentence has no second segment
+
+
+def test_a_classifiers_outputs_follow_the_datas_label_order(tmp_path):
+    reference = tiny_hf_classifier("roberta", tmp_path)
+    ids, mask, _ = pair_batch(1)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask).logits
+        reordered = from_pretrained(tmp_path, num_labels=3, label_rows=[2, 0, 1]).eval()(ids, mask)
+    torch.testing.assert_close(reordered, expected[:, [2, 0, 1]], atol=1e-5, rtol=0)
+
+
+def test_a_base_checkpoint_gets_a_fresh_head_and_the_requested_pooling(tmp_path):
+    tiny_hf_classifier("electra", tmp_path)
+    model = from_pretrained(tmp_path, num_labels=2, pooling="mean")
+    assert model.pooler is None and model.config.pooling == "mean" and model.classifier.out_features == 2
+    assert model.config.embedding_width == 16 and model.embeddings.project.out_features == 32

