@@ -74,7 +74,7 @@ def benchmark_candidates(model_dirs: dict[str, Path], texts: list[str], threads:
     for text in texts:
         for n in names:
             start = time.perf_counter_ns()
-            ids = tokenizers[n].encode(text).ids
+            ids = tokenizers[n].encode(*text if isinstance(text, tuple) else (text,)).ids  # a pair is two arguments
             tokenize_ns[n].append(time.perf_counter_ns() - start)
             encoded[n].append(np.asarray(ids, dtype=np.int64))
 
