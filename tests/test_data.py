@@ -556,3 +556,66 @@ def test_selection_split_is_carved_from_training_and_kept_apart(tmp_path, tiny_t
     assert sorted(selection.texts + train.texts) == sorted(original)  # every row lands on exactly one side
     again = prepare(params, tiny_tokenizer_file, tmp_path / "again")
     assert load_split(tmp_path / "again", "selection").texts == selection.texts and again == stats  # seeded
+
+
+# ---------------------------------------------------------------------------
+# Sentence pairs, as GLUE ships MRPC: a byte-order mark, unquoted `"` inside sentences
+
+MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+MRPC_TRAIN = MRPC_HEADER + (
+    '1\t11\t12\tthe movie was " great " .\tthe film was great .\n'
+    "0\t13\t14\tthe plot was dull .\ti loved the music .\n"
+    '1\t15\t16\tthe acting was bad .\tthe actors were " terrible " .\n'
+    "0\t17\t18\ti hated the ending .\tthe story was fun .\n"
+)
+MRPC_DEV = MRPC_HEADER + "1\t21\t22\ta good film .\ta nice movie .\n0\t23\t24\tthe music was awful .\tthe ending was great .\n"
+
+
+def mrpc_params(train, validation, **overrides) -> dict:
+    return data_params(train, validation, text_column="#1 String", text_pair_column="#2 String",
+                       label_column="Quality", **overrides)
+
+
+def test_mrpc_as_glue_ships_it_reads_pairs_with_their_quotes(write_file):
+    train = write_file("train.tsv", MRPC_TRAIN)
+    rows = read_rows(train, "#1 String", "Quality", pair_column="#2 String")
+    assert rows[0] == (2, ('the movie was " great " .', "the film was great ."), "1")
+    assert [line for line, _, _ in rows] == [2, 3, 4, 5]
+
+
+def test_prepare_writes_pairs_that_load_back_as_pairs_with_two_segments(write_file, tiny_tokenizer_file, tmp_path):
+    train, dev = write_file("train.tsv", MRPC_TRAIN), write_file("dev.tsv", MRPC_DEV)
+    stats = prepare(mrpc_params(train, dev), tiny_tokenizer_file, tmp_path / "prepared")
+    assert stats["pairs"] is True and data_module.holds_pairs(tmp_path / "prepared")
+    split = load_split(tmp_path / "prepared", "validation")
+    assert split.texts == [("a good film .", "a nice movie ."), ("the music was awful .", "the ending was great .")]
+    ids = split.input_ids[0].tolist()
+    assert ids[0] == CLS_ID and ids.count(SEP_ID) == 2 and ids[-1] == SEP_ID
+    assert ids.index(SEP_ID) == 5  # [CLS] a good film . [SEP] a nice movie . [SEP]
+    assert data_module.pair_separator(tmp_path / "prepared" / "tokenizer.json") == SEP_ID
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_every_format_reads_the_pair_column(fmt, tmp_path):
+    rows = [("a good film .", "a nice movie .", 1), ("dull .", "fun !", 0)]
+    frame = pd.DataFrame(rows, columns=["s1", "s2", "label"])
+    path = tmp_path / f"rows.{fmt}"
+    {"csv": lambda: frame.to_csv(path, index=False), "parquet": lambda: frame.to_parquet(path),
+     "jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[fmt]()
+    assert [(t, int(l)) for _, t, l in read_rows(path, "s1", "label", pair_column="s2")] == [((a, b), l) for a, b, l in rows]
+
+
+def test_a_missing_pair_column_names_the_file_the_column_and_the_key(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", MRPC_TRAIN)
+    dev = write_file("dev.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\n1\t1\t2\ta good film .\n")
+    with pytest.raises(DataError, match=r"has no column '#2 String'.*data.text_pair_column") as excinfo:
+        prepare(mrpc_params(train, dev), tiny_tokenizer_file, tmp_path / "prepared")
+    assert_data_error(excinfo, dev, 1)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_an_empty_second_sentence_names_its_line(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", MRPC_TRAIN.replace("i loved the music .", " "))
+    with pytest.raises(DataError, match="has an empty second text of the pair") as excinfo:
+        prepare(mrpc_params(train, write_file("dev.tsv", MRPC_DEV)), tiny_tokenizer_file, tmp_path / "prepared")
+    assert_data_error(excinfo, train, 3)

@@ -87,3 +87,10 @@ def test_mcnemar_counts_discordant_rows_and_gives_the_exact_p_value():
     assert mcnemar_test(a, a)["p_value"] == 1.0
     with pytest.raises(ValueError, match="same rows"):
         mcnemar_test(a, a[:5])
+
+
+def test_f1_is_the_positive_labels_as_glue_scores_mrpc_and_absent_beyond_two_classes():
+    labels, predicted = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
+    # label 1: tp 2, fp 1, fn 1 -> F1 = 4 / 6
+    assert evaluate_predictions(predicted, labels, num_classes=2, bootstrap=50)["f1"] == pytest.approx(2 / 3)
+    assert evaluate_predictions(PREDICTED, LABELS, num_classes=3, bootstrap=50)["f1"] is None

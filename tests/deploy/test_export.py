@@ -218,3 +218,25 @@ def test_sessions_run_without_the_skip_layer_norm_fusion(tmp_path):
 
     assert optimized_ops([]) == {"SkipLayerNormalization"}
     assert optimized_ops(UNFUSED) == {"Add", "LayerNormalization"}
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "electra"])
+def test_a_converted_checkpoint_exports_with_transformers_logits_on_pairs(kind, tmp_path):
+    """Separator-derived token types, RoBERTa's position offset, ELECTRA's projection and a fine-tuned
+    head all survive the ONNX export: the graph gives transformers' logits on padded pairs."""
+    from textcompress.models.checkpoints import from_pretrained
+    from tests.e2e.tiny_project import write_hf_checkpoint
+
+    reference = write_hf_checkpoint(tmp_path / kind, kind, num_labels=2, initializer_range=0.3)
+    rows = [[CLS_ID, 5, 6, SEP_ID], [CLS_ID, 7, 8, 9, SEP_ID, 10, 11, SEP_ID]]
+    ids, mask = pad_arrays([np.array(r) for r in rows])
+    types = np.array([[0] * 8, [0] * 5 + [1] * 3])
+    inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if kind != "distilbert":
+        inputs["token_type_ids"] = torch.from_numpy(types)
+    with torch.no_grad():
+        expected = reference(**inputs).logits.numpy()
+    model = from_pretrained(tmp_path / kind, num_labels=2, separator=SEP_ID, label_rows=[0, 1])
+    export_onnx(model, tmp_path / "model.onnx")
+    got = run_logits(make_session(tmp_path / "model.onnx"), ids, mask)
+    assert np.abs(expected).max() > 0.5 and np.abs(got - expected).max() < 1e-4

@@ -56,6 +56,27 @@ def test_refuses_an_unreadable_input():
         texts_from_input(12345)
 
 
+PAIRS = [("the movie was great .", "the film was great ."), ("the plot was dull .", "i loved the music .")]
+
+
+def test_a_pair_model_reads_text_and_text_pair_columns_dicts_and_lists_of_pairs():
+    frame = pd.DataFrame({"text": [a for a, _ in PAIRS], "text_pair": [b for _, b in PAIRS]})
+    assert texts_from_input(frame, pairs=True) == PAIRS
+    assert texts_from_input({"text": [a for a, _ in PAIRS], "text_pair": [b for _, b in PAIRS]}, pairs=True) == PAIRS
+    assert texts_from_input([list(p) for p in PAIRS], pairs=True) == PAIRS
+
+
+def test_a_pair_model_refuses_single_sentences_and_says_what_to_send():
+    with pytest.raises(ServingInputError, match=r"send a `text` column and a `text_pair` column"):
+        texts_from_input(pd.DataFrame({"text": SENTENCES}), pairs=True)
+    with pytest.raises(ServingInputError, match=r"row 0: this model reads sentence pairs; send \[text, text_pair\]"):
+        texts_from_input(list(SENTENCES), pairs=True)
+    with pytest.raises(ServingInputError, match=r"row 1: text_pair must be a string, got "):
+        texts_from_input(pd.DataFrame({"text": ["a", "b"], "text_pair": ["c", None]}), pairs=True)
+    with pytest.raises(ServingInputError, match=r"2 texts but 1 text_pairs"):
+        texts_from_input({"text": ["a", "b"], "text_pair": ["c"]}, pairs=True)
+
+
 # ---------------------------------------------------------------------------
 # The pyfunc, logged to and loaded back from a temporary MLflow store
 

@@ -41,6 +41,27 @@ def write_tiny_base(path: Path) -> Path:
     return path
 
 
+def write_hf_checkpoint(folder: Path, kind: str, classifier: bool = True, **overrides):
+    """A random tiny checkpoint of `kind` (bert, roberta, xlm-roberta, distilbert, electra) built with
+    transformers' own classes and saved by `save_pretrained`, with the tiny tokenizer beside it: a
+    `*ForSequenceClassification`, or the bare encoder. Returns the transformers model."""
+    import torch
+    import transformers as hf
+
+    names = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "distilbert": "DistilBert",
+             "electra": "Electra"}[kind]
+    sizes = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48} if kind == "distilbert" else \
+        {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48}
+    extra = {"electra": {"embedding_size": 16}, "roberta": {"pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1}}
+    config = getattr(hf, f"{names}Config")(**{"vocab_size": len(TINY_VOCAB), "max_position_embeddings": 40,
+                                              **sizes, **extra.get(kind, {}), **overrides})
+    torch.manual_seed(0)
+    model = getattr(hf, f"{names}ForSequenceClassification" if classifier else f"{names}Model")(config).eval()
+    model.save_pretrained(folder)
+    build_tiny_tokenizer().save(str(Path(folder) / "tokenizer.json"))
+    return model
+
+
 def build_tiny_project(root: Path, candidates: dict | None = None, sections: dict | None = None,
                        rows: tuple[list, list] | None = None) -> Path:
     """A fresh git + DVC project holding this repo's pipeline, tiny data pushed to a temporary remote.

@@ -7,15 +7,18 @@ logits within 1e-5, with padding and with sentence pairs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from textcompress.errors import TextcompressError
-from textcompress.models.checkpoints import from_pretrained
+from textcompress.models.checkpoints import from_pretrained, label_order, max_positions, resolve_base, tokenizer_file
 
-from tests.conftest import TINY_VOCAB
+from tests.conftest import TINY_VOCAB, build_tiny_tokenizer
+from tests.e2e.tiny_project import write_hf_checkpoint
 
 # ---------------------------------------------------------------------------
 # Hugging Face BERT checkpoints
@@ -57,7 +60,7 @@ def hf_encoder_weights(config: dict) -> dict[str, torch.Tensor]:
     return weights
 
 
-def write_hf_checkpoint(directory, weights: dict, prefix: str = "bert.", extra: bool = True):
+def write_bert_weights(directory, weights: dict, prefix: str = "bert.", extra: bool = True):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(HF_CONFIG))
     tensors = {prefix + k: v.contiguous() for k, v in weights.items()}
@@ -71,7 +74,7 @@ def write_hf_checkpoint(directory, weights: dict, prefix: str = "bert.", extra: 
 @pytest.mark.parametrize("prefix", ["bert.", ""])
 def test_from_pretrained_loads_the_encoder_weights_written(tmp_path, prefix):
     weights = hf_encoder_weights(HF_CONFIG)
-    base = write_hf_checkpoint(tmp_path / "bert", weights, prefix=prefix)
+    base = write_bert_weights(tmp_path / "bert", weights, prefix=prefix)
 
     model = from_pretrained(base, num_labels=3, pooling="cls", dropout=0.0)
 
@@ -88,20 +91,20 @@ def test_from_pretrained_loads_the_encoder_weights_written(tmp_path, prefix):
 def test_from_pretrained_rejects_a_checkpoint_missing_a_key(tmp_path):
     weights = hf_encoder_weights(HF_CONFIG)
     del weights["encoder.layer.1.output.dense.weight"]
-    base = write_hf_checkpoint(tmp_path / "bert", weights)
+    base = write_bert_weights(tmp_path / "bert", weights)
     with pytest.raises(TextcompressError, match=r"encoder\.layer\.1\.output\.dense\.weight"):
         from_pretrained(base, num_labels=2)
 
 
 def test_from_pretrained_rejects_another_model_type(tmp_path):
-    base = write_hf_checkpoint(tmp_path / "gpt", hf_encoder_weights(HF_CONFIG))
+    base = write_bert_weights(tmp_path / "gpt", hf_encoder_weights(HF_CONFIG))
     (base / "config.json").write_text(json.dumps({**HF_CONFIG, "model_type": "gpt2"}))
     with pytest.raises(TextcompressError, match="gpt2"):
         from_pretrained(base, num_labels=2)
 
 
 def test_from_pretrained_without_weights_file_raises(tmp_path):
-    base = write_hf_checkpoint(tmp_path / "bert", hf_encoder_weights(HF_CONFIG))
+    base = write_bert_weights(tmp_path / "bert", hf_encoder_weights(HF_CONFIG))
     (base / "model.safetensors").unlink()
     with pytest.raises(TextcompressError, match="model.safetensors"):
         from_pretrained(base, num_labels=2)
@@ -113,29 +116,11 @@ def test_from_pretrained_without_weights_file_raises(tmp_path):
 SEP, PAD_RUN = 3, 7  # the separator of the pairs below; the id padding is written with on our side
 
 
-def tiny_hf_classifier(kind: str, folder, **overrides):
-    """A random tiny `*ForSequenceClassification` of `kind`, saved with save_pretrained. Weights
-    are drawn wider than transformers' default (std 0.02) so that logits differ by whole units
-    and a conversion mistake shows far above the tolerance."""
-    import transformers as hf
-
-    common = {"vocab_size": 40, "num_labels": 3, "initializer_range": 0.3, "max_position_embeddings": 40}
-    encoder = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48}
-    config, model = {
-        "bert": (hf.BertConfig, hf.BertForSequenceClassification),
-        "roberta": (hf.RobertaConfig, hf.RobertaForSequenceClassification),
-        "xlm-roberta": (hf.XLMRobertaConfig, hf.XLMRobertaForSequenceClassification),
-        "distilbert": (hf.DistilBertConfig, hf.DistilBertForSequenceClassification),
-        "electra": (hf.ElectraConfig, hf.ElectraForSequenceClassification),
-    }[kind]
-    if kind == "distilbert":
-        encoder = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48}
-    extra = {"electra": {"embedding_size": 16}, "roberta": {"pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1},
-             "bert": {"hidden_act": "gelu_new"}, "distilbert": {"activation": "relu"}}.get(kind, {})
-    torch.manual_seed(0)
-    classifier = model(config(**{**common, **encoder, **extra, **overrides})).eval()
-    classifier.save_pretrained(folder)
-    return classifier
+def tiny_hf_classifier(kind: str, folder):
+    """Weights drawn wider than transformers' default (std 0.02) so that logits differ by whole
+    units and a conversion mistake shows far above the tolerance; activations other than GELU."""
+    activation = {"bert": {"hidden_act": "gelu_new"}, "distilbert": {"activation": "relu"}}.get(kind, {})
+    return write_hf_checkpoint(folder, kind, num_labels=3, initializer_range=0.3, **activation)
 
 
 def pair_batch(pad_id: int):
@@ -196,3 +181,80 @@ def test_a_base_checkpoint_gets_a_fresh_head_and_the_requested_pooling(tmp_path)
     model = from_pretrained(tmp_path, num_labels=2, pooling="mean")
     assert model.pooler is None and model.config.pooling == "mean" and model.classifier.out_features == 2
     assert model.config.embedding_width == 16 and model.embeddings.project.out_features == 32
+
+
+# ---------------------------------------------------------------------------
+# Labels, tokenizers and bad folders
+
+@pytest.mark.parametrize("id2label, data_labels, expected", [
+    ({"0": "NEGATIVE", "1": "POSITIVE"}, ["NEGATIVE", "POSITIVE"], [0, 1]),
+    ({"0": "pos", "1": "neg"}, ["neg", "pos"], [1, 0]),         # the data's order: sorted names
+    (None, [0, 1], [0, 1]),                                      # unnamed outputs match 0..n-1
+    ({"0": "LABEL_0", "1": "LABEL_1"}, [0, 1], [0, 1]),
+    ({"0": "neg", "1": "pos"}, [0, 1], None),                    # another task's names
+    ({"0": "a", "1": "b", "2": "c"}, ["a", "b"], None),          # another number of labels
+])
+def test_label_order_maps_the_datas_labels_to_the_classifiers_outputs(id2label, data_labels, expected):
+    hf = {"architectures": ["BertForSequenceClassification"], **({"id2label": id2label} if id2label else {})}
+    assert label_order(Path("ckpt"), hf, data_labels) == expected
+
+
+def test_a_folder_without_tokenizer_json_gets_the_fast_tokenizer_autotokenizer_builds(tmp_path):
+    folder = tmp_path / "bert"
+    write_hf_checkpoint(folder, "bert")
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")  # a slow tokenizer's files only
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    built = tokenizer_file(folder, tmp_path)
+    assert built == tmp_path / "tokenizer.json" and not (folder / "tokenizer.json").exists()  # the folder is untouched
+    ours = Tokenizer.from_file(str(built)).encode("The movie was great", "it was dull")
+    assert ours.ids == build_tiny_tokenizer().encode("The movie was great", "it was dull").ids  # the same WordPiece vocabulary
+    assert ours.type_ids == [0] * 6 + [1] * 4
+
+
+def test_a_folder_with_no_tokenizer_at_all_is_refused_with_its_name(tmp_path):
+    folder = tmp_path / "bare"
+    write_hf_checkpoint(folder, "bert")
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(TextcompressError, match=rf"{folder}: no tokenizer files \(tokenizer.json, vocab.txt, vocab.json, \*.model\)\. Fix: save the tokenizer"):
+        tokenizer_file(folder, tmp_path)
+
+
+def test_a_folder_without_config_json_is_refused(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(TextcompressError, match=r"weights: config.json is missing\. Fix: point at a folder written by"):
+        resolve_base(str(tmp_path / "weights"))
+
+
+def test_a_config_missing_a_size_names_the_key(tmp_path):
+    folder = tmp_path / "bert"
+    write_hf_checkpoint(folder, "bert")
+    config = json.loads((folder / "config.json").read_text())
+    del config["num_hidden_layers"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TextcompressError, match=r"config.json lacks 'num_hidden_layers'"):
+        from_pretrained(folder, num_labels=2)
+
+
+def test_relative_positions_do_not_convert(tmp_path):
+    folder = tmp_path / "bert"
+    write_hf_checkpoint(folder, "bert", position_embedding_type="relative_key")
+    with pytest.raises(TextcompressError, match="position_embedding_type 'relative_key' does not convert"):
+        from_pretrained(folder, num_labels=2)
+
+
+def test_a_classifier_saved_without_its_head_is_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "roberta"
+    write_hf_checkpoint(folder, "roberta")
+    weights = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("classifier.")}
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(TextcompressError, match=r"without its head weights \(classifier.dense, classifier.out_proj\)"):
+        from_pretrained(folder, num_labels=2, label_rows=[0, 1])
+
+
+def test_roberta_positions_count_from_the_pad_id(tmp_path):
+    folder = tmp_path / "roberta"
+    write_hf_checkpoint(folder, "roberta")
+    assert max_positions(folder) == 40 - 2

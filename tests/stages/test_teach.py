@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from textcompress.config import DEFAULTS
+from textcompress.errors import TextcompressError
 from textcompress.models.checkpoints import from_pretrained
 from textcompress.models.recurrent import RecurrentClassifier
 from textcompress.stages.teach import recurrent_teacher
 
-from tests.e2e.tiny_project import write_tiny_base
+from tests.e2e.tiny_project import write_hf_checkpoint, write_tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,48 @@ def test_a_killed_teach_resumes_from_its_checkpoint_to_the_uninterrupted_teacher
     accuracy = [json.loads((tmp_path / n / "metrics.json").read_text())["validation_accuracy"] for n in ("run", "reference")]
     assert accuracy[0] == accuracy[1]
     assert not (tmp_path / "run" / "teach.pt").exists()
+
+
+# ---------------------------------------------------------------------------
+# A fine-tuned Hugging Face classifier as the teacher
+
+def test_a_finetuned_classifier_is_adopted_as_it_is_with_its_outputs_in_the_datas_label_order(tmp_path):
+    from textcompress.stages.teach import adopted_teacher
+
+    reference = write_hf_checkpoint(tmp_path / "clf", "distilbert", num_labels=2, initializer_range=0.3,
+                                    id2label={0: "pos", 1: "neg"}, label2id={"pos": 0, "neg": 1})
+    ids, mask = torch.tensor([[2, 30, 31, 3, 0]]), torch.tensor([[1, 1, 1, 1, 0]])
+    model = adopted_teacher(str(tmp_path / "clf"), ["neg", "pos"], separator=None)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask).logits[:, [1, 0]]
+        torch.testing.assert_close(model(ids, mask), expected, atol=1e-5, rtol=0)
+
+
+def test_a_classifier_of_other_labels_is_refused_naming_both_sides(tmp_path):
+    from textcompress.stages.teach import adopted_teacher
+
+    write_hf_checkpoint(tmp_path / "clf", "bert", num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                        label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    with pytest.raises(TextcompressError, match=r"its labels \['NEGATIVE', 'POSITIVE'\] do not match the data's "
+                                                r"\['neg', 'pos'\]\. Fix: name the outputs in its id2label"):
+        adopted_teacher(str(tmp_path / "clf"), ["neg", "pos"], separator=None)
+
+
+def test_a_bare_encoder_is_not_taken_as_a_finetuned_teacher(tmp_path):
+    from textcompress.stages.teach import adopted_teacher
+
+    write_hf_checkpoint(tmp_path / "enc", "roberta", classifier=False)
+    with pytest.raises(TextcompressError, match=r"is not a fine-tuned classifier.*Fix: set it as base_model"):
+        adopted_teacher(str(tmp_path / "enc"), [0, 1], separator=None)
+
+
+@pytest.mark.parametrize("data_labels, keeps_head", [([0, 1], True), (["neg", "pos"], False)])
+def test_a_classifier_as_base_model_keeps_its_head_only_for_the_same_labels(tmp_path, data_labels, keeps_head):
+    from textcompress.stages.teach import base_classifier
+
+    write_hf_checkpoint(tmp_path / "clf", "electra", num_labels=2)
+    params = copy.deepcopy(DEFAULTS)
+    params["base_model"] = str(tmp_path / "clf")
+    model = base_classifier(params, data_labels, separator=3)
+    assert (model.pooler is not None) == keeps_head
+    assert model.config.pooling == ("cls" if keeps_head else "mean") and model.config.segment_separator == 3

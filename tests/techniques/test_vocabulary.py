@@ -72,3 +72,21 @@ def test_after_trimming_the_teacher_reads_the_new_ids_as_it_read_the_old(tiny_pr
         for new_ids, old_ids in zip(ctx.train.input_ids[:6], old_train.input_ids[:6]):
             torch.testing.assert_close(ctx.teacher.hidden_states(*pad_batch([new_ids]))[-1],
                                        teacher.hidden_states(*pad_batch([old_ids]))[-1])
+
+
+def test_trimming_moves_the_pair_separator_with_its_row():
+    """A model of sentence pairs finds the second segment by its separator's id, which trimming changes."""
+    from dataclasses import replace
+
+    from textcompress.techniques.vocabulary import keep_rows
+    from tests.conftest import SEP_ID
+
+    torch.manual_seed(0)
+    model = TextClassifier(replace(tiny_model_config(), segment_separator=SEP_ID)).eval()
+    old_ids = np.array([0, 1, 2, 10, SEP_ID, 11, 12, 13])  # the separator (id 3) becomes id 4
+    trimmed = keep_rows(model, old_ids).eval()
+    assert trimmed.config.segment_separator == 4 and trimmed.embeddings.separator == 4
+    old_pair = torch.tensor([[2, 10, SEP_ID, 11, 12, SEP_ID]])
+    new_pair = torch.tensor([[int(np.flatnonzero(old_ids == i)[0]) for i in old_pair[0]]])
+    with torch.no_grad():
+        torch.testing.assert_close(trimmed(new_pair, torch.ones_like(new_pair)), model(old_pair, torch.ones_like(old_pair)))

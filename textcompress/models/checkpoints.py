@@ -167,12 +167,20 @@ def label_order(folder: Path, hf: dict, data_labels: list) -> list[int] | None:
     return None
 
 
+# What a tokenizer is saved as: a fast one's file, WordPiece and BPE vocabularies, SentencePiece models.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")
+
+
 def tokenizer_file(folder: Path, scratch: Path | None = None) -> Path:
     """The checkpoint's tokenizer as a `tokenizers` JSON file: its own tokenizer.json, or the fast
     tokenizer `AutoTokenizer` builds from its vocabulary files (written to `scratch`)."""
     own = Path(folder) / "tokenizer.json"
     if own.is_file():
         return own
+    found = [f for f in TOKENIZER_FILES if list(Path(folder).glob(f))]
+    if not found:  # transformers 5 would build a tokenizer that knows only its special tokens
+        raise TextcompressError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}). Fix: save the "
+                                "tokenizer beside the model (`tokenizer.save_pretrained(folder)`)")
     from transformers import AutoTokenizer
 
     try:

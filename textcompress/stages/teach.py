@@ -75,7 +75,7 @@ def adopted_teacher(source: str, labels: list, separator: int | None):
         raise TextcompressError(f"{folder}/config.json: its labels {checkpoint_labels(hf)} do not match the data's "
                                 f"{labels}. Fix: name the outputs in its id2label as the data names its labels, or use "
                                 "it as base_model (a new head is fine-tuned) and unset teach.finetuned_teacher")
-    return from_pretrained(folder, len(labels), separator=separator, label_rows=rows)
+    return from_pretrained(folder, len(labels), separator=separator, label_rows=rows).eval()
 
 
 def run_key(params: dict, train) -> str:
