@@ -102,8 +102,10 @@ def tiny_sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
     return rows
 
 
-def write_tiny_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
-    return write_text_file(path, "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+def write_tiny_tsv(path: Path, rows: list[tuple]) -> Path:
+    """(sentence, label) rows, or (sentence, second sentence, label) rows of a pair task."""
+    header = "sentence\tlabel\n" if len(rows[0]) == 2 else "sentence\tsecond\tlabel\n"
+    return write_text_file(path, header + "".join("\t".join(map(str, row)) + "\n" for row in rows))
 
 
 def tiny_model_config(num_labels: int = 2, layers: int = 2):

@@ -63,10 +63,10 @@ def write_hf_checkpoint(folder: Path, kind: str, classifier: bool = True, **over
 
 
 def build_tiny_project(root: Path, candidates: dict | None = None, sections: dict | None = None,
-                       rows: tuple[list, list] | None = None) -> Path:
+                       rows: tuple[list, list] | None = None, base: Path | None = None) -> Path:
     """A fresh git + DVC project holding this repo's pipeline, tiny data pushed to a temporary remote.
     `sections` updates params sections (e.g. {"teach": {"architecture": "lstm"}}); `rows` replaces
-    the (train, validation) rows of the binary sentiment task."""
+    the (train, validation) rows of the binary sentiment task; `base` replaces the tiny random BERT."""
     project, remote = root / "project", root / "remote"
     project.mkdir()
     for name in ("dvc.yaml",):
@@ -76,7 +76,7 @@ def build_tiny_project(root: Path, candidates: dict | None = None, sections: dic
     train_rows, validation_rows = rows or (tiny_sentiment_rows(300, 1), tiny_sentiment_rows(60, 2))
     write_tiny_tsv(project / "data" / "train.tsv", train_rows)
     write_tiny_tsv(project / "data" / "validation.tsv", validation_rows)
-    base = write_tiny_base(root / "tiny-bert")
+    base = base or write_tiny_base(root / "tiny-bert")
     # The defaults, not params.yaml: `make run PARAMS=...` rewrites that file.
     from textcompress.config import DEFAULTS
 

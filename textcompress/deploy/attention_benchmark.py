@@ -43,7 +43,8 @@ def encoder_of_shape(like: EncoderConfig, kind: str, max_length: int, features: 
     """An encoder of `like`'s shape with `kind` attention; scope `attention` skips every FFN."""
     torch.manual_seed(0)
     config = replace(like, attention=kind, max_position_embeddings=max_length, performer_features=features,
-                     linformer_length=linformer_length, shared_layers=[], low_rank={}, embedding_size=None)
+                     linformer_length=linformer_length, shared_layers=[], low_rank={}, embedding_size=None,
+                     position_offset=0)  # positions 0..max_length-1 (a RoBERTa base counts from 2)
     model = TextClassifier(config).eval()
     if scope == "attention":
         for layer in model.encoder.layer:
