@@ -36,12 +36,13 @@ TINY_VOCAB: dict[str, int] = {token: i for i, token in enumerate(SPECIAL_TOKENS 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = (TINY_VOCAB[t] for t in SPECIAL_TOKENS)
 
 
-def build_tiny_tokenizer():
-    """A BERT-style WordPiece tokenizer over TINY_VOCAB: lowercase, [CLS] ... [SEP]."""
+def build_tiny_tokenizer(vocab: dict[str, int] | None = None):
+    """A BERT-style WordPiece tokenizer over TINY_VOCAB (or `vocab`, with the same special ids):
+    lowercase, [CLS] ... [SEP]."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
 
-    tokenizer = Tokenizer(WordPiece(vocab=dict(TINY_VOCAB), unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer = Tokenizer(WordPiece(vocab=dict(vocab or TINY_VOCAB), unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=True,
                                                       strip_accents=None)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -333,8 +333,8 @@ def test_a_recurrent_teacher_with_recurrent_steps_loads(write_params):
 
 @pytest.mark.parametrize("architecture,step,message", [
     # on an LSTM teacher: steps and arguments with no recurrent form
-    ("lstm", {"prune_movement": {}}, "step 1 (prune_movement) works on transformer models, but the teacher is an lstm"),
-    ("lstm", {"attention": {"kind": "linear"}}, "step 1 (attention) works on transformer models, but the teacher is an lstm"),
+    ("lstm", {"prune_movement": {}}, "step 1 (prune_movement) works on transformer models, but the teacher is an LSTM/GRU"),
+    ("lstm", {"attention": {"kind": "linear"}}, "step 1 (attention) works on transformer models, but the teacher is an LSTM/GRU"),
     ("lstm", {"distill": {"student": "bert"}}, "a bert student is cut from a transformer's layers"),
     ("lstm", {"prune_structured": {}}, "an LSTM/GRU is pruned by hidden units"),
     ("lstm", {"prune_structured": {"units": 0.5, "heads": 0.5}}, "heads and ffn apply to transformers"),
@@ -342,7 +342,7 @@ def test_a_recurrent_teacher_with_recurrent_steps_loads(write_params):
     ("lstm", {"share_layers": {"share": "all"}}, "shares weights between its two directions"),
     ("lstm", {"drop_layers": {"strategy": "alternate"}}, "use strategy: top"),
     ("lstm", {"distill": {"student": "same", "hidden_weight": 1.0}}, "hidden_weight compares transformer layers"),
-    ("lstm", {"qat": {}}, "step 1 (qat) works on transformer models, but the teacher is an lstm"),
+    ("lstm", {"qat": {}}, "step 1 (qat) works on transformer models, but the teacher is an LSTM/GRU"),
     # on a transformer teacher: the recurrent-only arguments
     ("transformer", {"prune_structured": {"units": 0.5}}, "units applies to LSTM/GRU models"),
     ("transformer", {"low_rank": {"modules": "hidden", "rank": 8}}, "modules: hidden applies to LSTM/GRU models"),
@@ -368,3 +368,41 @@ def test_a_bad_recurrent_teacher_setting_is_named(write_params, teach, key):
     path = write_params({"teach": teach, **with_candidates()})
     with raises_params_error(path, key):
         load_params(path)
+
+
+# ---------------------------------------------------------------------------
+# A teacher that runs in transformers (its architecture does not convert into the encoder)
+
+@pytest.fixture
+def deberta_base(tmp_path):
+    from tests.e2e.tiny_project import write_hf_checkpoint
+
+    write_hf_checkpoint(tmp_path / "deberta", "deberta-v2")
+    return str(tmp_path / "deberta")
+
+
+def test_a_structural_step_on_a_transformers_teacher_is_refused_naming_the_step_and_what_to_use(write_params, deberta_base):
+    path = write_params({"base_model": deberta_base, **with_candidates(pruned=[{"prune_structured": {"heads": 0.5}}])})
+    with raises_params_error(path, "candidates.pruned") as excinfo:
+        load_params(path)
+    message = str(excinfo.value)
+    assert "step 1 (prune_structured) works on transformer and recurrent models, but the teacher is a model that " \
+           "runs in transformers (not converted)" in message
+    assert "Fix: on a model that runs in transformers (not converted) use distill, quantize" in message
+
+
+@pytest.mark.parametrize("argument", ["hidden_weight", "width", "layer_map"])
+def test_distilling_a_transformers_teacher_refuses_what_needs_its_layers(write_params, deberta_base, argument):
+    value = [0] if argument == "layer_map" else 64 if argument == "width" else 1.0
+    path = write_params({"base_model": deberta_base,
+                         **with_candidates(small=[{"distill": {"student": "bert", argument: value}}])})
+    with raises_params_error(path, "candidates.small") as excinfo:
+        load_params(path)
+    assert f"{argument} needs the teacher's layers, and this teacher runs in transformers" in str(excinfo.value)
+
+
+def test_after_a_bert_student_every_structural_step_applies_again(write_params, deberta_base):
+    recipe = [{"distill": {"student": "bert", "layers": 1}}, {"prune_structured": {"heads": 0.5}},
+              {"quantize": {"mode": "dynamic"}}]
+    params = load_params(write_params({"base_model": deberta_base, **with_candidates(small=recipe)}))
+    assert params["candidates"]["small"] == recipe

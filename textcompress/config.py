@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 from tasks.notify import EVENTS
 from textcompress.errors import ParamsError
 from textcompress.decisions.promotion import OBJECTIVES, SPLITS
-from textcompress.techniques.base import TEACHER_KINDS
+from textcompress.techniques.base import TEACHER_KINDS, teacher_kind
 
 Whole = StrictInt  # a whole number: neither 1.5 nor true
 Number = Union[StrictInt, StrictFloat]  # an int stays an int and a float a float; true is not a number
@@ -238,9 +238,9 @@ class Params(Section):
                           "set data.selection_fraction (e.g. 0.05) or select_on: validation", key="promotion.select_on")
         from textcompress.techniques import validate_recipe
 
+        kind = teacher_kind(self.teach.architecture, self.teach.finetuned_teacher or self.base_model)
         for name, recipe in self.candidates.items():
-            validate_recipe(recipe, lambda problem, fix, n=name: Invalid(problem, fix, key=f"candidates.{n}"),
-                            self.teach.architecture)
+            validate_recipe(recipe, lambda problem, fix, n=name: Invalid(problem, fix, key=f"candidates.{n}"), kind)
         return self
 
 

@@ -294,6 +294,12 @@ def load_tokenizer(tokenizer_file: str | Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
+def retokenized(split: Split, tokenizer: Tokenizer) -> Split:
+    """`split`'s texts tokenized by another tokenizer (a trimmed vocabulary, a student's own)."""
+    return Split(split.texts, [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(split.texts)],
+                 split.labels)
+
+
 def load_split(prepared_dir: str | Path, split: str) -> Split:
     frame = pd.read_parquet(Path(prepared_dir) / f"{split}.parquet")
     texts = frame["text"].tolist() if "text_pair" not in frame else list(zip(frame["text"], frame["text_pair"]))

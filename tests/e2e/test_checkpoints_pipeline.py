@@ -107,3 +107,39 @@ def test_a_finetuned_distilbert_is_the_teacher_as_it_is_and_is_compressed(tmp_pa
     assert {r["name"]: r["status"] for r in report["rows"]} == {"teacher": "ok", "int8-dynamic": "ok", "distill-l1": "ok"}
     student = json.loads((project / "artifacts" / "compressed" / "distill-l1" / "config.json").read_text())
     assert student["num_layers"] == 1 and student["head_activation"] == "relu" and student["type_vocab_size"] == 0
+
+
+@pytest.mark.e2e
+def test_a_deberta_teacher_runs_in_transformers_and_is_distilled_into_students_of_their_own(tmp_path_factory,
+                                                                                           prefect_harness):
+    from tests.conftest import SPECIAL_TOKENS, WORDS, build_tiny_tokenizer
+    from tests.e2e.tiny_project import write_tiny_base
+
+    root = tmp_path_factory.mktemp("e2e-deberta")
+    write_hf_checkpoint(root / "deberta", "deberta-v2", classifier=False)
+    # The BERT student's base has a tokenizer of its own: the same words under other ids.
+    student_base = write_tiny_base(root / "student-base")
+    other_ids = {token: i for i, token in enumerate(SPECIAL_TOKENS + WORDS[::-1])}
+    build_tiny_tokenizer(other_ids).save(str(student_base / "tokenizer.json"))
+    bert_student = {"student": "bert", "student_base": str(student_base), "layers": 1, "epochs": 3, "lr": 3e-3,
+                    "batch_size": 16}
+    project = build_tiny_project(root, {
+        "teacher": [], "int8-dynamic": QUANTIZE,
+        "bert-pruned-int8": [{"distill": bert_student}, {"prune_structured": {"heads": 0.5, "epochs": 0}}, *QUANTIZE],
+        "gru": [{"distill": {"student": "gru", "layers": 1, "hidden_size": 16, "embedding_size": 16, "epochs": 3,
+                             "lr": 3e-3, "batch_size": 16}}]},
+        sections={"teach": {"epochs": 5}, "promotion": {"registered_model": "tiny-deberta", "max_accuracy_drop": 10.0}},
+        base=root / "deberta")
+    result = run_pipeline(project)
+    assert result["failed"] == {}
+    teacher = json.loads((project / "artifacts" / "teacher" / "config.json").read_text())
+    assert teacher["architecture"] == "transformers" and teacher["hf"]["model_type"] == "deberta-v2"
+    assert json.loads((project / "artifacts" / "onnx" / "teacher" / "export.json").read_text())["parity_ok"]
+    report = {r["name"]: r for r in json.loads((project / "reports" / "candidates.json").read_text())["rows"]}
+    assert {n: r["status"] for n, r in report.items()} == {n: "ok" for n in ("teacher", "int8-dynamic", "bert-pruned-int8", "gru")}
+    assert report["teacher"]["accuracy"] > 0.8 and report["bert-pruned-int8"]["accuracy"] > 0.8
+    student_folder = project / "artifacts" / "onnx" / "bert-pruned-int8"
+    assert (student_folder / "tokenizer.json").read_bytes() == (student_base / "tokenizer.json").read_bytes()
+    exported = json.loads((student_folder / "config.json").read_text())
+    assert exported["model_type"] == "bert" and exported["textcompress"]["layer_heads"] == [2]
+    assert json.loads((project / "artifacts" / "onnx" / "teacher" / "config.json").read_text())["model_type"] == "deberta-v2"

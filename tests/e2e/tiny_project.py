@@ -42,17 +42,21 @@ def write_tiny_base(path: Path) -> Path:
 
 
 def write_hf_checkpoint(folder: Path, kind: str, classifier: bool = True, **overrides):
-    """A random tiny checkpoint of `kind` (bert, roberta, xlm-roberta, distilbert, electra) built with
+    """A random tiny checkpoint of `kind` (bert, roberta, xlm-roberta, distilbert, electra; deberta-v2 and
+    modernbert, which run in transformers) built with
     transformers' own classes and saved by `save_pretrained`, with the tiny tokenizer beside it: a
     `*ForSequenceClassification`, or the bare encoder. Returns the transformers model."""
     import torch
     import transformers as hf
 
     names = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "distilbert": "DistilBert",
-             "electra": "Electra"}[kind]
+             "electra": "Electra", "deberta-v2": "DebertaV2", "modernbert": "ModernBert"}[kind]
     sizes = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48} if kind == "distilbert" else \
         {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48}
-    extra = {"electra": {"embedding_size": 16}, "roberta": {"pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1}}
+    extra = {"electra": {"embedding_size": 16}, "roberta": {"pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1},
+             "deberta-v2": {"relative_attention": True, "position_buckets": 16, "pos_att_type": ["p2c", "c2p"],
+                            "type_vocab_size": 0},
+             "modernbert": {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3, "cls_token_id": 2, "sep_token_id": 3}}
     config = getattr(hf, f"{names}Config")(**{"vocab_size": len(TINY_VOCAB), "max_position_embeddings": 40,
                                               **sizes, **extra.get(kind, {}), **overrides})
     torch.manual_seed(0)

@@ -5,7 +5,8 @@
 `ORTModelForSequenceClassification`) load it as they load any exported classifier.
 
 A transformer candidate's config says `model_type: bert` with its real sizes (per-layer heads
-and FFN widths, which pruning makes uneven, are under `textcompress`). LSTM/GRU/CNN candidates
+and FFN widths, which pruning makes uneven, are under `textcompress`); a teacher that ran in
+transformers keeps its own config, with the data's labels. LSTM/GRU/CNN candidates
 have no transformers model type: their config.json keeps the labels and names the architecture."""
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def transformers_config(model_config, labels: list) -> dict:
     id2label = {str(i): str(label) for i, label in enumerate(labels)}
     config = {"id2label": id2label, "label2id": {name: int(i) for i, name in id2label.items()}, "num_labels": len(labels)}
     fields = vars(model_config)
+    if fields.get("architecture") == "transformers":  # a teacher run in transformers: its own config
+        own = {k: v for k, v in fields["hf"].items() if k not in ("id2label", "label2id", "num_labels")}
+        return {**own, **config}
     if "num_heads" not in fields:  # a recurrent or CNN classifier: no transformers model type
         return {**config, "textcompress": _plain(fields)}  # its `architecture`: rnn or cnn
     return {

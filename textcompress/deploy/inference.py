@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from textcompress.catalog import MODEL_FILE
-from textcompress.data import Split, length_bucketed_batches, load_tokenizer, pad_arrays
+from textcompress.data import Split, length_bucketed_batches, load_tokenizer, pad_arrays, retokenized
 
 
 UNFUSED = ["SkipLayerNormFusion"]
@@ -48,13 +48,12 @@ def split_logits(session: ort.InferenceSession, split: Split, batch_size: int = 
 
 def split_for_model(split: Split, prepared_dir: str | Path, model_dir: str | Path, max_length: int) -> Split:
     """`split` tokenized the way the model in `model_dir` expects: as prepared, unless the model
-    carries a tokenizer of its own (a trimmed vocabulary), in which case its texts are tokenized again."""
+    carries a tokenizer of its own (a trimmed vocabulary, a student base's), in which case its texts are
+    tokenized again."""
     own, prepared = Path(model_dir) / "tokenizer.json", Path(prepared_dir) / "tokenizer.json"
     if not own.is_file() or own.read_bytes() == prepared.read_bytes():
         return split
-    tokenizer = load_tokenizer(own, max_length)
-    ids = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(split.texts)]
-    return Split(split.texts, ids, split.labels)
+    return retokenized(split, load_tokenizer(own, max_length))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

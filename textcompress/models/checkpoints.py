@@ -65,8 +65,15 @@ def _distilbert(hf: dict) -> dict:
             "layer_norm_eps": 1e-12, "hidden_act": hf.get("activation", "gelu")}
 
 
+def _shape(hf: dict) -> dict:
+    """The sizes of any encoder config that names them as BERT does (DeBERTa, ModernBERT, ...)."""
+    return {key: hf[name] for key, name in (("vocab_size", "vocab_size"), ("hidden_size", "hidden_size"),
+            ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
+            ("intermediate_size", "intermediate_size"), ("max_position_embeddings", "max_position_embeddings"))}
+
+
 _ROBERTA = Architecture("roberta.", _roberta, (), "classifier.dense", "classifier.out_proj", "tanh")
-ARCHITECTURES = {
+ARCHITECTURES = {  # keyed by model_type; techniques.base.CONVERTED_MODEL_TYPES lists the same
     "bert": Architecture("bert.", _bert_like, (), "pooler.dense", "classifier", "tanh"),
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
@@ -122,11 +129,16 @@ def read_config(folder: Path) -> dict:
                                 "Fix: point at a folder written by `save_pretrained`") from err
 
 
+def converts(hf: dict) -> bool:
+    """Whether the checkpoint converts into the encoder; otherwise it runs in transformers."""
+    return hf.get("model_type", "bert") in ARCHITECTURES
+
+
 def architecture_of(folder: Path, hf: dict) -> Architecture:
     model_type = hf.get("model_type", "bert")
     if model_type not in ARCHITECTURES:
-        raise TextcompressError(f"{folder}/config.json: model_type {model_type!r} has no route into textcompress; "
-                                f"these convert: {', '.join(ARCHITECTURES)}. Fix: choose a checkpoint of one of them")
+        raise TextcompressError(f"{folder}/config.json: model_type {model_type!r} does not convert into the encoder; "
+                                f"these do: {', '.join(ARCHITECTURES)}. Fix: choose a checkpoint of one of them")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise TextcompressError(f"{folder}/config.json: position_embedding_type {hf['position_embedding_type']!r} "
                                 "does not convert (absolute positions only). Fix: choose a checkpoint with absolute positions")
@@ -134,9 +146,9 @@ def architecture_of(folder: Path, hf: dict) -> Architecture:
 
 
 def encoder_fields(folder: Path, hf: dict) -> dict:
-    """EncoderConfig fields from a checkpoint's config.json."""
+    """EncoderConfig fields from a checkpoint's config.json (for one that runs in transformers, its sizes)."""
     try:
-        return architecture_of(folder, hf).config(hf)
+        return (architecture_of(folder, hf).config if converts(hf) else _shape)(hf)
     except KeyError as err:
         raise TextcompressError(f"{folder}/config.json lacks {err.args[0]!r}. Fix: point at a folder written by "
                                 "`save_pretrained`, whose config.json describes the whole model") from err
@@ -230,6 +242,36 @@ def _our_names(weights: dict, arch: Architecture) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_routable(folder: Path, hf: dict) -> None:
+    """A checkpoint that neither converts nor loads in transformers has no route: say so before anything runs."""
+    if converts(hf):
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(hf.get("model_type", "?"))
+    except (ValueError, KeyError) as err:
+        raise TextcompressError(
+            f"{folder}/config.json: model_type {hf.get('model_type')!r} is neither one that converts into the encoder "
+            f"({', '.join(ARCHITECTURES)}) nor one this transformers knows. Fix: choose an encoder checkpoint of a "
+            "supported architecture") from err
+
+
+def load_teacher(folder: Path, labels: list, pooling: str = "mean", separator: int | None = None,
+                 keep_head: bool = True):
+    """The checkpoint as a classifier of the data's labels: converted into the encoder where its
+    architecture converts, else run in transformers (HFClassifier). A fine-tuned classifier keeps its
+    head when `keep_head` and its labels match (`label_order`); otherwise the head starts fresh."""
+    hf = read_config(folder)
+    rows = label_order(folder, hf, labels) if keep_head and is_classifier(hf) else None
+    if converts(hf):
+        return from_pretrained(folder, len(labels), pooling, separator=separator, label_rows=rows)
+    check_routable(folder, hf)
+    from textcompress.models.hf_classifier import load_hf_classifier
+
+    return load_hf_classifier(folder, hf, len(labels), rows, separator)
+
+
 def from_pretrained(folder: str | Path, num_labels: int, pooling: str = "mean", dropout: float = 0.1,
                     separator: int | None = None, label_rows: list[int] | None = None) -> TextClassifier:
     """A classifier whose encoder carries the checkpoint's weights, converted exactly. With
@@ -271,5 +313,12 @@ def max_positions(folder: Path) -> int | None:
         if hf.get("architecture", "transformer") != "transformer":
             return None
         return hf["max_position_embeddings"] - hf.get("position_offset", 0)
+    if not converts(hf):
+        return hf.get("max_position_embeddings")  # ModernBERT's, DeBERTa's table or bucket limit
     fields = encoder_fields(folder, hf)
     return fields["max_position_embeddings"] - fields.get("position_offset", 0)
+
+
+def encoder_shape(folder: Path) -> EncoderConfig:
+    """An encoder of the checkpoint's sizes (random weights: the attention benchmark's shape)."""
+    return EncoderConfig(**encoder_fields(folder, read_config(folder)))

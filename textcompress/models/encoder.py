@@ -555,8 +555,8 @@ def load_bundle(bundle_dir: str | Path) -> tuple[nn.Module, list]:
 
 def model_from_config(config: dict) -> nn.Module:
     """A freshly initialised model of the class a bundle's config.json names (`architecture`;
-    a transformer when absent): the BERT-style encoder here, or a recurrent or convolutional
-    student from their own files."""
+    a transformer when absent): the BERT-style encoder here, a teacher that runs in transformers,
+    or a recurrent or convolutional student, from their own files."""
     config = dict(config)
     architecture = config.get("architecture", "transformer")
     if architecture == "rnn":
@@ -565,9 +565,12 @@ def model_from_config(config: dict) -> nn.Module:
     if architecture == "cnn":
         from textcompress.models.cnn import ConvClassifier, ConvConfig
         return ConvClassifier(ConvConfig(**config))
+    if architecture == "transformers":
+        from textcompress.models.hf_classifier import HFClassifier, HFClassifierConfig
+        return HFClassifier(HFClassifierConfig(**config))
     if architecture != "transformer":
         raise TextcompressError(f"config.json: unknown architecture {architecture!r}. "
-                                "Fix: one of transformer, rnn, cnn (a bundle written by `teach` or `compress`)")
+                                "Fix: one of transformer, transformers, rnn, cnn (a bundle written by `teach` or `compress`)")
     config.pop("architecture", None)
     return TextClassifier(EncoderConfig(**config))
 

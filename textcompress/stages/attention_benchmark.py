@@ -6,7 +6,7 @@ from pathlib import Path
 from textcompress import catalog
 from textcompress.deploy.attention_benchmark import plot_attention_benchmark, run_attention_benchmark
 from textcompress.fileio import write_json
-from textcompress.models.checkpoints import from_pretrained, resolve_base
+from textcompress.models.checkpoints import encoder_shape, resolve_base
 from textcompress.stages import run_stage
 
 
@@ -18,7 +18,7 @@ def main(argv=None):
 
     def body(params, args):
         cfg = params["attention_benchmark"]
-        like = from_pretrained(resolve_base(params["base_model"]), 2).config
+        like = encoder_shape(resolve_base(params["base_model"]))
         result = run_attention_benchmark(like, cfg["lengths"], cfg["kinds"], cfg["threads"], cfg["repeats"],
                                          cfg["performer_features"], cfg["linformer_length"])
         write_json(args.out, result)

@@ -19,7 +19,7 @@ from textcompress.data import holds_pairs, load_labels, load_split, pair_separat
 from textcompress.errors import TextcompressError
 from textcompress.fileio import atomic_dir, write_json
 from textcompress.models.checkpoints import (
-    checkpoint_labels, from_pretrained, is_classifier, label_order, read_config, resolve_base,
+    checkpoint_labels, from_pretrained, is_classifier, label_order, load_teacher, read_config, resolve_base,
 )
 from textcompress.models.encoder import load_bundle, save_bundle
 from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig, principal_projection
@@ -49,10 +49,9 @@ def base_classifier(params: dict, labels: list, separator: int | None):
     classifier whose labels match the data's, its own head (fine-tuned further)."""
     folder = resolve_base(params["base_model"])
     hf = read_config(folder)
-    rows = label_order(folder, hf, labels) if is_classifier(hf) else None
-    if is_classifier(hf) and rows is None:
+    if is_classifier(hf) and label_order(folder, hf, labels) is None:
         print(f"base_model {folder}: its labels {checkpoint_labels(hf)} are not the data's {labels}; a fresh head is trained")
-    return from_pretrained(folder, len(labels), params["teach"]["pooling"], separator=separator, label_rows=rows)
+    return load_teacher(folder, labels, params["teach"]["pooling"], separator)
 
 
 def adopted_teacher(source: str, labels: list, separator: int | None):
@@ -70,12 +69,11 @@ def adopted_teacher(source: str, labels: list, separator: int | None):
         raise TextcompressError(f"{folder}/config.json: architectures {hf.get('architectures')} is not a fine-tuned "
                                 "classifier (*ForSequenceClassification). Fix: set it as base_model to fine-tune it, "
                                 "and unset teach.finetuned_teacher")
-    rows = label_order(folder, hf, labels)
-    if rows is None:
+    if label_order(folder, hf, labels) is None:
         raise TextcompressError(f"{folder}/config.json: its labels {checkpoint_labels(hf)} do not match the data's "
                                 f"{labels}. Fix: name the outputs in its id2label as the data names its labels, or use "
                                 "it as base_model (a new head is fine-tuned) and unset teach.finetuned_teacher")
-    return from_pretrained(folder, len(labels), separator=separator, label_rows=rows).eval()
+    return load_teacher(folder, labels, separator=separator).eval()
 
 
 def run_key(params: dict, train) -> str:

@@ -11,8 +11,8 @@ import pkgutil
 from functools import cache
 from typing import Callable
 
-from textcompress.techniques.base import (FAMILIES, LAYER_LOSSES, TEACHER_KINDS, ExportContext, Recipe, Step, Technique,
-                                          TechniqueContext)
+from textcompress.techniques.base import (FAMILIES, LAYER_LOSSES, ExportContext, Recipe, Step, Technique, TechniqueContext,
+                                          teacher_kind)
 
 __all__ = ["FAMILIES", "ExportContext", "Recipe", "Step", "Technique", "TechniqueContext", "parse_recipe",
            "TECHNIQUES", "recipe_families", "registry", "validate_recipe"]
@@ -36,14 +36,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], architecture: str = "transformer") -> Recipe:
+KIND_NAMES = {"transformer": "a transformer", "transformers": "a model that runs in transformers (not converted)",
+              "recurrent": "an LSTM/GRU", "cnn": "a CNN"}
+
+
+def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], kind: str = "transformer") -> Recipe:
     """A candidate's recipe as written -> a Recipe; raises `error(problem, fix)` for the first thing
-    wrong with it, the teacher being `architecture` (teach.architecture)."""
+    wrong with it, the teacher being of `kind` (MODEL_KINDS; see base.teacher_kind)."""
     techniques = registry()
     if not isinstance(raw, list):
         raise error(f"must be a list of steps, got {type(raw).__name__}", "write `[]` or `[{technique: {...}}, ...]`")
-    kind = TEACHER_KINDS[architecture]
-    origin = f"the teacher is {'an' if architecture == 'lstm' else 'a'} {architecture}"
+    origin = f"the teacher is {KIND_NAMES[kind]}"
     steps: list[Step] = []
     for position, item in enumerate(raw, start=1):
         if not isinstance(item, dict) or len(item) != 1:
@@ -58,11 +61,12 @@ def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], archite
         _check_arguments(technique, given, lambda problem, fix: error(f"{where}: {problem}", fix))
         if kind not in technique.models:
             usable = sorted(n for n, t in techniques.items() if kind in t.models)
+            example = "`distill: {student: bert, layers: 3}` first, then this step on the student" \
+                if kind == "transformers" else "e.g. `distill: {student: same}`"
             raise error(f"{where} works on {' and '.join(technique.models)} models, but {origin}",
-                        f"on {'an LSTM/GRU' if kind == 'recurrent' else 'a CNN'} model use {', '.join(usable)} "
-                        "(e.g. `distill: {student: same}`)")
+                        f"on {KIND_NAMES[kind]} use {', '.join(usable)} ({example})")
         problem = technique.check(given, kind)
-        if problem is None and kind != "transformer":
+        if problem is None and kind not in ("transformer", "transformers"):
             used = [k for k in LAYER_LOSSES if given.get(k)]
             if used:
                 problem = f"{used[0]} compares transformer layers, and this model is {kind}", f"set {used[0]}: 0"
@@ -110,9 +114,9 @@ def _same_kind(value, default) -> bool:
     return isinstance(value, type(default))
 
 
-def validate_recipe(recipe, error: Callable[[str, str], Exception], architecture: str = "transformer") -> None:
+def validate_recipe(recipe, error: Callable[[str, str], Exception], kind: str = "transformer") -> None:
     """Raise `error(problem, fix)` for the first thing wrong with a recipe as written."""
-    parse_recipe("", recipe, error, architecture)
+    parse_recipe("", recipe, error, kind)
 
 
 def candidate_recipe(params: dict, name: str) -> Recipe:
@@ -123,7 +127,7 @@ def candidate_recipe(params: dict, name: str) -> Recipe:
         raise TextcompressError(f"params.yaml: no candidate named {name!r}. Fix: use one of {sorted(params['candidates'])}")
     return parse_recipe(name, params["candidates"][name],
                         lambda problem, fix: ParamsError("params.yaml", f"candidates.{name}", problem, fix),
-                        params["teach"]["architecture"])
+                        teacher_kind(params["teach"]["architecture"], params["teach"]["finetuned_teacher"] or params["base_model"]))
 
 
 def recipe_families(recipe: list) -> list[str]:

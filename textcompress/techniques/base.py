@@ -23,8 +23,33 @@ if TYPE_CHECKING:
 
 FAMILIES = ("pruning", "quantization", "distillation", "parameter_sharing", "tensor_decomposition", "linear_attention")
 # The model kinds a recipe passes through: the teacher's, then each distillation student's.
-MODEL_KINDS = ("transformer", "recurrent", "cnn")
+# transformer: the encoder of models/encoder.py (every structural step applies); transformers: a
+# teacher that runs in transformers as it is (models/hf_classifier.py), which only distillation
+# and int8 export apply to; recurrent: LSTM/GRU; cnn.
+MODEL_KINDS = ("transformer", "transformers", "recurrent", "cnn")
 TEACHER_KINDS = {"transformer": "transformer", "lstm": "recurrent", "gru": "recurrent"}  # teach.architecture
+# Hugging Face model types that convert exactly into the encoder (models/checkpoints.py); any
+# other classifier architecture transformers knows runs as a `transformers` teacher.
+CONVERTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+BUNDLE_KINDS = {"transformer": "transformer", "transformers": "transformers", "rnn": "recurrent", "cnn": "cnn"}
+
+
+def teacher_kind(architecture: str, source: str | None) -> str:
+    """The kind of the teacher `teach` makes: from teach.architecture, and for a transformer from
+    the checkpoint it starts from (`source`: teach.finetuned_teacher or base_model), read from its
+    config.json where it is a local folder (a hub id or the packaged base: a converted BERT)."""
+    import json
+
+    if architecture != "transformer" or not source:
+        return TEACHER_KINDS[architecture]
+    config = Path(source) / "config.json"
+    try:
+        fields = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return "transformer"  # not a local folder: the stage that reads it says what is wrong
+    if (Path(source) / "labels.json").is_file():  # a textcompress bundle
+        return BUNDLE_KINDS.get(fields.get("architecture", "transformer"), "transformer")
+    return "transformer" if fields.get("model_type", "bert") in CONVERTED_MODEL_TYPES else "transformers"
 
 # Every step that changes the model ends with a recovery fine-tune against the teacher
 # (techniques/recovery.py) and takes these arguments. logit_loss: kl (soft labels at

@@ -1,7 +1,8 @@
 """Knowledge distillation: a smaller student learns from the teacher.
 
 Students (`student:`):
-- `bert`: a BERT-style encoder cut from the teacher (its embeddings, chosen layers and head);
+- `bert`: a BERT-style encoder cut from the teacher (its embeddings, chosen layers and head), or,
+  for a teacher that runs in transformers, from `student_base` (with that base's tokenizer);
   with `width` / `ffn` below the teacher's, the most important heads and FFN neurons are kept
   and the residual stream is projected onto its top principal directions, so a narrower
   student starts from a projection of the teacher instead of from scratch;
@@ -25,6 +26,7 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
 from textcompress.models.encoder import TextClassifier, count_parameters
+from textcompress.models.hf_classifier import HFClassifier
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.pruning import gate_importance, remove_heads_and_neurons, student_from_teacher
 from textcompress.techniques.recovery import default_layer_map, recover, with_augmented_data, word_embeddings
@@ -157,12 +159,34 @@ def word_level_student(teacher: nn.Module, args: dict) -> nn.Module:
     return student
 
 
+def student_from_base(args: dict, ctx, num_labels: int) -> TextClassifier:
+    """For a teacher that runs in transformers: a BERT student of `student_base`'s first layers with
+    a fresh head and the base's own tokenizer. The context takes that tokenizer and the texts
+    tokenized by it, for the steps that follow and the saved bundle, as a vocabulary step does; the
+    teacher's logits stay as they are, one row per sentence."""
+    from textcompress.data import load_tokenizer, pair_separator, retokenized
+    from textcompress.models.checkpoints import from_pretrained, resolve_base, tokenizer_file
+
+    folder = resolve_base(args["student_base"])
+    ctx.tokenizer_file = tokenizer_file(folder, ctx.workdir)
+    pairs = len(ctx.train) and isinstance(ctx.train.texts[0], tuple)
+    base = from_pretrained(folder, num_labels, separator=pair_separator(ctx.tokenizer_file) if pairs else None)
+    student = student_from_teacher(base, pick_teacher_layers(base.config.num_layers, args["layers"]))
+    tokenizer = load_tokenizer(ctx.tokenizer_file, ctx.max_length)
+    ctx.train, ctx.validation = retokenized(ctx.train, tokenizer), retokenized(ctx.validation, tokenizer)
+    return student
+
+
 def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[nn.Module, dict]:
     """The `distill` step: a student (cut from the teacher's layers and optionally narrowed, an
     LSTM/GRU/CNN, or the current model for `same`) trained against the teacher. Returns (student, details)."""
     basis, layer_map = None, args["layer_map"] or None
     if args["student"] == "same":
         student, details = copy.deepcopy(model), {"student": "same (recovery)"}
+    elif args["student"] == "bert" and isinstance(model, HFClassifier):
+        student = student_from_base(args, ctx, model.config.num_labels)
+        details = {"student": "bert", "student_base": args["student_base"], "layers": student.config.num_layers,
+                   "tokenizer": "the student base's"}
     elif args["student"] == "bert":
         used = pick_teacher_layers(model.config.num_layers, args["layers"])
         student = student_from_teacher(model, used)
@@ -201,6 +225,18 @@ BERT_STUDENT_ONLY = ("width", "ffn", "layer_map", "hidden_weight", "attention_we
 
 def _check(given: dict, kind: str):
     student = given.get("student", "bert")
+    if kind == "transformers":  # the teacher runs in transformers: its layers cannot be cut or compared
+        if student == "same":
+            return ("student: same fine-tunes the current model, and this one runs in transformers as it is",
+                    "use student: bert (cut from `student_base`), lstm, gru or cnn")
+        needs_layers = [k for k in BERT_STUDENT_ONLY if given.get(k)]
+        if needs_layers:
+            return (f"{needs_layers[0]} needs the teacher's layers, and this teacher runs in transformers (not converted)",
+                    f"remove {needs_layers[0]}: the student learns the teacher's logits")
+        if student == "bert" and given.get("augment"):
+            return ("augment labels new token sequences of the teacher's tokenizer, and a bert student reads "
+                    "`student_base`'s", "remove augment, or use student: lstm, gru or cnn (the teacher's tokenizer)")
+        return None
     if kind != "transformer" and student == "bert":
         return f"a bert student is cut from a transformer's layers, and this model is {kind}", "use student: lstm, gru, cnn or same"
     if student in WORD_LEVEL_STUDENTS:
@@ -211,7 +247,8 @@ def _check(given: dict, kind: str):
 
 
 def _student_kind(args, kind: str) -> str:
-    return {"lstm": "recurrent", "gru": "recurrent", "cnn": "cnn"}.get(args["student"], kind)
+    students = {"lstm": "recurrent", "gru": "recurrent", "cnn": "cnn", "bert": "transformer"}
+    return students.get(args["student"], kind)
 
 
 TECHNIQUES = (
@@ -222,14 +259,17 @@ TECHNIQUES = (
         # layers: teacher layers for bert (a count or indices), recurrent layers for lstm/gru.
         # augment: copies of the training set augmented and labelled by the teacher (0: off;
         # at most 4, about ten minutes of teacher labelling on 2 CPU cores for SST-2).
-        defaults={"student": "bert", "layers": 2, "layer_map": [], "augment": 0, "width": 0, "ffn": 0,
+        # student_base: where a bert student comes from when the teacher runs in transformers (its
+        # first `layers` layers and its own tokenizer; a converted teacher's students are cut from it).
+        defaults={"student": "bert", "student_base": "minilm-l6", "layers": 2, "layer_map": [], "augment": 0,
+                  "width": 0, "ffn": 0,
                   "embedding_size": 0, "hidden_size": 300, "bidirectional": True, "pooling": "max", "head_size": 0,
                   "filters": 100, "kernel_sizes": [3, 4, 5], "dropout": 0.1,
                   **RECOVERY, "epochs": 3.0, "freeze_embeddings": False},
         choices={"student": ("bert", "same", *WORD_LEVEL_STUDENTS), "pooling": ("max", "mean", "last")},
         bounds={"layers": (1, None), "augment": (0, 4), "width": (0, None), "ffn": (0, None), "embedding_size": (0, None),
                 "hidden_size": (1, None), "head_size": (0, None), "filters": (1, None), "dropout": (0, 0.9)},
-        models=("transformer", "recurrent", "cnn"), check=_check, apply=apply_distill, produces=_student_kind,
+        models=("transformer", "transformers", "recurrent", "cnn"), check=_check, apply=apply_distill, produces=_student_kind,
         counts=lambda args: args["student"] != "same",
     ),
 )

@@ -21,6 +21,6 @@ TECHNIQUES = (
                   "exclude": [], "sensitivity": 0, "reduce_range": False},
         choices={"mode": ("dynamic", "static", "fp16"), "method": ("minmax", "entropy", "percentile")},
         bounds={"calibration": (1, None), "sensitivity": (0, None)},
-        models=("transformer", "recurrent", "cnn"), export=apply_quantize,
+        models=("transformer", "transformers", "recurrent", "cnn"), export=apply_quantize,
     ),
 )

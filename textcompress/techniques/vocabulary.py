@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from textcompress.data import Split, load_tokenizer, token_counts
+from textcompress.data import load_tokenizer, retokenized, token_counts
 from textcompress.errors import RecipeError
 from textcompress.models.encoder import TextClassifier, count_parameters
 from textcompress.techniques.base import Technique
@@ -88,12 +88,7 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
     ctx.tokenizer_file.write_text(json.dumps(new_json, ensure_ascii=False))
     # Tokenized again (pieces seen fewer than min_count times now split further), as serving will.
     tokenizer = load_tokenizer(ctx.tokenizer_file, ctx.max_length)
-
-    def retokenized(split: Split) -> Split:
-        return Split(split.texts, [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(split.texts)],
-                     split.labels)
-
-    ctx.train, ctx.validation = retokenized(ctx.train), retokenized(ctx.validation)
+    ctx.train, ctx.validation = retokenized(ctx.train, tokenizer), retokenized(ctx.validation, tokenizer)
     details = {"vocab_before": len(vocab), "vocab_after": len(kept), "min_count": args["min_count"],
                "floor": args["floor"], "params_before": count_parameters(model), "params_after": count_parameters(result)}
     return result, details
