@@ -24,6 +24,7 @@ from tasks.tracking import log_to_mlflow, promote_champion, pull_data, push_arti
 from textcompress.catalog import Catalog
 from textcompress.config import load_params
 from textcompress.fileio import write_json
+from textcompress.models.checkpoints import check_sources
 
 
 def _notify_failure(flow, flow_run, state) -> None:
@@ -44,6 +45,7 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
     root = Path(project_dir).resolve()
     os.chdir(root)  # DVC and relative MLflow paths are project-relative
     params = load_params(root / "params.yaml")
+    check_sources(params)  # a checkpoint that cannot load fails here, before any stage changes anything
     timings: dict[str, float] = {}
     if pull:
         logger.info(pull_data(str(root)))

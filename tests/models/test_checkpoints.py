@@ -15,7 +15,9 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from textcompress.errors import TextcompressError
-from textcompress.models.checkpoints import from_pretrained, label_order, max_positions, resolve_base, tokenizer_file
+from textcompress.models.checkpoints import (
+    check_sources, from_pretrained, label_order, max_positions, resolve_base, tokenizer_file,
+)
 
 from tests.conftest import TINY_VOCAB, build_tiny_tokenizer
 from tests.e2e.tiny_project import write_hf_checkpoint
@@ -258,3 +260,59 @@ def test_roberta_positions_count_from_the_pad_id(tmp_path):
     folder = tmp_path / "roberta"
     write_hf_checkpoint(folder, "roberta")
     assert max_positions(folder) == 40 - 2
+
+
+# ---------------------------------------------------------------------------
+# Checked before anything runs
+
+def sources_params(base: str, finetuned: str | None = None, student_base: str | None = None) -> dict:
+    from textcompress.config import DEFAULTS
+    import copy
+
+    params = copy.deepcopy(DEFAULTS)
+    params["base_model"], params["teach"]["finetuned_teacher"] = base, finetuned
+    if student_base:
+        params["candidates"]["small"] = [{"distill": {"student": "bert", "student_base": student_base}}]
+    return params
+
+
+def test_check_sources_passes_good_checkpoints(tmp_path):
+    write_hf_checkpoint(tmp_path / "clf", "roberta")
+    write_hf_checkpoint(tmp_path / "deberta", "deberta-v2", classifier=False)
+    check_sources(sources_params(str(tmp_path / "deberta"), str(tmp_path / "clf"), str(tmp_path / "clf")))
+
+
+@pytest.mark.parametrize("breakage, key, message", [
+    ("weights", "base_model", "no model.safetensors or pytorch_model.bin"),
+    ("tokenizer", "base_model", "no tokenizer files"),
+    ("model_type", "base_model", "model_type 'word2vec' is neither one that converts"),
+    ("encoder", "teach.finetuned_teacher", "is not a fine-tuned classifier"),
+    ("missing", "candidates.small: distill.student_base", "neither a packaged base"),
+])
+def test_check_sources_names_the_key_the_folder_and_the_fix(tmp_path, breakage, key, message):
+    folder = tmp_path / "ckpt"
+    write_hf_checkpoint(folder, "bert", classifier=breakage != "encoder")
+    if breakage == "weights":
+        (folder / "model.safetensors").unlink()
+    if breakage == "tokenizer":
+        (folder / "tokenizer.json").unlink()
+    if breakage == "model_type":
+        (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
+                                                        "model_type": "word2vec"}))
+    params = {"base_model": sources_params(str(folder)),
+              "teach.finetuned_teacher": sources_params(str(tmp_path / "ok"), str(folder)),
+              "candidates.small: distill.student_base": sources_params(str(tmp_path / "ok"), None, "no-such-model/x")}[key]
+    write_hf_checkpoint(tmp_path / "ok", "bert")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(TextcompressError, match="Fix:") as err:
+        check_sources(params)
+    assert str(err.value).startswith(f"params.yaml `{key}`: ") and message in str(err.value)
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written beside the checkpoint
+
+
+def test_params_validation_and_conversion_agree_on_which_architectures_convert():
+    """techniques.base decides the teacher's kind without torch; the converters are the truth."""
+    from textcompress.models.checkpoints import ARCHITECTURES
+    from textcompress.techniques.base import CONVERTED_MODEL_TYPES
+
+    assert set(CONVERTED_MODEL_TYPES) == set(ARCHITECTURES)

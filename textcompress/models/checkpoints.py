@@ -189,10 +189,7 @@ def tokenizer_file(folder: Path, scratch: Path | None = None) -> Path:
     own = Path(folder) / "tokenizer.json"
     if own.is_file():
         return own
-    found = [f for f in TOKENIZER_FILES if list(Path(folder).glob(f))]
-    if not found:  # transformers 5 would build a tokenizer that knows only its special tokens
-        raise TextcompressError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}). Fix: save the "
-                                "tokenizer beside the model (`tokenizer.save_pretrained(folder)`)")
+    require_tokenizer(folder)  # else transformers 5 builds a tokenizer that knows only its special tokens
     from transformers import AutoTokenizer
 
     try:
@@ -213,18 +210,35 @@ def tokenizer_file(folder: Path, scratch: Path | None = None) -> Path:
 # Weights
 
 
+def require_tokenizer(folder: Path) -> None:
+    if not any(list(Path(folder).glob(f)) for f in TOKENIZER_FILES):
+        raise TextcompressError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}). Fix: save the "
+                                "tokenizer beside the model (`tokenizer.save_pretrained(folder)`)")
+
+
+def require_weights(folder: Path) -> None:
+    if not list(Path(folder).glob("*.safetensors")) and not (Path(folder) / "pytorch_model.bin").is_file():
+        raise TextcompressError(f"{folder}: no model.safetensors or pytorch_model.bin. "
+                                "Fix: point at a checkpoint folder written by `save_pretrained`")
+
+
+def require_classifier(folder: Path, hf: dict) -> None:
+    """A fine-tuned teacher taken as it is must be a classifier."""
+    if not is_classifier(hf):
+        raise TextcompressError(f"{folder}/config.json: architectures {hf.get('architectures')} is not a fine-tuned "
+                                "classifier (*ForSequenceClassification). Fix: set it as base_model to fine-tune it, "
+                                "and unset teach.finetuned_teacher")
+
+
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    require_weights(folder)
     files = sorted(Path(folder).glob("*.safetensors"))
     if files:
         weights = {}
         for f in files:
             weights.update(load_file(str(f)))
         return weights
-    bin_file = Path(folder) / "pytorch_model.bin"
-    if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise TextcompressError(f"{folder}: no model.safetensors or pytorch_model.bin. "
-                            "Fix: point at a checkpoint folder written by `save_pretrained`")
+    return torch.load(Path(folder) / "pytorch_model.bin", map_location="cpu", weights_only=True)
 
 
 def _our_names(weights: dict, arch: Architecture) -> dict[str, torch.Tensor]:
@@ -322,3 +336,28 @@ def max_positions(folder: Path) -> int | None:
 def encoder_shape(folder: Path) -> EncoderConfig:
     """An encoder of the checkpoint's sizes (random weights: the attention benchmark's shape)."""
     return EncoderConfig(**encoder_fields(folder, read_config(folder)))
+
+
+def check_sources(params: dict) -> None:
+    """Every checkpoint the params name, checked before anything runs: it is found, its config
+    reads, its architecture has a route, its weights and tokenizer are there, and a fine-tuned
+    teacher is a classifier. Raises TextcompressError naming the key, the folder and the fix."""
+    teach = params["teach"]
+    sources = [("teach.finetuned_teacher", teach["finetuned_teacher"])] if teach["finetuned_teacher"] else []
+    sources.append(("base_model", params["base_model"]))
+    for name, steps in params["candidates"].items():
+        sources += [(f"candidates.{name}: distill.student_base", step["distill"]["student_base"]) for step in steps
+                    if isinstance(step, dict) and "student_base" in (step.get("distill") or {})]
+    for key, source in sources:
+        try:
+            folder = resolve_base(source)
+            if (folder / "labels.json").is_file():  # a textcompress bundle: `teach` checks its labels
+                continue
+            hf = read_config(folder)
+            check_routable(folder, hf)
+            require_weights(folder)
+            require_tokenizer(folder)
+            if key == "teach.finetuned_teacher":
+                require_classifier(folder, hf)
+        except TextcompressError as err:
+            raise TextcompressError(f"params.yaml `{key}`: {err}") from err

@@ -19,7 +19,8 @@ from textcompress.data import holds_pairs, load_labels, load_split, pair_separat
 from textcompress.errors import TextcompressError
 from textcompress.fileio import atomic_dir, write_json
 from textcompress.models.checkpoints import (
-    checkpoint_labels, from_pretrained, is_classifier, label_order, load_teacher, read_config, resolve_base,
+    checkpoint_labels, from_pretrained, is_classifier, label_order, load_teacher, read_config, require_classifier,
+    resolve_base,
 )
 from textcompress.models.encoder import load_bundle, save_bundle
 from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig, principal_projection
@@ -65,10 +66,7 @@ def adopted_teacher(source: str, labels: list, separator: int | None):
                                     "Fix: use a teacher trained on these labels, or unset teach.finetuned_teacher")
         return model
     hf = read_config(folder)
-    if not is_classifier(hf):
-        raise TextcompressError(f"{folder}/config.json: architectures {hf.get('architectures')} is not a fine-tuned "
-                                "classifier (*ForSequenceClassification). Fix: set it as base_model to fine-tune it, "
-                                "and unset teach.finetuned_teacher")
+    require_classifier(folder, hf)
     if label_order(folder, hf, labels) is None:
         raise TextcompressError(f"{folder}/config.json: its labels {checkpoint_labels(hf)} do not match the data's "
                                 f"{labels}. Fix: name the outputs in its id2label as the data names its labels, or use "
