@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("textcompress", "tasks", "flows")
 
 # Modules that discover the modules of their own package at run time (not visible as imports).
-DISCOVERS_ITS_PACKAGE = {"textcompress.techniques": "the technique registry imports every module of the package"}
+DISCOVERS_ITS_PACKAGE = {"textcompress.techniques": "the technique registry imports every module of the package",
+                         "textcompress.models": "the model registry (MODELS) imports every model module by name"}
 
 # Left out of every stage's deps, and their imports not followed: no stage output depends on their
 # code. They load and validate params (whose values DVC tracks through each stage's `params:`),

@@ -15,7 +15,7 @@ from tests.conftest import export_model_dir
 from textcompress.deploy.hf_folder import transformers_config, write_transformers_files
 from textcompress.deploy.inference import OnnxTextClassifier
 from textcompress.models.encoder import load_bundle
-from textcompress.models.recurrent import RecurrentConfig
+from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig
 
 TEXTS = ["the movie was great .", "the plot was awful and the acting was boring", "i loved this film !", "dull ."]
 MAX_LENGTH = 16
@@ -25,7 +25,7 @@ MAX_LENGTH = 16
 def exported(tiny_teacher, tmp_path):
     model, labels = load_bundle(tiny_teacher)
     out = export_model_dir(model, tiny_teacher, tmp_path / "candidate")
-    write_transformers_files(out, model.config, labels, out / "tokenizer.json", MAX_LENGTH)
+    write_transformers_files(out, model, labels, out / "tokenizer.json", MAX_LENGTH)
     return out, model, labels
 
 
@@ -56,12 +56,13 @@ def test_the_tokenizer_json_every_stage_used_is_left_as_it_was(tiny_teacher, tmp
     model, labels = load_bundle(tiny_teacher)
     out = export_model_dir(model, tiny_teacher, tmp_path / "candidate")
     before = (out / "tokenizer.json").read_bytes()
-    write_transformers_files(out, model.config, labels, out / "tokenizer.json", MAX_LENGTH)
+    write_transformers_files(out, model, labels, out / "tokenizer.json", MAX_LENGTH)
     assert (out / "tokenizer.json").read_bytes() == before
     assert json.loads((out / "special_tokens_map.json").read_text())["cls_token"] == "[CLS]"
 
 
 def test_a_recurrent_candidate_keeps_its_labels_and_names_its_architecture():
-    config = transformers_config(RecurrentConfig(vocab_size=10, embedding_size=4, hidden_size=4), ["neg", "pos"])
+    model = RecurrentClassifier(RecurrentConfig(vocab_size=10, embedding_size=4, hidden_size=4))
+    config = transformers_config(model, ["neg", "pos"])
     assert config["id2label"] == {"0": "neg", "1": "pos"} and "model_type" not in config
-    assert config["textcompress"]["architecture"] == "rnn" and config["textcompress"]["hidden_size"] == 4
+    assert config["textcompress"]["architecture"] == "recurrent" and config["textcompress"]["hidden_size"] == 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -48,7 +47,7 @@ def test_a_bilstm_teacher_and_its_candidates_run_export_and_register_on_their_ow
     rows = {r["name"]: r for r in report["rows"]}
     assert set(rows) == set(CANDIDATES) and all(r["status"] == "ok" for r in rows.values())
     teacher_config = json.loads((project / "artifacts" / "teacher" / "config.json").read_text())
-    assert teacher_config["architecture"] == "rnn" and teacher_config["cell"] == "lstm"
+    assert teacher_config["architecture"] == "recurrent" and teacher_config["cell"] == "lstm"
     for name in ("teacher", "low-rank", "tied-directions"):  # fp32 exports match PyTorch
         assert rows[name]["parity_max_abs_diff"] <= 1e-4
     assert rows["prune-units-int8"]["families"] == ["pruning", "quantization"]

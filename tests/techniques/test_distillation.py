@@ -460,7 +460,7 @@ def test_intermediate_losses_are_refused_for_a_recurrent_student(tiny_prepared, 
     train, validation = load_split(tiny_prepared, "train"), load_split(tiny_prepared, "validation")
     ctx = TechniqueContext(teacher, train, validation, predict_logits(teacher, train), seed=0)
     args = {**TECHNIQUES["distill"].defaults, "student": "lstm", "layers": 1, "hidden_weight": 1.0, "epochs": 1}
-    with pytest.raises(ValueError, match="need a transformer student, not rnn; set them to 0"):
+    with pytest.raises(ValueError, match="need a transformer student, not recurrent; set them to 0"):
         apply_distill(teacher, args, ctx)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from textcompress.data import load_split, load_tokenizer, pad_batch
-from textcompress.models.encoder import TextClassifier, load_bundle
+from textcompress.models.encoder import TextClassifier
 from textcompress.techniques import TECHNIQUES, TechniqueContext
 from textcompress.techniques.vocabulary import apply_trim_vocab, pieces_to_keep
 

@@ -22,16 +22,16 @@ SPECIAL_TOKENS = {"cls_token": ("[CLS]", "<s>"), "sep_token": ("[SEP]", "</s>"),
                   "unk_token": ("[UNK]", "<unk>"), "mask_token": ("[MASK]", "<mask>")}
 
 
-def transformers_config(model_config, labels: list) -> dict:
-    """config.json for a candidate whose model has `model_config` (a bundle's config object)."""
+def transformers_config(model, labels: list) -> dict:
+    """config.json for a candidate whose model is `model` (of a kind of textcompress.models.MODELS)."""
     id2label = {str(i): str(label) for i, label in enumerate(labels)}
     config = {"id2label": id2label, "label2id": {name: int(i) for i, name in id2label.items()}, "num_labels": len(labels)}
-    fields = vars(model_config)
-    if fields.get("architecture") == "transformers":  # a teacher run in transformers: its own config
+    fields = vars(model.config)
+    if model.kind == "transformers":  # a teacher run in transformers: its own config
         own = {k: v for k, v in fields["hf"].items() if k not in ("id2label", "label2id", "num_labels")}
         return {**own, **config}
-    if "num_heads" not in fields:  # a recurrent or CNN classifier: no transformers model type
-        return {**config, "textcompress": _plain(fields)}  # its `architecture`: rnn or cnn
+    if model.kind != "transformer":  # a recurrent or CNN classifier: no transformers model type
+        return {**config, "textcompress": {"architecture": model.kind, **_plain(fields)}}
     return {
         "architectures": ["BertForSequenceClassification"], "model_type": "bert", **config,
         "vocab_size": fields["vocab_size"], "hidden_size": fields["hidden_size"], "num_hidden_layers": fields["num_layers"],
@@ -66,7 +66,7 @@ def write_tokenizer_config(tokenizer_file: Path, out_dir: Path, max_length: int)
     write_json(Path(out_dir) / "special_tokens_map.json", {role: token for role, token in specials.items() if token})
 
 
-def write_transformers_files(out_dir: Path, model_config, labels: list, tokenizer_file: Path, max_length: int) -> None:
+def write_transformers_files(out_dir: Path, model, labels: list, tokenizer_file: Path, max_length: int) -> None:
     """config.json and the tokenizer's config files beside an exported model.onnx."""
-    write_json(Path(out_dir) / "config.json", transformers_config(model_config, labels))
+    write_json(Path(out_dir) / "config.json", transformers_config(model, labels))
     write_tokenizer_config(tokenizer_file, out_dir, max_length)

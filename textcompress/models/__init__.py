@@ -1,2 +1,34 @@
-"""The models: each one's whole forward pass in one file (the BERT-family encoder, the LSTM/GRU
-and the Kim CNN classifiers), and how a model bundle is saved and loaded."""
+"""The models: each one's whole forward pass in one file, and the one list of model kinds.
+
+`MODELS` names every kind with the module and classes that build it. The kind is what a bundle's
+config.json says (`architecture`), what each model class declares (`kind`), and what recipe steps
+declare they apply to (techniques/base.py): transformer (the BERT-family encoder every structural
+step works on; converted checkpoints load into it, models/checkpoints.py), transformers (a teacher
+that runs in transformers as it is), recurrent (LSTM/GRU) and cnn (Kim). This module imports no
+torch: params validation reads it."""
+
+from __future__ import annotations
+
+import importlib
+
+MODELS = {
+    "transformer": ("textcompress.models.encoder", "EncoderConfig", "TextClassifier"),
+    "transformers": ("textcompress.models.hf_classifier", "HFClassifierConfig", "HFClassifier"),
+    "recurrent": ("textcompress.models.recurrent", "RecurrentConfig", "RecurrentClassifier"),
+    "cnn": ("textcompress.models.cnn", "ConvConfig", "ConvClassifier"),
+}
+LEGACY_KINDS = {"rnn": "recurrent"}  # what bundles written before one vocabulary call a kind
+
+
+def bundle_kind(config: dict) -> str | None:
+    """The kind a bundle's config.json names (a transformer when it names none); None if unknown."""
+    kind = config.get("architecture", "transformer")
+    kind = LEGACY_KINDS.get(kind, kind)
+    return kind if kind in MODELS else None
+
+
+def model_classes(kind: str) -> tuple[type, type]:
+    """(config class, model class) of a kind."""
+    module, config_class, model_class = MODELS[kind]
+    loaded = importlib.import_module(module)
+    return getattr(loaded, config_class), getattr(loaded, model_class)

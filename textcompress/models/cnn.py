@@ -26,7 +26,6 @@ class ConvConfig:
     kernel_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])
     dropout: float = 0.5
     num_labels: int = 2
-    architecture: str = "cnn"  # how a bundle's config.json says which model class to build
 
     def __post_init__(self):
         self.kernel_sizes = list(self.kernel_sizes)
@@ -36,6 +35,8 @@ class ConvConfig:
 
 
 class ConvClassifier(nn.Module):
+    kind = "cnn"  # textcompress.models.MODELS
+
     def __init__(self, config: ConvConfig):
         super().__init__()
         self.config = config

@@ -360,6 +360,8 @@ class TextClassifier(nn.Module):
     """Encoder, pooling over real tokens, head (linear, or a fine-tuned checkpoint's dense layer
     and activation, then linear). Returns logits."""
 
+    kind = "transformer"  # textcompress.models.MODELS
+
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
@@ -530,7 +532,7 @@ def count_parameters(model: nn.Module) -> int:
 def save_bundle(model: nn.Module, out_dir: str | Path, tokenizer_file: str | Path, labels: list) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    (out_dir / "config.json").write_text(json.dumps({**asdict(model.config), "architecture": model.kind}, indent=2) + "\n")
     aliases = shared_aliases(model)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in aliases}
     save_file(state, str(out_dir / "model.safetensors"))
@@ -554,25 +556,18 @@ def load_bundle(bundle_dir: str | Path) -> tuple[nn.Module, list]:
 
 
 def model_from_config(config: dict) -> nn.Module:
-    """A freshly initialised model of the class a bundle's config.json names (`architecture`;
-    a transformer when absent): the BERT-style encoder here, a teacher that runs in transformers,
-    or a recurrent or convolutional student, from their own files."""
+    """A freshly initialised model of the kind a bundle's config.json names (`architecture`, a
+    transformer when absent; textcompress.models.MODELS)."""
+    from textcompress.models import MODELS, bundle_kind, model_classes
+
     config = dict(config)
-    architecture = config.get("architecture", "transformer")
-    if architecture == "rnn":
-        from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig
-        return RecurrentClassifier(RecurrentConfig(**config))
-    if architecture == "cnn":
-        from textcompress.models.cnn import ConvClassifier, ConvConfig
-        return ConvClassifier(ConvConfig(**config))
-    if architecture == "transformers":
-        from textcompress.models.hf_classifier import HFClassifier, HFClassifierConfig
-        return HFClassifier(HFClassifierConfig(**config))
-    if architecture != "transformer":
-        raise TextcompressError(f"config.json: unknown architecture {architecture!r}. "
-                                "Fix: one of transformer, transformers, rnn, cnn (a bundle written by `teach` or `compress`)")
+    kind = bundle_kind(config)
+    if kind is None:
+        raise TextcompressError(f"config.json: unknown architecture {config['architecture']!r}. "
+                                f"Fix: one of {', '.join(MODELS)} (a bundle written by `teach` or `compress`)")
     config.pop("architecture", None)
-    return TextClassifier(EncoderConfig(**config))
+    config_class, model_class = model_classes(kind)
+    return model_class(config_class(**config))
 
 
 def shared_aliases(model: nn.Module) -> dict[str, str]:

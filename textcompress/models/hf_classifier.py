@@ -25,11 +25,12 @@ class HFClassifierConfig:
     vocab_size: int
     label_rows: list[int] = field(default_factory=list)  # the model's output for each of the data's labels
     segment_separator: int | None = None  # a pair's first segment ends here (models with token types)
-    architecture: str = "transformers"
 
 
 class HFClassifier(nn.Module):
     """input_ids, attention_mask -> logits in the data's label order."""
+
+    kind = "transformers"  # textcompress.models.MODELS
 
     def __init__(self, config: HFClassifierConfig, model: nn.Module | None = None):
         super().__init__()

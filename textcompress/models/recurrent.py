@@ -38,7 +38,6 @@ class RecurrentConfig:
     head_size: int = 0  # a ReLU layer of this width before the classifier (Tang et al.: 400); 0: none
     dropout: float = 0.1
     num_labels: int = 2
-    architecture: str = "rnn"  # how a bundle's config.json says which model class to build
     # Compression state, written by the techniques: per direction ("layers.0.forward_rnn") its
     # [input rank, recurrent rank] (0: dense), and whether the backward direction runs the
     # forward direction's weights.
@@ -153,6 +152,8 @@ class RecurrentLayer(nn.Module):
 
 
 class RecurrentClassifier(nn.Module):
+    kind = "recurrent"  # textcompress.models.MODELS
+
     def __init__(self, config: RecurrentConfig):
         super().__init__()
         self.config = config

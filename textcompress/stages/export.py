@@ -62,7 +62,7 @@ def main(argv=None):
             for name in ("tokenizer.json", "labels.json"):
                 shutil.copyfile(Path(args.model) / name, tmp / name)
             # The folder Optimum's ONNX classifiers use: config.json (id2label) and the tokenizer's configs.
-            write_transformers_files(tmp, model.config, labels, tmp / "tokenizer.json", params["data"]["max_length"])
+            write_transformers_files(tmp, model, labels, tmp / "tokenizer.json", params["data"]["max_length"])
             write_json(tmp / "export.json", report)
         print(f"{args.candidate}: parity {parity:.2e}" + (f", agreement with fp32 {report['label_agreement_with_fp32']:.4f}"
                                                           if "label_agreement_with_fp32" in report else ""))

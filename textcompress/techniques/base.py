@@ -15,6 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from textcompress.models import MODELS, bundle_kind
+
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
@@ -22,16 +24,13 @@ if TYPE_CHECKING:
     from textcompress.data import Split
 
 FAMILIES = ("pruning", "quantization", "distillation", "parameter_sharing", "tensor_decomposition", "linear_attention")
-# The model kinds a recipe passes through: the teacher's, then each distillation student's.
-# transformer: the encoder of models/encoder.py (every structural step applies); transformers: a
-# teacher that runs in transformers as it is (models/hf_classifier.py), which only distillation
-# and int8 export apply to; recurrent: LSTM/GRU; cnn.
-MODEL_KINDS = ("transformer", "transformers", "recurrent", "cnn")
+# The model kinds a recipe passes through: the teacher's, then each distillation student's
+# (textcompress.models.MODELS: a teacher that runs in transformers takes distillation and int8 only).
+MODEL_KINDS = tuple(MODELS)
 TEACHER_KINDS = {"transformer": "transformer", "lstm": "recurrent", "gru": "recurrent"}  # teach.architecture
 # Hugging Face model types that convert exactly into the encoder (models/checkpoints.py); any
 # other classifier architecture transformers knows runs as a `transformers` teacher.
 CONVERTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
-BUNDLE_KINDS = {"transformer": "transformer", "transformers": "transformers", "rnn": "recurrent", "cnn": "cnn"}
 
 
 def teacher_kind(architecture: str, source: str | None) -> str:
@@ -48,7 +47,7 @@ def teacher_kind(architecture: str, source: str | None) -> str:
     except (OSError, ValueError):
         return "transformer"  # not a local folder: the stage that reads it says what is wrong
     if (Path(source) / "labels.json").is_file():  # a textcompress bundle
-        return BUNDLE_KINDS.get(fields.get("architecture", "transformer"), "transformer")
+        return bundle_kind(fields) or "transformer"
     return "transformer" if fields.get("model_type", "bert") in CONVERTED_MODEL_TYPES else "transformers"
 
 # Every step that changes the model ends with a recovery fine-tune against the teacher

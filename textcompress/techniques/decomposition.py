@@ -141,10 +141,8 @@ def low_rank(model: TextClassifier, modules: str = "ffn", rank: int = 0, ratio: 
 def apply_low_rank(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     """The `low_rank` step: the chosen linears replaced by truncated-SVD factor pairs (fitted to their
     weights or their inputs), or an LSTM/GRU's W_ih/W_hh factorised; then recovery. Returns (model, details)."""
-    from textcompress.models.recurrent import RecurrentClassifier
-
     details = {"fit": args["fit"]}
-    if isinstance(model, RecurrentClassifier):
+    if model.kind == "recurrent":
         if args["fit"] != "weights":
             raise RecipeError("low_rank", "fit: activations is for transformer linears", "use fit: weights on an LSTM/GRU")
         from textcompress.techniques.recurrent import low_rank_recurrent

@@ -26,7 +26,6 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
 from textcompress.models.encoder import TextClassifier, count_parameters
-from textcompress.models.hf_classifier import HFClassifier
 from textcompress.techniques.base import RECOVERY, Technique
 from textcompress.techniques.pruning import gate_importance, remove_heads_and_neurons, student_from_teacher
 from textcompress.techniques.recovery import default_layer_map, recover, with_augmented_data, word_embeddings
@@ -131,7 +130,7 @@ def embedding_table(teacher: nn.Module, size: int) -> torch.Tensor:
     from textcompress.models.recurrent import principal_projection
 
     table = word_embeddings(teacher).weight.detach()
-    if isinstance(teacher, TextClassifier) and teacher.embeddings.word_projection is not None:
+    if teacher.kind == "transformer" and teacher.embeddings.word_projection is not None:
         table = teacher.embeddings.word_projection(table).detach()
     if size > table.shape[1]:
         raise RecipeError("distill", f"embedding_size={size} is wider than the teacher's {table.shape[1]}",
@@ -183,7 +182,7 @@ def apply_distill(model: TextClassifier, args: dict, ctx) -> tuple[nn.Module, di
     basis, layer_map = None, args["layer_map"] or None
     if args["student"] == "same":
         student, details = copy.deepcopy(model), {"student": "same (recovery)"}
-    elif args["student"] == "bert" and isinstance(model, HFClassifier):
+    elif args["student"] == "bert" and model.kind == "transformers":
         student = student_from_base(args, ctx, model.config.num_labels)
         details = {"student": "bert", "student_base": args["student_base"], "layers": student.config.num_layers,
                    "tokenizer": "the student base's"}

@@ -37,7 +37,6 @@ from torch import nn
 from textcompress.data import length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
 from textcompress.models.encoder import TextClassifier, count_parameters
-from textcompress.models.recurrent import RecurrentClassifier
 from textcompress.techniques.base import FRACTION_BELOW_ONE, RECOVERY, SCOPES, Technique
 from textcompress.techniques.recovery import recover
 from textcompress.training import kd_loss
@@ -160,7 +159,7 @@ def _refuse_shared(model: TextClassifier, what: str) -> None:
 def apply_prune_structured(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     """The `prune_structured` step: the least important heads and FFN neurons (or an LSTM/GRU's
     hidden units) cut out of the matrices; then recovery. Returns (smaller model, details)."""
-    if isinstance(model, RecurrentClassifier):
+    if model.kind == "recurrent":
         from textcompress.techniques.recurrent import apply_prune_units
         return apply_prune_units(model, args, ctx)
     heads, neurons = gate_importance(model, ctx.train, ctx.teacher_logits, batches=args["importance_batches"],
@@ -229,7 +228,7 @@ def _kd_loss_on_batches(model, ctx, batches: int) -> float:
 def apply_drop_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     """The `drop_layers` step: keep `keep` layers chosen by `strategy`; then recovery.
     Returns (shallower model, details)."""
-    if isinstance(model, RecurrentClassifier):
+    if model.kind == "recurrent":
         from textcompress.techniques.recurrent import keep_bottom_layers
         kept, student = list(range(args["keep"])), keep_bottom_layers(model, args["keep"])
     else:
@@ -246,7 +245,7 @@ def apply_drop_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClass
 
 
 def layer_prefix(model: nn.Module) -> str:
-    return "layers." if isinstance(model, RecurrentClassifier) else "encoder.layer."
+    return "layers." if model.kind == "recurrent" else "encoder.layer."
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -416,7 +415,7 @@ def apply_prune_movement(model: TextClassifier, args: dict, ctx) -> tuple[TextCl
     fine-tuning, then emptied heads and neurons cut out. Returns (model, details)."""
     from torch.nn.utils import parametrize
 
-    if isinstance(model, RecurrentClassifier):  # params validation says so first; this guards direct calls
+    if model.kind == "recurrent":  # params validation says so first; this guards direct calls
         raise RecipeError("prune_movement", "masks linear layers, which an LSTM/GRU model has none of",
                           "on an LSTM/GRU model use prune_magnitude")
     pruned = copy.deepcopy(model)

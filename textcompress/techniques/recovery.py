@@ -191,9 +191,9 @@ def distillation_loss(model: nn.Module, ctx, args: dict, layer_map: list[int] | 
         return None
     states = None
     if intermediate:
-        if not isinstance(model, TextClassifier):
+        if model.kind != "transformer":
             raise RecipeError(None, f"hidden_weight and attention_weight need a transformer student, not "
-                              f"{model.config.architecture}; set them to 0", "hidden_weight: 0 and attention_weight: 0 in this step "
+                              f"{model.kind}; set them to 0", "hidden_weight: 0 and attention_weight: 0 in this step "
                               "(logit distillation works for any student)")
         if args.get("attention_weight") and model.config.attention != "softmax":
             raise RecipeError(None, "attention-map distillation needs softmax attention in the student",
@@ -233,7 +233,7 @@ def teacher_states(ctx, layer_map: list[int], args: dict) -> CachedTeacherStates
 
 
 def word_embeddings(model: nn.Module) -> nn.Embedding:
-    return model.embeddings.word_embeddings if isinstance(model, TextClassifier) else model.word_embeddings
+    return model.embeddings.word_embeddings if model.kind == "transformer" else model.word_embeddings
 
 
 def recover(model: nn.Module, ctx, args: dict, desc: str, step_hook=None, layer_map: list[int] | None = None,

@@ -116,9 +116,7 @@ def _tie_view(model: TextClassifier, state: dict) -> dict:
 def apply_share_layers(model: TextClassifier, args: dict, ctx) -> tuple[TextClassifier, dict]:
     """The `share_layers` step: layers in groups tied to one weight set (optionally with rank-r
     per-layer corrections), or a BiLSTM/GRU's two directions tied; then recovery. Returns (model, details)."""
-    from textcompress.models.recurrent import RecurrentClassifier
-
-    if isinstance(model, RecurrentClassifier):  # a BiLSTM/GRU: both directions run one set of weights
+    if model.kind == "recurrent":  # a BiLSTM/GRU: both directions run one set of weights
         from textcompress.techniques.recurrent import tie_directions
         shared = tie_directions(model, args["init"])
         details = {"share": "directions", "init": args["init"]}

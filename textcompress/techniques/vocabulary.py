@@ -54,7 +54,7 @@ def keep_rows(model: nn.Module, old_ids: np.ndarray) -> nn.Module:
     separator = getattr(model.config, "segment_separator", None)
     if separator is not None:  # the model finds a pair's second segment by its separator's new id
         result.config.segment_separator = result.embeddings.separator = int(np.flatnonzero(old_ids == separator)[0])
-    owner = result.embeddings if isinstance(model, TextClassifier) else result  # recurrent and CNN models own theirs
+    owner = result.embeddings if model.kind == "transformer" else result  # recurrent and CNN models own theirs
     table = owner.word_embeddings.weight.detach()
     owner.word_embeddings = nn.Embedding(len(old_ids), table.shape[1])
     owner.word_embeddings.weight.data = table[old_ids].clone()
