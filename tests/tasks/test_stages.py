@@ -119,3 +119,48 @@ def test_the_flow_reads_the_record_the_stage_script_wrote(tmp_path):
     assert str(failed.value) == f"stage prepare failed: {record.message}" and record.message.startswith("nowhere.yaml: ")
     assert failed.value.fix == "run from the project root or pass --params PATH"
     assert not list(tmp_path.glob("*.json"))  # the record lives outside the project: no DVC output, no stray file
+
+
+def _flaky_project(tmp_path, message: str, failures: int):
+    """A stage that fails `failures` times saying `message`, then writes its output."""
+    (tmp_path / "flaky.py").write_text(textwrap.dedent(f"""\
+        import pathlib, sys
+        tries = pathlib.Path("tries.txt")
+        n = int(tries.read_text()) + 1 if tries.exists() else 1
+        tries.write_text(str(n))
+        if n <= {failures}:
+            sys.exit("ERROR: {message}")
+        pathlib.Path("out.txt").write_text("done")
+        """))
+    _dvc_project(tmp_path, """\
+        stages:
+          flaky:
+            cmd: python flaky.py
+            outs:
+              - out.txt
+        """)
+
+
+def _run_in_a_flow(tmp_path):
+    from prefect import flow
+
+    @flow
+    def one_stage():
+        return run_dvc_stage("flaky", str(tmp_path))
+
+    return one_stage()
+
+
+def test_a_transient_failure_is_retried_and_the_run_goes_on(tmp_path, prefect_harness):
+    _flaky_project(tmp_path, "Unable to acquire lock on the cache", failures=1)
+    assert _run_in_a_flow(tmp_path) == "ran"
+    assert (tmp_path / "tries.txt").read_text() == "2" and (tmp_path / "out.txt").read_text() == "done"
+
+
+def test_a_final_failure_is_not_retried_and_says_the_stages_error(tmp_path, prefect_harness):
+    _flaky_project(tmp_path, "the recipe is wrong", failures=1)
+    with pytest.raises(StageFailed) as failed:
+        _run_in_a_flow(tmp_path)
+    assert not isinstance(failed.value, TransientStageFailure)
+    assert (tmp_path / "tries.txt").read_text() == "1" and not (tmp_path / "out.txt").exists()
+    assert "stage flaky failed:" in str(failed.value) and "exited with 1" in str(failed.value)
