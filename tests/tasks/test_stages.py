@@ -164,3 +164,36 @@ def test_a_final_failure_is_not_retried_and_says_the_stages_error(tmp_path, pref
     assert not isinstance(failed.value, TransientStageFailure)
     assert (tmp_path / "tries.txt").read_text() == "1" and not (tmp_path / "out.txt").exists()
     assert "stage flaky failed:" in str(failed.value) and "exited with 1" in str(failed.value)
+
+
+def test_the_schedule_gate_skips_only_when_dvc_reports_nothing_changed(tmp_path):
+    """pipeline_is_up_to_date is what a scheduled run asks before doing anything."""
+    from tasks.stages import pipeline_is_up_to_date
+
+    (tmp_path / "data.txt").write_text("v1")
+    (tmp_path / "params.yaml").write_text("recipe: a\n")
+    _dvc_project(tmp_path, """\
+        stages:
+          train:
+            cmd: python -c "import shutil; shutil.copy('data.txt', 'model.txt')"
+            deps:
+              - data.txt
+            params:
+              - recipe
+            outs:
+              - model.txt
+        """)
+    assert not pipeline_is_up_to_date(tmp_path)  # never ran
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=tmp_path, check=True, env=project_env())
+    assert pipeline_is_up_to_date(tmp_path)
+    (tmp_path / "data.txt").write_text("v2")  # new data
+    assert not pipeline_is_up_to_date(tmp_path)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=tmp_path, check=True, env=project_env())
+    (tmp_path / "params.yaml").write_text("recipe: b\n")  # a changed recipe
+    assert not pipeline_is_up_to_date(tmp_path)
+    (tmp_path / "params.yaml").write_text("recipe: a\n")
+    (tmp_path / "data.txt").write_text("v1")
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=tmp_path, check=True, env=project_env())
+    assert pipeline_is_up_to_date(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: [not, a, mapping\n")  # `dvc status` itself fails: run, do not skip
+    assert not pipeline_is_up_to_date(tmp_path)
