@@ -406,3 +406,31 @@ def test_after_a_bert_student_every_structural_step_applies_again(write_params, 
               {"quantize": {"mode": "dynamic"}}]
     params = load_params(write_params({"base_model": deberta_base, **with_candidates(small=recipe)}))
     assert params["candidates"]["small"] == recipe
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ([{"distill": {"student": "bert", "layers": 1}}, {"distill": {"student": "same", "hidden_weight": 1.0}}],
+     "step 2 (distill): hidden_weight needs the teacher's layers, and the teacher runs in transformers"),
+    ([{"distill": {"student": "bert", "layers": 1}}, {"prune_structured": {"heads": 0.5, "attention_weight": 1.0}}],
+     "step 2 (prune_structured): attention_weight needs the teacher's layers"),
+    ([{"distill": {"student": "bert", "layers": 1}}, {"distill": {"student": "same", "augment": 1}}],
+     "step 2 (distill): augment has the teacher label new token sequences, and this student reads another tokenizer"),
+])
+def test_after_a_bert_student_what_needs_the_transformers_teachers_layers_or_tokenizer_is_still_refused(
+        write_params, deberta_base, recipe, message):
+    path = write_params({"base_model": deberta_base, **with_candidates(small=recipe)})
+    with raises_params_error(path, "candidates.small") as excinfo:
+        load_params(path)
+    assert message in str(excinfo.value)
+
+
+def test_an_lstm_student_of_a_transformers_teacher_may_use_augmentation(write_params, deberta_base):
+    recipe = [{"distill": {"student": "lstm", "augment": 1}}, {"quantize": {"mode": "dynamic"}}]
+    assert load_params(write_params({"base_model": deberta_base, **with_candidates(small=recipe)}))["candidates"]["small"] == recipe
+
+
+def test_student_base_is_refused_where_the_student_is_cut_from_the_model(write_params):
+    path = write_params(with_candidates(small=[{"distill": {"student": "bert", "student_base": "minilm-l6"}}]))
+    with raises_params_error(path, "candidates.small") as excinfo:
+        load_params(path)
+    assert "student_base is where a bert student of a teacher that runs in transformers comes from" in str(excinfo.value)

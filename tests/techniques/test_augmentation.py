@@ -72,3 +72,21 @@ def test_augmented_rows_are_labelled_by_the_teacher_once_for_all_candidates(tiny
     assert labelled > 0 and len(list(tmp_path.glob("*/logits.npy"))) == 1
     _, details = apply_distill(teacher, {**args, "student": "gru", "layers": 1, "hidden_size": 8}, ctx)
     assert len(calls) == labelled and details["augmented_rows"] == len(train)
+
+
+def test_a_pair_keeps_its_separator_and_both_segments():
+    """The model finds a pair's second segment by the separator: it is never masked, replaced or cut."""
+    pair = np.array([CLS, 10, 11, 12, SEP, 20, 21, 22, 23, SEP])
+    rng = np.random.default_rng(0)
+    copies = [augment_ids(pair, rng, MASK, np.array([30, 31]), np.array([0.5, 0.5]), mask=0.5, replace=0.4, ngram=1.0)
+              for _ in range(200)]
+    assert all(len(c) == len(pair) and c[4] == SEP and c[0] == CLS and c[-1] == SEP for c in copies)
+    assert all(list(c).count(SEP) == 2 for c in copies)  # no separator drawn into the body either
+    assert np.mean([np.mean(c[1:4] != pair[1:4]) for c in copies]) > 0.5  # the words did change
+
+
+def test_the_unigram_pool_of_pairs_holds_no_separator():
+    pairs = Split([("a", "b")] * 50, [np.array([CLS, 10, SEP, 11, SEP])] * 50, np.zeros(50, dtype=np.int64))
+    out = augmented_split(pairs, 2, MASK, seed=0, mask=0.0, replace=1.0, ngram=0.0)
+    assert all(list(ids).count(SEP) == 2 and ids[2] == SEP for ids in out.input_ids)
+    assert out.texts[0] == ("[augmented 0] a", "b")

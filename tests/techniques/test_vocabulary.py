@@ -90,3 +90,19 @@ def test_trimming_moves_the_pair_separator_with_its_row():
     new_pair = torch.tensor([[int(np.flatnonzero(old_ids == i)[0]) for i in old_pair[0]]])
     with torch.no_grad():
         torch.testing.assert_close(trimmed(new_pair, torch.ones_like(new_pair)), model(old_pair, torch.ones_like(old_pair)))
+
+
+def test_a_bpe_vocabulary_is_refused_before_anything_is_trimmed(tmp_path):
+    """BPE merges (RoBERTa) and Unigram scores name pieces as well: trimming the vocabulary alone breaks them."""
+    from types import SimpleNamespace
+
+    import pytest
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    from textcompress.errors import RecipeError
+
+    Tokenizer(BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")])).save(str(tmp_path / "tokenizer.json"))
+    model = TextClassifier(tiny_model_config())
+    with pytest.raises(RecipeError, match="trims WordPiece vocabularies .*; this tokenizer is BPE. Fix: remove trim_vocab"):
+        apply_trim_vocab(model, {"min_count": 1, "floor": 0}, SimpleNamespace(tokenizer_file=tmp_path / "tokenizer.json"))

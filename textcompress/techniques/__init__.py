@@ -47,6 +47,7 @@ def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], kind: s
     if not isinstance(raw, list):
         raise error(f"must be a list of steps, got {type(raw).__name__}", "write `[]` or `[{technique: {...}}, ...]`")
     origin = f"the teacher is {KIND_NAMES[kind]}"
+    teacher, own_tokenizer = kind, False  # own_tokenizer: a student read by another tokenizer than the teacher
     steps: list[Step] = []
     for position, item in enumerate(raw, start=1):
         if not isinstance(item, dict) or len(item) != 1:
@@ -70,6 +71,14 @@ def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], kind: s
             used = [k for k in LAYER_LOSSES if given.get(k)]
             if used:
                 problem = f"{used[0]} compares transformer layers, and this model is {kind}", f"set {used[0]}: 0"
+        if problem is None and teacher == "transformers":
+            used = [k for k in (*LAYER_LOSSES, "layer_map") if given.get(k)]
+            if used:
+                problem = (f"{used[0]} needs the teacher's layers, and the teacher runs in transformers (not converted)",
+                           f"remove {used[0]}: students learn its logits")
+            elif given.get("augment") and own_tokenizer:
+                problem = ("augment has the teacher label new token sequences, and this student reads another "
+                           "tokenizer (student_base's)", "remove augment")
         if problem:
             raise error(f"{where}: {problem[0]}", problem[1])
         if steps and steps[-1].technique.last:
@@ -79,6 +88,7 @@ def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], kind: s
             raise error(f"{where} changes the PyTorch model after an ONNX-level step", "put ONNX-level steps such as quantize last")
         step = Step(technique, given, position)
         if technique.produces is not None:
+            own_tokenizer = own_tokenizer or (teacher == "transformers" and step.args.get("student") == "bert")
             made = technique.produces(step.args, kind)
             if made != kind:
                 kind, origin = made, f"step {position} made a {step.args.get('student')} student"

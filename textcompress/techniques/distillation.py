@@ -224,6 +224,9 @@ BERT_STUDENT_ONLY = ("width", "ffn", "layer_map", "hidden_weight", "attention_we
 
 def _check(given: dict, kind: str):
     student = given.get("student", "bert")
+    if "student_base" in given and not (kind == "transformers" and student == "bert"):
+        return ("student_base is where a bert student of a teacher that runs in transformers comes from; here the "
+                "student is cut from the current model", "remove student_base")
     if kind == "transformers":  # the teacher runs in transformers: its layers cannot be cut or compared
         if student == "same":
             return ("student: same fine-tunes the current model, and this one runs in transformers as it is",
@@ -258,8 +261,8 @@ TECHNIQUES = (
         # layers: teacher layers for bert (a count or indices), recurrent layers for lstm/gru.
         # augment: copies of the training set augmented and labelled by the teacher (0: off;
         # at most 4, about ten minutes of teacher labelling on 2 CPU cores for SST-2).
-        # student_base: where a bert student comes from when the teacher runs in transformers (its
-        # first `layers` layers and its own tokenizer; a converted teacher's students are cut from it).
+        # student_base: where a bert student comes from when the current model runs in transformers
+        # (its first `layers` layers, its own tokenizer); students of any other model are cut from that model.
         defaults={"student": "bert", "student_base": "minilm-l6", "layers": 2, "layer_map": [], "augment": 0,
                   "width": 0, "ffn": 0,
                   "embedding_size": 0, "hidden_size": 300, "bidirectional": True, "pooling": "max", "head_size": 0,

@@ -191,6 +191,9 @@ def distillation_loss(model: nn.Module, ctx, args: dict, layer_map: list[int] | 
         return None
     states = None
     if intermediate:
+        if ctx.teacher.kind != "transformer":  # params validation says so first; this guards direct calls
+            raise RecipeError(None, f"hidden_weight and attention_weight compare the teacher's layers, and this teacher "
+                              f"is {ctx.teacher.kind}", "set them to 0 (logit distillation works for any teacher)")
         if model.kind != "transformer":
             raise RecipeError(None, f"hidden_weight and attention_weight need a transformer student, not "
                               f"{model.kind}; set them to 0", "hidden_weight: 0 and attention_weight: 0 in this step "
@@ -270,14 +273,16 @@ def with_augmented_data(ctx, multiplier: int):
     """A context whose training set adds `multiplier` augmented copies labelled by the teacher
     (their logits cached beside the hidden states, so other candidates reuse them)."""
     import dataclasses
-    import json
 
     from textcompress.data import Split
     from textcompress.techniques.augmentation import augmented_split
     from textcompress.training import predict_logits
 
-    vocab = json.loads(Path(ctx.tokenizer_file).read_text())["model"]["vocab"]
-    extra = augmented_split(ctx.train, multiplier, vocab.get("[MASK]", vocab.get("[UNK]", 0)), ctx.seed)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(ctx.tokenizer_file))  # BERT's [MASK], RoBERTa's <mask>, else unknown
+    mask_id = next((i for t in ("[MASK]", "<mask>", "[UNK]", "<unk>") if (i := tokenizer.token_to_id(t)) is not None), 0)
+    extra = augmented_split(ctx.train, multiplier, mask_id, ctx.seed)
     cached = Path(ctx.cache_dir) / fingerprint(ctx.teacher, extra) / "logits.npy" if ctx.cache_dir else None
     if cached is not None and cached.is_file():  # another candidate with the same augmentation labelled it
         logits = np.load(cached)

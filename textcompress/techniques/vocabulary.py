@@ -51,7 +51,7 @@ def keep_rows(model: nn.Module, old_ids: np.ndarray) -> nn.Module:
     """A copy of `model` whose word-piece table holds only rows `old_ids`, in that order."""
     result = copy.deepcopy(model)
     result.config = replace(model.config, vocab_size=len(old_ids))
-    separator = getattr(model.config, "segment_separator", None)
+    separator = getattr(model.config, "segment_separator", None) if model.kind == "transformer" else None
     if separator is not None:  # the model finds a pair's second segment by its separator's new id
         result.config.segment_separator = result.embeddings.separator = int(np.flatnonzero(old_ids == separator)[0])
     owner = result.embeddings if model.kind == "transformer" else result  # recurrent and CNN models own theirs
@@ -65,6 +65,9 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
     """The `trim_vocab` step: word-pieces unused in training dropped from the table, the tokenizer
     rewritten to match (written to ctx.workdir). Returns (model, details)."""
     tokenizer_json = json.loads(Path(ctx.tokenizer_file).read_text())
+    if tokenizer_json["model"].get("type") != "WordPiece":  # BPE merges and Unigram scores name pieces too
+        raise RecipeError("trim_vocab", f"trims WordPiece vocabularies (BERT's, DistilBERT's, ELECTRA's); this "
+                          f"tokenizer is {tokenizer_json['model'].get('type')}", "remove trim_vocab for this model")
     vocab = tokenizer_json["model"]["vocab"]
     if model.config.vocab_size != len(vocab):
         raise RecipeError("trim_vocab", "the model's vocabulary no longer matches its tokenizer (trimmed twice?)",
@@ -79,8 +82,9 @@ def apply_trim_vocab(model: TextClassifier, args: dict, ctx) -> tuple[TextClassi
 
     result = keep_rows(model, old_ids)
     # The steps that follow feed the teacher the new ids too (hidden-state distillation): it keeps
-    # the same rows, so it reads every training sentence as before.
-    if ctx.teacher.config.vocab_size == len(vocab):
+    # the same rows, so it reads every training sentence as before. (A teacher that runs in
+    # transformers is never fed ids again: its logits are cached.)
+    if ctx.teacher.kind == "transformer" and ctx.teacher.config.vocab_size == len(vocab):
         ctx.teacher = keep_rows(ctx.teacher, old_ids)
 
     new_json = trimmed_tokenizer_json(tokenizer_json, kept)
