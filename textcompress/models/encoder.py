@@ -6,8 +6,8 @@ uneven heads and FFN widths per layer (pruning), fewer layers (distillation), la
 share weights and a factorised word embedding (ALBERT-style sharing), low-rank linear
 layers (SVD), and linear-cost attention (elu+1 kernel, Performer, Linformer).
 Everything the shape depends on is in `EncoderConfig`, so a bundle reloads as saved.
-Module names follow Hugging Face's BERT; `checkpoints.py` converts BERT, RoBERTa, DistilBERT and
-ELECTRA checkpoints into it.
+Module names follow Hugging Face's BERT; `checkpoints.py` converts BERT, RoBERTa, XLM-RoBERTa,
+DistilBERT and ELECTRA checkpoints into it.
 """
 
 from __future__ import annotations
@@ -547,7 +547,10 @@ def load_bundle(bundle_dir: str | Path) -> tuple[nn.Module, list]:
         if not (bundle_dir / name).is_file():
             raise TextcompressError(f"{bundle_dir}: not a model bundle ({name} is missing). "
                                     "Fix: point at a directory written by `teach` or `compress`.")
-    model = model_from_config(json.loads((bundle_dir / "config.json").read_text()))
+    try:
+        model = model_from_config(json.loads((bundle_dir / "config.json").read_text()))
+    except TextcompressError as err:
+        raise TextcompressError(f"{bundle_dir}/{err}") from err
     state = load_file(str(bundle_dir / "model.safetensors"))
     for alias, original in shared_aliases(model).items():
         state[alias] = state[original]  # stored once; the config ties the modules again

@@ -40,7 +40,8 @@ class HFClassifier(nn.Module):
 
             fields = dict(config.hf)
             hf_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-            model = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="eager")
+            model = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="eager",
+                                                                   dtype=torch.float32)
         self.model = model
         self.register_buffer("rows", torch.tensor(config.label_rows or list(range(config.num_labels))), persistent=False)
         self.uses_types = config.segment_separator is not None and (config.hf.get("type_vocab_size") or 0) > 1
@@ -55,7 +56,7 @@ class HFClassifier(nn.Module):
         return self.model.get_input_embeddings()
 
 
-def load_hf_classifier(folder: Path, hf: dict, num_labels: int, label_rows: list[int] | None,
+def load_hf_classifier(folder: Path, num_labels: int, label_rows: list[int] | None,
                        separator: int | None) -> HFClassifier:
     """The checkpoint in `folder` through transformers: its own head with `label_rows`, else a
     fresh head of `num_labels` outputs."""
@@ -63,7 +64,9 @@ def load_hf_classifier(folder: Path, hf: dict, num_labels: int, label_rows: list
 
     options = {} if label_rows is not None else {"num_labels": num_labels}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager", **options)
+        # fp32 whatever precision the checkpoint was saved in: training, export and quantization expect it.
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager",
+                                                                   dtype=torch.float32, **options)
     except (ValueError, OSError, KeyError) as err:
         raise TextcompressError(f"{folder}: transformers cannot load it as a sequence classifier "
                                 f"({err.__class__.__name__}: {str(err)[:200]}). Fix: point at a folder written by "

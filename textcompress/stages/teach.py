@@ -22,6 +22,7 @@ from textcompress.models.checkpoints import (
     checkpoint_labels, from_pretrained, is_classifier, label_order, load_teacher, read_config, require_classifier,
     resolve_base,
 )
+from textcompress.models import converts
 from textcompress.models.encoder import load_bundle, save_bundle
 from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig, principal_projection
 from textcompress.stages import run_stage
@@ -50,7 +51,7 @@ def base_classifier(params: dict, labels: list, separator: int | None):
     classifier whose labels match the data's, its own head (fine-tuned further)."""
     folder = resolve_base(params["base_model"])
     hf = read_config(folder)
-    if is_classifier(hf) and label_order(folder, hf, labels) is None:
+    if is_classifier(hf) and converts(hf) and label_order(folder, hf, labels) is None:
         print(f"base_model {folder}: its labels {checkpoint_labels(hf)} are not the data's {labels}; a fresh head is trained")
     return load_teacher(folder, labels, params["teach"]["pooling"], separator)
 

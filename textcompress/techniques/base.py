@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from textcompress.models import MODELS, bundle_kind
+from textcompress.models import MODELS, bundle_kind, converts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,9 +28,6 @@ FAMILIES = ("pruning", "quantization", "distillation", "parameter_sharing", "ten
 # (textcompress.models.MODELS: a teacher that runs in transformers takes distillation and int8 only).
 MODEL_KINDS = tuple(MODELS)
 TEACHER_KINDS = {"transformer": "transformer", "lstm": "recurrent", "gru": "recurrent"}  # teach.architecture
-# Hugging Face model types that convert exactly into the encoder (models/checkpoints.py); any
-# other classifier architecture transformers knows runs as a `transformers` teacher.
-CONVERTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
 
 
 def teacher_kind(architecture: str, source: str | None) -> str:
@@ -48,7 +45,7 @@ def teacher_kind(architecture: str, source: str | None) -> str:
         return "transformer"  # not a local folder: the stage that reads it says what is wrong
     if (Path(source) / "labels.json").is_file():  # a textcompress bundle
         return bundle_kind(fields) or "transformer"
-    return "transformer" if fields.get("model_type", "bert") in CONVERTED_MODEL_TYPES else "transformers"
+    return "transformer" if converts(fields) else "transformers"
 
 # Every step that changes the model ends with a recovery fine-tune against the teacher
 # (techniques/recovery.py) and takes these arguments. logit_loss: kl (soft labels at
