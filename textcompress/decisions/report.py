@@ -256,8 +256,9 @@ def model_card(report: dict, context: dict) -> str:
     recipe = "\n".join(f"  {i}. `{next(iter(step))}` {step[next(iter(step))] or ''}" for i, step in enumerate(r["recipe"], 1))
     return "\n".join([
         f"# Model card: {name}", "",
-        f"- **What**: a {', '.join(r['families']) or 'uncompressed'} compression of a text classifier fine-tuned from "
-        f"`{context['base_model']}`; labels {context['labels']}.",
+        f"- **What**: a {', '.join(r['families']) or 'uncompressed'} compression of "
+        f"{context.get('teacher', 'a text classifier fine-tuned from `' + str(context['base_model']) + '`')}; "
+        f"labels {context['labels']}{'; it reads sentence pairs (`text`, `text_pair`)' if context.get('pairs') else ''}.",
         f"- **Data**: training and validation as versioned by DVC (data.dvc md5 `{context['data_version']}`).",
         f"- **Teacher**: validation accuracy {100 * teacher['accuracy']:.2f}%, {teacher['size_mb']:.1f} MB, "
         f"p50 {teacher['latency_p50_ms']:.2f} ms.",

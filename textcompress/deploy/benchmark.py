@@ -60,7 +60,7 @@ def _percentiles(samples_ns: list[int]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
-def benchmark_candidates(model_dirs: dict[str, Path], texts: list[str], threads: int = 1, warmup: int = 10,
+def benchmark_candidates(model_dirs: dict[str, Path], texts: list, threads: int = 1, warmup: int = 10,
                          batch_size: int = 32, max_length: int = 128, measure_memory: bool = True,
                          model_files: dict[str, str] | None = None) -> dict:
     """`model_files` names another graph than model.onnx in an entry's directory (an fp32 parent)."""

@@ -71,7 +71,7 @@ class OnnxTextClassifier:
         self.labels = json.loads((model_dir / "labels.json").read_text())
         self.max_length = max_length
 
-    def predict(self, texts: list[str], batch_size: int = 32) -> tuple[list, np.ndarray]:
+    def predict(self, texts: list, batch_size: int = 32) -> tuple[list, np.ndarray]:
         """Returns (labels, probability of each predicted label)."""
         ids = [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(list(texts))]
         split = Split(list(texts), ids, np.zeros(len(ids), dtype=np.int64))

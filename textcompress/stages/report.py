@@ -12,7 +12,11 @@ FAILURES_FILE = catalog.FAILURES.name  # written by the flow: candidate -> why i
 
 
 def card_context(params: dict, prepared: Path) -> dict:
-    return {"data_version": data_version(Path(".")), "base_model": params["base_model"],
+    adopted = params["teach"]["finetuned_teacher"]
+    teacher = f"the fine-tuned classifier `{adopted}`, taken as it is" if adopted else \
+        f"a text classifier fine-tuned from `{params['base_model']}`"
+    return {"data_version": data_version(Path(".")), "base_model": params["base_model"], "teacher": teacher,
+            "pairs": params["data"]["text_pair_column"] is not None,
             "max_length": params["data"]["max_length"], "labels": load_labels(prepared)}
 
 
