@@ -54,6 +54,11 @@ def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = 
         raise DataError(path, "file not found", "check data.train / data.validation in params.yaml (and run `dvc pull data.dvc`)")
     columns = [text_column] if pair_column is None else [text_column, pair_column]
     rows = READERS[fmt](path, columns, label_column)
+    return _as_examples(rows)
+
+
+def _as_examples(rows) -> list[tuple[int, object, object]]:
+    """(line, [texts], label) -> (line, the sentence or a (sentence, second sentence) pair, label)."""
     return [(line, texts[0] if len(texts) == 1 else tuple(texts), label) for line, texts, label in rows]
 
 
@@ -161,8 +166,7 @@ def read_hf_split(dataset_id: str, split: str, text_column: str, label_column: s
         raise DataError(dataset_id, "a Hugging Face dataset id needs the `datasets` package", "pip install datasets, or export the data to a file") from err
     frame = datasets.load_dataset(dataset_id, split=split).to_pandas()
     columns = [text_column] if pair_column is None else [text_column, pair_column]
-    return [(line, t[0] if len(t) == 1 else tuple(t), label)
-            for line, t, label in _frame_rows(f"{dataset_id} ({split})", frame, columns, label_column)]
+    return _as_examples(_frame_rows(f"{dataset_id} ({split})", frame, columns, label_column))
 
 
 # ---------------------------------------------------------------------------
