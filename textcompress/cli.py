@@ -256,6 +256,9 @@ def main(argv=None) -> None:
     # The temporary Prefect server's usage telemetry: nothing a pipeline needs, and an error in the
     # log wherever the network is closed.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gets 20 s to start by default; beside a training job on 2 cores
+    # it needed more, and the run failed before doing anything.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # the stages print the tracebacks of their errors too
     elif args.command in ("run", "sweep", "schedule"):
