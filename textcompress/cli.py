@@ -178,7 +178,7 @@ def cmd_gc(args) -> None:
           + ", ".join(f"{v} ({why})" for v, why in sorted(result["protected"].items(), key=lambda x: int(x[0]))))
     scope = ["--workspace"] + (["--all-commits"] if args.keep_git_history else [])
     command = [sys.executable, "-m", "dvc", "gc", *scope, "--force"] + (["--dry"] if args.dry_run else [])
-    print("$ dvc gc " + " ".join(command[4:]))
+    print("$ dvc gc " + " ".join(command[4:]), flush=True)  # before DVC's own lines, also when piped
     done = subprocess.run(command, cwd=project)
     if done.returncode != 0:
         raise TextcompressError(f"dvc gc failed (exit {done.returncode}). Fix: see DVC's message above")

@@ -104,6 +104,9 @@ def build_tiny_project(root: Path, candidates: dict | None = None, sections: dic
     git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
     sh("git", "init", "-q", cwd=project)
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=project)
+    # The project's own: DVC hashes the code folders stages depend on without Python's __pycache__,
+    # whose files appear as modules get imported (a sweep workspace and the project would differ).
+    shutil.copy(REPO / ".dvcignore", project / ".dvcignore")
     sh(sys.executable, "-m", "dvc", "remote", "add", "-d", "tmp", str(remote), cwd=project)
     sh(sys.executable, "-m", "dvc", "add", "-q", "data", cwd=project)
     sh(sys.executable, "-m", "dvc", "push", "-q", "data.dvc", cwd=project)
