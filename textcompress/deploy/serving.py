@@ -50,11 +50,10 @@ def texts_from_input(model_input, limit: int | None = MAX_BATCH, pairs: bool = F
         given = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else list(model_input)
         if any(c not in given for c in columns):
             raise ServingInputError(f"the request has columns {given}; send {' and '.join(f'a `{c}` column' for c in columns)}")
-        values = [model_input[c] for c in columns]
-        values = [[v] if isinstance(v, str) else list(v) for v in values]
-        texts = values[0] if not pairs else list(zip(*values)) if len(values[0]) == len(values[1]) else None
-        if texts is None:
+        values = [[v] if isinstance(v, str) else list(v) for v in (model_input[c] for c in columns)]
+        if pairs and len(values[0]) != len(values[1]):
             raise ServingInputError(f"{len(values[0])} texts but {len(values[1])} text_pairs; send one text_pair per text")
+        texts = list(zip(*values)) if pairs else values[0]
     elif isinstance(model_input, (list, tuple, pd.Series)):
         texts = [tuple(t) if pairs and isinstance(t, (list, tuple)) else t for t in model_input]
     elif isinstance(model_input, str) and not pairs:
@@ -66,10 +65,9 @@ def texts_from_input(model_input, limit: int | None = MAX_BATCH, pairs: bool = F
     if limit is not None and len(texts) > limit:
         raise ServingInputError(f"{len(texts)} texts in one request; the limit is {limit}: split the request")
     for row, text in enumerate(texts):
-        parts = text if pairs and isinstance(text, tuple) and len(text) == 2 else None if pairs else (text,)
-        if parts is None:
+        if pairs and not (isinstance(text, tuple) and len(text) == 2):
             raise ServingInputError(f"row {row}: this model reads sentence pairs; send [text, text_pair], got {text!r:.60}")
-        for name, part in zip(columns, parts):
+        for name, part in zip(columns, text if pairs else (text,)):
             if not isinstance(part, str):
                 raise ServingInputError(f"row {row}: {name} must be a string, got {type(part).__name__} ({part!r:.40})")
     return texts

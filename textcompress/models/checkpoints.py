@@ -161,7 +161,7 @@ def checkpoint_labels(hf: dict) -> list[str]:
     return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
 
 
-def label_order(folder: Path, hf: dict, data_labels: list) -> list[int] | None:
+def label_order(hf: dict, data_labels: list) -> list[int] | None:
     """For each of the data's labels, the classifier's output that predicts it; None when the
     classifier's labels are another task's. Names match as text; unnamed outputs (LABEL_i)
     match integer labels 0..n-1."""
@@ -266,20 +266,30 @@ def check_routable(folder: Path, hf: dict) -> None:
 
 
 def load_teacher(folder: Path, labels: list, pooling: str = "mean", separator: int | None = None,
-                 keep_head: bool = True):
+                 adopt: bool = False):
     """The checkpoint as a classifier of the data's labels: converted into the encoder where its
     architecture converts, else run in transformers (HFClassifier). A fine-tuned classifier keeps its
-    head when `keep_head` and its labels match (`label_order`); otherwise the head starts fresh."""
+    head when its labels match (`label_order`). With `adopt` (teach.finetuned_teacher, taken as it
+    is) it must be such a classifier; otherwise a converted one of other labels gets a fresh head."""
     hf = read_config(folder)
-    rows = label_order(folder, hf, labels) if keep_head and is_classifier(hf) else None
+    if adopt:
+        require_classifier(folder, hf)
+    rows = label_order(hf, labels) if is_classifier(hf) else None
+    if is_classifier(hf) and rows is None:
+        if adopt:
+            raise TextcompressError(
+                f"{folder}/config.json: its labels {checkpoint_labels(hf)} do not match the data's {labels}. Fix: name "
+                "the outputs in its id2label as the data names its labels, or use it as base_model (a new head is "
+                "fine-tuned) and unset teach.finetuned_teacher")
+        if not converts(hf):
+            raise TextcompressError(
+                f"{folder}/config.json: a classifier of other labels ({checkpoint_labels(hf)}, the data's: {labels}) "
+                "that runs in transformers, whose head textcompress does not replace. Fix: name its outputs in id2label "
+                "as the data names its labels, or start from its base encoder (`save_pretrained` of the encoder alone)")
+        print(f"{folder}: its labels {checkpoint_labels(hf)} are not the data's {labels}; a fresh head is trained")
     if converts(hf):
         return from_pretrained(folder, len(labels), pooling, separator=separator, label_rows=rows)
     check_routable(folder, hf)
-    if is_classifier(hf) and rows is None:
-        raise TextcompressError(
-            f"{folder}/config.json: a classifier of other labels ({checkpoint_labels(hf)}, the data's: {labels}) that "
-            "runs in transformers, whose head textcompress does not replace. Fix: name its outputs in id2label as "
-            "the data names its labels, or start from its base encoder (`save_pretrained` of the encoder alone)")
     from textcompress.models.hf_classifier import load_hf_classifier
 
     return load_hf_classifier(folder, len(labels), rows, separator)

@@ -18,11 +18,7 @@ from textcompress import catalog
 from textcompress.data import holds_pairs, load_labels, load_split, pair_separator
 from textcompress.errors import TextcompressError
 from textcompress.fileio import atomic_dir, write_json
-from textcompress.models.checkpoints import (
-    checkpoint_labels, from_pretrained, is_classifier, label_order, load_teacher, read_config, require_classifier,
-    resolve_base,
-)
-from textcompress.models import converts
+from textcompress.models.checkpoints import from_pretrained, load_teacher, resolve_base
 from textcompress.models.encoder import load_bundle, save_bundle
 from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig, principal_projection
 from textcompress.stages import run_stage
@@ -49,11 +45,7 @@ def recurrent_teacher(params: dict, num_labels: int) -> RecurrentClassifier:
 def base_classifier(params: dict, labels: list, separator: int | None):
     """The base checkpoint as a classifier to fine-tune: a fresh head, or, for a fine-tuned
     classifier whose labels match the data's, its own head (fine-tuned further)."""
-    folder = resolve_base(params["base_model"])
-    hf = read_config(folder)
-    if is_classifier(hf) and converts(hf) and label_order(folder, hf, labels) is None:
-        print(f"base_model {folder}: its labels {checkpoint_labels(hf)} are not the data's {labels}; a fresh head is trained")
-    return load_teacher(folder, labels, params["teach"]["pooling"], separator)
+    return load_teacher(resolve_base(params["base_model"]), labels, params["teach"]["pooling"], separator)
 
 
 def adopted_teacher(source: str, labels: list, separator: int | None):
@@ -66,13 +58,7 @@ def adopted_teacher(source: str, labels: list, separator: int | None):
             raise TextcompressError(f"{folder}: its labels {teacher_labels} differ from the data's {labels}. "
                                     "Fix: use a teacher trained on these labels, or unset teach.finetuned_teacher")
         return model
-    hf = read_config(folder)
-    require_classifier(folder, hf)
-    if label_order(folder, hf, labels) is None:
-        raise TextcompressError(f"{folder}/config.json: its labels {checkpoint_labels(hf)} do not match the data's "
-                                f"{labels}. Fix: name the outputs in its id2label as the data names its labels, or use "
-                                "it as base_model (a new head is fine-tuned) and unset teach.finetuned_teacher")
-    return load_teacher(folder, labels, separator=separator).eval()
+    return load_teacher(folder, labels, separator=separator, adopt=True).eval()
 
 
 def run_key(params: dict, train) -> str:
