@@ -117,3 +117,33 @@ def test_two_gloo_processes_train_one_model_on_half_the_batches_each(tiny_prepar
     untrained = accuracy(predict_logits(model, splits[1]), splits[1].labels)
     model.load_state_dict(ranks[0]["state"])
     assert accuracy(predict_logits(model, splits[1]), splits[1].labels) > max(0.75, untrained)
+
+
+# ---------------------------------------------------------------------------
+# Precision: bf16 autocast with fp32 master weights
+
+
+def test_precision_names_the_autocast_dtype_and_auto_follows_the_hardware():
+    from textcompress.errors import RecipeError
+    from textcompress.training import autocast_dtype, bf16_supported
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if bf16_supported(cpu) else None)
+    with pytest.raises(RecipeError, match="unknown training precision 'fp16'.*Fix: use one of auto, fp32, bf16"):
+        autocast_dtype("fp16", cpu)
+
+
+def test_bf16_training_keeps_fp32_weights_learns_and_differs_from_fp32(splits, uninterrupted):
+    train_split, validation = splits
+    model = fresh_model()
+    history = train_classifier(model, train_split, **SETTINGS, validation=validation, precision="bf16")
+    fp32_model, fp32_history = uninterrupted
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the master weights are never rounded to bf16
+    # The forward passes did run in bf16: the same seed and batches end elsewhere than in fp32 ...
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fp32_model.state_dict().values()))
+    # ... along the same path: each epoch's loss within 1 % of fp32's, its accuracy within 3 of the 80 rows.
+    for low, full in zip(history, fp32_history, strict=True):
+        assert low["loss"] == pytest.approx(full["loss"], rel=0.01)
+        assert abs(low["validation_accuracy"] - full["validation_accuracy"]) <= 3 / len(validation)

@@ -43,6 +43,26 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively here: a GPU that has them, or a CPU with
+    AVX-512 BF16 or AMX (oneDNN's check); elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype forward passes autocast to while training (weights, optimizer state and
+    gradients stay fp32), or None for plain fp32. `auto` takes bf16 where it is native."""
+    from textcompress.config import PRECISIONS  # config imports the techniques, which import this module
+
+    if precision not in PRECISIONS:
+        raise RecipeError(None, f"unknown training precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and not bf16_supported(device)):
+        return None
+    return torch.bfloat16
+
+
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float) -> torch.Tensor:
     """alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE(student, labels) (Hinton et al.)."""
     soft = nn.functional.kl_div(
@@ -132,15 +152,18 @@ def train_classifier(
     step_hook: Callable[[int, int], None] | None = None,
     device: str | None = "cpu",
     checkpoint: Checkpoint | None = None,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Train in place. With `teacher_logits` (rows aligned with `train`) the loss is KD; else CE.
     `loss_module(model, ids, mask, labels, index)` replaces both (its own parameters, such as
     projections, are trained too); `step_hook(step, total_steps)` runs after every update, gradients still in place.
     With `checkpoint`, resumes from its last save and removes it once training is done.
+    `precision` (auto, fp32, bf16): bf16 autocasts the forward pass and the loss's inputs stay fp32.
     Returns one record per epoch (loss, and validation accuracy when given)."""
     seed_everything(seed)
     device = resolve_device(device)
     model.to(device)
+    low_precision = autocast_dtype(precision, device)
     rank, world = process_group()
     forward = model
     if world > 1:
@@ -198,13 +221,14 @@ def train_classifier(
         for done, index in enumerate(bar, start=skip + 1):
             ids, mask = (t.to(device) for t in pad_batch([train.input_ids[i] for i in index]))
             labels = torch.from_numpy(train.labels[index]).to(device)
-            if loss_module is not None:
-                loss = loss_module(model, ids, mask, labels, index)
-            elif soft is None:
-                loss = nn.functional.cross_entropy(forward(ids, mask), labels)
-            else:
-                loss = kd_loss(forward(ids, mask), soft[index], labels, temperature, alpha)
-            loss.backward()
+            with torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None):
+                if loss_module is not None:
+                    loss = loss_module(model, ids, mask, labels, index)
+                elif soft is None:
+                    loss = nn.functional.cross_entropy(forward(ids, mask).float(), labels)
+                else:
+                    loss = kd_loss(forward(ids, mask).float(), soft[index], labels, temperature, alpha)
+            loss.float().backward()
             nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
             scheduler.step()

@@ -33,7 +33,7 @@ def main(argv=None):
             ctx = TechniqueContext(teacher, load_split(prepared, "train"), load_split(prepared, "validation"),
                                    np.load(args.logits), params["seed"], params["runtime"]["device"],
                                    prepared / "tokenizer.json", params["data"]["max_length"], Path(workdir),
-                                   Path(params["runtime"]["cache_dir"]).expanduser())
+                                   Path(params["runtime"]["cache_dir"]).expanduser(), params["runtime"]["precision"])
             model, steps = teacher, []
             for step in recipe.compress_steps:
                 print(f"{args.candidate}: {step.name} {dict(step.args)}")

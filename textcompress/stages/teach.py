@@ -103,7 +103,7 @@ def main(argv=None):
             history = train_classifier(
                 model, train, epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
                 warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], seed=params["seed"], validation=validation,
-                desc="teach", device=device, checkpoint=checkpoint)
+                desc="teach", device=device, checkpoint=checkpoint, precision=params["runtime"]["precision"])
             metrics_device = str(resolve_device(device))
         rank, processes = process_group()
         if rank != 0:

@@ -169,6 +169,7 @@ class TechniqueContext:
     max_length: int = 128
     workdir: Path | None = None  # scratch space for files a step makes (a trimmed tokenizer)
     cache_dir: Path | None = None  # teacher hidden states shared by candidates (None: not cached)
+    precision: str = "fp32"  # training arithmetic (training.PRECISIONS)
 
 
 class ExportContext:

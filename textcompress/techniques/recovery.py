@@ -259,7 +259,7 @@ def recover(model: nn.Module, ctx, args: dict, desc: str, step_hook=None, layer_
             model.train(), ctx.train, epochs=args["epochs"], lr=args["lr"], batch_size=args["batch_size"],
             warmup=args["warmup"], seed=ctx.seed, teacher_logits=ctx.teacher_logits, temperature=args["temperature"],
             alpha=args["alpha"], validation=ctx.validation, desc=desc, step_hook=step_hook, device=ctx.device,
-            loss_module=loss_module)
+            loss_module=loss_module, precision=ctx.precision)
         if history:
             history[0] = {"validation_accuracy_before": before, **history[0]}
         return history
