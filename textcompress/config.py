@@ -159,6 +159,8 @@ class ScheduleConfig(Section):
 class AttentionBenchmarkConfig(Section):
     """Long-input benchmark of the attention kinds (ONNX Runtime CPU, batch 1, random weights)."""
 
+    enabled: StrictBool = setting(False, "run it (about 4 minutes on 2 cores); params/linear_attention.yaml does. "
+                                  "Off, the stage writes a note that it did not run, in a second")
     lengths: list[Length] = setting(lambda: [128, 256, 512, 1024, 2048, 4096], min_length=1,
                                     must="be a list of lengths ≥ 2", fix="e.g. [128, 512, 2048, 4096]")
     kinds: list[str] = setting(lambda: ["softmax", "linear", "hedgehog", "performer", "linformer"],

@@ -21,7 +21,7 @@ CONTRACT_FIELDS = {"name", "recipe", "families", "accuracy", "macro_f1", "accura
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    return build_tiny_project(tmp_path_factory.mktemp("e2e"))
+    return build_tiny_project(tmp_path_factory.mktemp("e2e"), sections={"attention_benchmark": {"enabled": True}})
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def test_candidates_json_has_the_contract(runs, project):
         line = next(l for l in table.splitlines() if l.startswith(f"| {name} |"))
         assert f"{100 * row['accuracy']:.2f}" in line, (name, line)
     assert f"**{report['pick']}**" in table
+    assert "## Long inputs: attention kinds against sequence length" in table  # enabled in this project
     from PIL import Image
 
     with Image.open(project / "reports" / "pareto.png") as plot:

@@ -151,7 +151,7 @@ def to_markdown(report: dict) -> str:
 
 def attention_section(bench: dict | None) -> list[str]:
     """Long inputs: where each linear-attention kind overtakes softmax attention (its own benchmark)."""
-    if not bench:
+    if not bench or not bench.get("enabled", True):
         return []
     shape = bench["shape"]
     lines = ["## Long inputs: attention kinds against sequence length", "",

@@ -116,6 +116,22 @@ def measure(like: EncoderConfig, lengths: list[int], kinds: list[str], threads: 
     return {"kinds": results, "summary": summary}
 
 
+def plot_skipped(reason: str, out_path: Path) -> None:
+    """The stage's declared plot when the benchmark did not run: a small image that says why."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from textcompress.fileio import atomic_path
+
+    fig = plt.figure(figsize=(6, 0.6), dpi=100)
+    fig.text(0.5, 0.5, reason, ha="center", va="center", fontsize=8)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def plot_attention_benchmark(result: dict, out_path: Path) -> None:
     import matplotlib
 

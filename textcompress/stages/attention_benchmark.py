@@ -4,7 +4,7 @@ length, at the base model's shape with positions extended (see textcompress.depl
 from pathlib import Path
 
 from textcompress import catalog
-from textcompress.deploy.attention_benchmark import plot_attention_benchmark, run_attention_benchmark
+from textcompress.deploy.attention_benchmark import plot_attention_benchmark, plot_skipped, run_attention_benchmark
 from textcompress.fileio import write_json
 from textcompress.models.checkpoints import encoder_shape, resolve_base
 from textcompress.stages import run_stage
@@ -18,6 +18,12 @@ def main(argv=None):
 
     def body(params, args):
         cfg = params["attention_benchmark"]
+        if not cfg["enabled"]:
+            skip = "not run: attention_benchmark.enabled is false (params/linear_attention.yaml runs it)"
+            write_json(args.out, {"enabled": False, "reason": skip})
+            plot_skipped(skip, Path(args.plot))
+            print(skip)
+            return
         like = encoder_shape(resolve_base(params["base_model"]))
         result = run_attention_benchmark(like, cfg["lengths"], cfg["kinds"], cfg["threads"], cfg["repeats"],
                                          cfg["performer_features"], cfg["linformer_length"])
