@@ -434,3 +434,34 @@ def test_student_base_is_refused_where_the_student_is_cut_from_the_model(write_p
     with raises_params_error(path, "candidates.small") as excinfo:
         load_params(path)
     assert "student_base is where a bert student of a teacher that runs in transformers comes from" in str(excinfo.value)
+
+
+# ---------------------------------------------------------------------------
+# data: a user's own files (header, encoding, bad rows)
+
+
+@pytest.mark.parametrize("data, key, says", [
+    ({"bad_rows": "maybe"}, "data.bad_rows", "must be one of ['error', 'skip']"),
+    ({"encoding": "klingon-8"}, "data.encoding", "unknown encoding 'klingon-8'"),
+    ({"header": "no"}, "data.header", "must be true or false"),
+    ({"header": False}, "data.text_column", "is the name 'sentence', but data.header is false"),
+    ({"header": False, "text_column": 1, "label_column": "label"}, "data.label_column", "0-based positions"),
+    ({"label_column": 0}, "data.label_column", "is the position 0, but data.header is true"),
+    ({"header": False, "text_column": -1, "label_column": 0}, "data.text_column", "≥ 0"),
+    ({"header": False, "text_column": 1, "label_column": 1}, "data.text_column", "the same column twice"),
+    ({"header": False, "text_column": 1, "label_column": 0, "format": "jsonl"}, "data.header", "jsonl data names its columns"),
+    ({"text_column": [1]}, "data.text_column", "must be a column name, or a 0-based position"),
+])
+def test_bad_data_layout_values_name_their_key(write_params, data, key, says):
+    path = write_params({"data": data})
+    with raises_params_error(path, key) as excinfo:
+        load_params(path)
+    assert says in excinfo.value.problem and excinfo.value.fix
+
+
+def test_a_headerless_layout_takes_positions_and_the_new_keys_default_as_before(write_params):
+    assert (DEFAULTS["data"]["header"], DEFAULTS["data"]["encoding"], DEFAULTS["data"]["bad_rows"]) == (True, "utf-8", "error")
+    data = load_params(write_params({"data": {"header": False, "text_column": 1, "text_pair_column": 2, "label_column": 0,
+                                              "encoding": "latin-1", "bad_rows": "skip"}}))["data"]
+    assert (data["text_column"], data["text_pair_column"], data["label_column"]) == (1, 2, 0)
+    assert (data["encoding"], data["bad_rows"]) == ("latin-1", "skip")

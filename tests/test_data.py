@@ -619,3 +619,192 @@ def test_an_empty_second_sentence_names_its_line(write_file, tiny_tokenizer_file
     with pytest.raises(DataError, match="has an empty second text of the pair") as excinfo:
         prepare(mrpc_params(train, write_file("dev.tsv", MRPC_DEV)), tiny_tokenizer_file, tmp_path / "prepared")
     assert_data_error(excinfo, train, 3)
+
+
+# ---------------------------------------------------------------------------
+# A user's own files as they come: no header, another encoding, a few bad rows
+
+AG_NEWS_TSV = (  # AG News as dumped: class, title, description; no header
+    "3\tFed raises rates again\tThe US Federal Reserve raised its key interest rate by a quarter point on Tuesday.\n"
+    "4\tNew phone ships\tA maker of phones shipped a new model with a larger screen and a faster chip.\n"
+    "3\tMarkets slip\tStocks slipped as investors weighed the rate rise against strong earnings reports.\n"
+)
+
+
+def test_a_headerless_tsv_is_read_by_column_positions_from_line_1(write_file):
+    path = write_file("train.tsv", AG_NEWS_TSV)
+    rows = read_rows(path, 2, 0, header=False)
+    assert [line for line, _, _ in rows] == [1, 2, 3]  # the first line is an example, not a header
+    assert rows[0] == (1, "The US Federal Reserve raised its key interest rate by a quarter point on Tuesday.", "3")
+    assert [label for _, _, label in rows] == ["3", "4", "3"]
+    pairs = read_rows(path, 1, 0, pair_column=2, header=False)
+    assert pairs[1][1] == ("New phone ships", "A maker of phones shipped a new model with a larger screen and a faster chip.")
+
+
+def test_prepare_reads_headerless_pairs_by_position(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", "1\ta good film .\ta nice movie .\n0\tdull .\tfun !\n")
+    dev = write_file("dev.tsv", "0\tthe plot was awful .\tthe music was great .\n1\tgood .\tgreat .\n")
+    params = data_params(train, dev, header=False, text_column=1, text_pair_column=2, label_column=0)
+    stats = prepare(params, tiny_tokenizer_file, tmp_path / "prepared")
+    assert stats["pairs"] and stats["labels"] == [0, 1]
+    split = load_split(tmp_path / "prepared", "validation")
+    assert split.texts == [("the plot was awful .", "the music was great ."), ("good .", "great .")]
+    assert split.labels.tolist() == [0, 1]
+
+
+def test_a_position_past_the_last_column_names_the_key(write_file):
+    path = write_file("train.tsv", AG_NEWS_TSV)
+    with pytest.raises(DataError, match=r"has 3 columns on line 1, so data.label_column: 3 is past the last") as excinfo:
+        read_rows(path, 2, 3, header=False)
+    assert_data_error(excinfo, path, 1)
+
+
+def test_a_headerless_file_read_with_a_header_says_its_first_line_looks_like_data(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", AG_NEWS_TSV)
+    with pytest.raises(DataError, match="has no column 'sentence'") as excinfo:
+        prepare(data_params(train, train), tiny_tokenizer_file, tmp_path / "prepared")
+    assert_data_error(excinfo, train, 1)
+    assert "its first line looks like data, not a header" in excinfo.value.problem
+    assert "'3' in column 0 looks like a label" in excinfo.value.problem
+    assert "column 2 holds 82 characters" in excinfo.value.problem
+    assert "set data.header: false" in excinfo.value.fix and "text_column: 2, label_column: 0" in excinfo.value.fix
+    assert "The US Federal Reserve raised its key in…" in excinfo.value.problem  # long values shown cut
+
+
+def test_a_real_header_without_the_column_gets_no_headerless_hint(write_file):
+    path = write_file("train.tsv", "text\tlabel\ngood\t1\nbad\t0\n")
+    with pytest.raises(DataError, match="has no column 'sentence'") as excinfo:
+        read_rows(path, "sentence", "label")
+    assert "looks like data" not in str(excinfo.value) and "data.header" not in excinfo.value.fix
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_positions_are_refused_for_formats_that_name_their_columns(fmt, tmp_path):
+    paths = write_all_formats(tmp_path, ROWS)
+    with pytest.raises(DataError, match=r"cannot be read by column positions \(data.header: false\)") as excinfo:
+        read_rows(paths[fmt], 0, 1, header=False)
+    assert_data_error(excinfo, paths[fmt])
+    assert "data.header: true" in excinfo.value.fix
+
+
+LATIN_1_ROWS = [("un café très bon", 1), ("un film raté", 0)]
+
+
+def latin_1_file(directory: Path, fmt: str) -> Path:
+    path = directory / f"rows.{fmt}"
+    if fmt == "jsonl":
+        text = "".join(json.dumps({"sentence": t, "label": l}, ensure_ascii=False) + "\n" for t, l in LATIN_1_ROWS)
+    else:
+        sep = "\t" if fmt == "tsv" else ","
+        text = f"sentence{sep}label\n" + "".join(f"{t}{sep}{l}\n" for t, l in LATIN_1_ROWS)
+    path.write_bytes(text.encode("latin-1"))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_a_latin_1_file_is_refused_as_utf_8_naming_the_encoding_key_and_read_with_it(fmt, tmp_path):
+    path = latin_1_file(tmp_path, fmt)
+    with pytest.raises(DataError, match=r"is not valid UTF-8 \(byte \d+\)") as excinfo:
+        read_rows(path, "sentence", "label")
+    assert_data_error(excinfo, path, 2 if fmt != "jsonl" else 1)
+    assert "set data.encoding" in excinfo.value.fix
+    rows = read_rows(path, "sentence", "label", encoding="latin-1")
+    assert [(t, data_module._as_label(l)) for _, t, l in rows] == LATIN_1_ROWS
+
+
+def test_prepare_reads_latin_1_with_data_encoding(tmp_path, tiny_tokenizer_file):
+    path = latin_1_file(tmp_path, "tsv")
+    prepare(data_params(path, path, encoding="latin-1"), tiny_tokenizer_file, tmp_path / "prepared")
+    assert load_split(tmp_path / "prepared", "train").texts == [t for t, _ in LATIN_1_ROWS]
+
+
+def test_a_file_invalid_in_the_encoding_it_is_given_names_that_encoding(write_file):
+    path = write_file("rows.tsv", b"sentence\tlabel\ngood \x81 movie\t1\n")  # 0x81 is unassigned in cp1252
+    with pytest.raises(DataError, match=r"is not valid cp1252 \(byte 20\)") as excinfo:
+        read_rows(path, "sentence", "label", encoding="cp1252")
+    assert_data_error(excinfo, path, 2)
+
+
+BAD_ROWS_TRAIN = (
+    "sentence\tlabel\n"
+    "a good movie\t1\n"
+    "\t0\n"                        # line 3: an empty text
+    "a bad film\t0\n"
+    "great acting\t\n"             # line 5: no label
+    "fun plot\t1\textra\n"         # line 6: a field too many
+    "boring and awful\t0\n"
+)
+BAD_ROWS_VALIDATION = "sentence\tlabel\ni love this film\t1\nthe plot\t2\ni hate the plot\t0\n"  # line 3: label unseen
+
+
+def test_bad_rows_stop_prepare_by_default_and_the_fix_offers_skip(write_file, tiny_tokenizer_file, tmp_path):
+    train, validation = write_file("train.tsv", BAD_ROWS_TRAIN), write_file("validation.tsv", BAD_ROWS_VALIDATION)
+    with pytest.raises(DataError, match="fields where the header has 2") as excinfo:  # the reader meets it first
+        prepare(data_params(train, validation), tiny_tokenizer_file, tmp_path / "prepared")
+    assert_data_error(excinfo, train, 6)
+    assert "set data.bad_rows: skip" in excinfo.value.fix
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_skipping_bad_rows_drops_them_and_lists_file_and_line(write_file, tiny_tokenizer_file, tmp_path):
+    train, validation = write_file("train.tsv", BAD_ROWS_TRAIN), write_file("validation.tsv", BAD_ROWS_VALIDATION)
+    stats = prepare(data_params(train, validation, bad_rows="skip"), tiny_tokenizer_file, tmp_path / "prepared")
+    assert load_split(tmp_path / "prepared", "train").texts == ["a good movie", "a bad film", "boring and awful"]
+    assert load_split(tmp_path / "prepared", "validation").texts == ["i love this film", "i hate the plot"]
+    assert stats["train"]["rows"] == 3 and stats["validation"]["rows"] == 2
+    skipped = stats["skipped_rows"]
+    assert skipped["count"] == 4 and skipped["not_listed"] == 0
+    assert skipped["lines"] == [f"{train}:3 (has an empty text)", f"{train}:5 (has no label)",
+                                f"{train}:6 (has 3 fields where the header has 2)",
+                                f"{validation}:3 (label '2' never occurs in the training data ({train}))"]
+    assert json.loads((tmp_path / "prepared" / "stats.json").read_text())["skipped_rows"] == skipped
+
+
+def test_skipping_bad_sentence_pairs(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", MRPC_TRAIN.replace("i loved the music .", " "))
+    dev = write_file("dev.tsv", MRPC_DEV)
+    stats = prepare(mrpc_params(train, dev, bad_rows="skip"), tiny_tokenizer_file, tmp_path / "prepared")
+    assert stats["skipped_rows"]["lines"] == [f"{train}:3 (has an empty second text of the pair)"]
+    assert stats["train"]["rows"] == len(MRPC_TRAIN.splitlines()) - 2  # the header and the bad pair
+
+
+def test_the_list_of_skipped_lines_is_capped_and_the_rest_counted(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", TRAIN_TSV + "\t1\n" * 25)
+    stats = prepare(data_params(train, write_file("validation.tsv", VALIDATION_TSV), bad_rows="skip"),
+                    tiny_tokenizer_file, tmp_path / "prepared")
+    skipped = stats["skipped_rows"]
+    assert skipped["count"] == 25 and skipped["not_listed"] == 5 and len(skipped["lines"]) == data_module.SKIPPED_SHOWN
+    assert skipped["lines"][0] == f"{train}:6 (has an empty text)"
+
+
+def test_skipping_drops_the_rarer_kind_of_label_such_as_a_repeated_header(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", TRAIN_TSV + "sentence\tlabel\n" + TRAIN_TSV.split("\n", 1)[1])  # two files concatenated
+    stats = prepare(data_params(train, write_file("validation.tsv", VALIDATION_TSV), bad_rows="skip"),
+                    tiny_tokenizer_file, tmp_path / "prepared")
+    assert stats["labels"] == [0, 1] and stats["train"]["rows"] == 8
+    assert stats["skipped_rows"]["lines"] == [f"{train}:6 (label 'label' is str where the other labels are int)"]
+
+
+def test_skipping_an_invalid_jsonl_line(write_file):
+    path = write_file("rows.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0\n{"sentence": "ok"}\n')
+    bad_rows = data_module.BadRows("skip")
+    rows = read_rows(path, "sentence", "label", bad_rows=bad_rows)
+    assert [(line, t) for line, t, _ in rows] == [(1, "good")]
+    assert [(line, problem.split(" (")[0]) for _, line, problem in bad_rows.skipped] == [(2, "is not valid JSON"),
+                                                                                          (3, "lacks one of 'sentence', 'label'")]
+
+
+def test_a_file_of_bad_rows_only_says_so_even_when_skipping(write_file, tiny_tokenizer_file, tmp_path):
+    validation = write_file("validation.tsv", "sentence\tlabel\n\t1\n \t0\n")
+    with pytest.raises(DataError, match=r"has no usable rows: all 2 were bad rows \(line 2: has an empty text\)") as excinfo:
+        prepare(data_params(write_file("train.tsv", TRAIN_TSV), validation, bad_rows="skip"), tiny_tokenizer_file,
+                tmp_path / "prepared")
+    assert_data_error(excinfo, validation)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_bad_rows_past_limit_train_are_not_counted(write_file, tiny_tokenizer_file, tmp_path):
+    train = write_file("train.tsv", TRAIN_TSV + "fun\t1\textra\n")
+    stats = prepare(data_params(train, write_file("validation.tsv", VALIDATION_TSV), bad_rows="skip", limit_train=4),
+                    tiny_tokenizer_file, tmp_path / "prepared")
+    assert stats["train"]["rows"] == 4 and stats["skipped_rows"]["count"] == 0

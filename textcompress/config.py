@@ -7,6 +7,7 @@ ParamsError naming the file, the dotted key, what was wrong and the fix."""
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -24,6 +25,9 @@ Whole = StrictInt  # a whole number: neither 1.5 nor true
 Number = Union[StrictInt, StrictFloat]  # an int stays an int and a float a float; true is not a number
 Length = Annotated[StrictInt, Field(ge=2)]  # a sequence length of the attention benchmark
 REQUIRED_CANDIDATES = ("teacher", "int8-dynamic")
+Column = Union[str, StrictInt]  # a data column: its name, or its 0-based position in a file without a header
+COLUMN_MUST = "be a column name, or a 0-based position when data.header is false"
+COLUMN_FIX = "e.g. sentence (with a header) or 1 (data.header: false)"
 
 
 class Invalid(ValueError):
@@ -52,9 +56,18 @@ class DataConfig(Section):
     validation: str = "data/sst2/validation.tsv"
     test: Optional[str] = None
     format: str = setting("auto", "auto | tsv | csv | jsonl | parquet | hf (a Hugging Face dataset id in `train`)")
-    text_column: str = "sentence"
-    text_pair_column: Optional[str] = setting(None, "the second sentence of a pair (MRPC's `#2 String`); null: single sentences")
-    label_column: str = "label"
+    text_column: Column = setting("sentence", "the column's name, or its 0-based position when data.header is false",
+                                  must=COLUMN_MUST, fix=COLUMN_FIX)
+    text_pair_column: Optional[Column] = setting(None, "the second sentence of a pair (MRPC's `#2 String`); null: single sentences",
+                                                 must=COLUMN_MUST + " or null", fix=COLUMN_FIX)
+    label_column: Column = setting("label", must=COLUMN_MUST, fix=COLUMN_FIX)
+    header: StrictBool = setting(True, "false: TSV/CSV files without a header row (AG News dumps, GLUE test files); "
+                                 "the columns are then 0-based positions")
+    encoding: str = setting("utf-8", "of TSV, CSV and JSONL files (e.g. latin-1, cp1252)", must="name a text encoding",
+                            fix="e.g. utf-8, latin-1 or cp1252")
+    bad_rows: Literal["error", "skip"] = setting(
+        "error", "a row that cannot be used (empty text, no or unknown label, wrong number of fields): error stops "
+        "prepare at it; skip drops it and lists it in prepare's log, stats.json and candidates.md")
     max_length: Whole = setting(128, gt=0, fix="e.g. 128")
     limit_train: Optional[Whole] = setting(None, "keep the first N training rows (quick profiles)", gt=0, fix="e.g. 2000, or null for all")
     selection_fraction: Number = setting(
@@ -69,6 +82,35 @@ class DataConfig(Section):
         if value not in FORMATS:
             raise Invalid(f"unknown format {value!r}", f"use one of {', '.join(FORMATS)}")
         return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise Invalid(f"unknown encoding {value!r}", "e.g. utf-8, latin-1 or cp1252") from None
+        return value
+
+    @model_validator(mode="after")
+    def _columns_fit_the_header(self) -> DataConfig:
+        columns = {"text_column": self.text_column, "text_pair_column": self.text_pair_column,
+                   "label_column": self.label_column}
+        for key, column in columns.items():
+            if self.header and isinstance(column, int):
+                raise Invalid(f"is the position {column}, but data.header is true, so columns are named",
+                              "name the column as the header does, or set data.header: false", key=f"data.{key}")
+            if not self.header and isinstance(column, str):
+                raise Invalid(f"is the name {column!r}, but data.header is false, so columns are 0-based positions",
+                              "give its position (e.g. 0 for the first column), or set data.header: true", key=f"data.{key}")
+            if isinstance(column, int) and column < 0:
+                raise Invalid(f"must be a 0-based position ≥ 0, got {column}", "e.g. 0 for the first column", key=f"data.{key}")
+        given = [c for c in columns.values() if c is not None]
+        if len(set(given)) < len(given):
+            raise Invalid(f"name the same column twice ({given})", "give each its own column", key="data.text_column")
+        if not self.header and self.format in ("jsonl", "parquet", "hf"):
+            raise Invalid(f"is false, but {self.format} data names its columns", "set data.header: true", key="data.header")
+        return self
 
 
 class RecurrentConfig(Section):

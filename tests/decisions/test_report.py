@@ -196,3 +196,13 @@ def test_steps_show_accuracy_before_and_after_their_fine_tune(artifacts, tmp_pat
     write_report(build_report(CANDIDATES, compressed, onnx, metrics, benchmark, POLICY, FAILURES), tmp_path / "r")
     markdown = (tmp_path / "r" / "candidates.md").read_text()
     assert "validation accuracy before its fine-tune 90.48 %, after each epoch 88.07 %" in markdown
+
+
+def test_candidates_md_names_the_bad_rows_prepare_skipped(report, tmp_path):
+    write_report(report, tmp_path / "plain")
+    assert "bad row" not in (tmp_path / "plain" / "candidates.md").read_text()
+    report["skipped_rows"] = {"count": 23, "lines": ["data/train.tsv:3 (has an empty text)", "data/dev.tsv:9 (has no label)"],
+                              "not_listed": 21}
+    write_report(report, tmp_path / "skipped")
+    assert ("Data: prepare skipped 23 bad rows (data.bad_rows: skip): data/train.tsv:3 (has an empty text); "
+            "data/dev.tsv:9 (has no label) and 21 more.") in (tmp_path / "skipped" / "candidates.md").read_text()

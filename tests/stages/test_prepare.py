@@ -3,6 +3,8 @@ what it refuses before writing anything."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -65,4 +67,33 @@ def test_a_hugging_face_dataset_without_the_datasets_package_says_what_to_instal
     record = run_prepare(tmp_path, monkeypatch, write_tiny_base(tmp_path / "base"), format="hf", max_length=32)
     assert record.kind == "DataError" and "needs the `datasets` package" in record.message
     assert record.fix == "pip install datasets, or export the data to a file"
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_headerless_latin_1_file_with_a_bad_row_is_prepared_and_the_skipped_line_logged(tmp_path, monkeypatch, capsys):
+    """data.header, data.encoding and data.bad_rows from params.yaml, as a user's own file needs them."""
+    from textcompress.stages import prepare
+
+    from textcompress.data import load_split
+
+    train, validation = tmp_path / "train.tsv", tmp_path / "validation.tsv"
+    for path, seed in ((train, 1), (validation, 2)):
+        lines = [f"{label}\t{text} café" for text, label in tiny_sentiment_rows(20, seed)]
+        if path == train:
+            lines[4] = "1\t "  # line 5: an empty review
+        path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    params = {"base_model": str(write_tiny_base(tmp_path / "base")),
+              "data": {"train": str(train), "validation": str(validation), "max_length": 32, "header": False,
+                       "text_column": 1, "label_column": 0, "encoding": "latin-1", "bad_rows": "skip"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepare.main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "prepared")])
+    assert f"skipped 1 bad row (data.bad_rows: skip): {train}:5 (has an empty text)\n" in capsys.readouterr().out
+    stats = json.loads((tmp_path / "prepared" / "stats.json").read_text())
+    assert stats["train"]["rows"] == 19 and stats["validation"]["rows"] == 20 and stats["skipped_rows"]["count"] == 1
+    assert all(text.endswith(" café") for text in load_split(tmp_path / "prepared", "train").texts)
+
+
+def test_a_bad_value_of_a_data_key_is_refused_naming_the_key_before_anything_is_written(tmp_path, monkeypatch):
+    record = run_prepare(tmp_path, monkeypatch, write_tiny_base(tmp_path / "base"), max_length=32, bad_rows="maybe")
+    assert record.kind == "ParamsError" and record.key == "data.bad_rows" and record.fix == "use one of error, skip"
     assert not (tmp_path / "prepared").exists()

@@ -129,6 +129,7 @@ def to_markdown(report: dict) -> str:
             f"{_fmt(r['accuracy_drop'], '+.2f')} | {ci} | {_fmt(r.get('f1') and 100 * r['f1'], '.2f')} | {_fmt(r['size_mb'], '.1f')} | {_fmt(r.get('compressed_mb'), '.1f')} | {_fmt(smaller, '.2f')} | "
             f"{_fmt(r['latency_p50_ms'], '.2f')} | {_fmt(faster, '.2f')} | {_fmt(r['latency_p95_ms'], '.2f')} | "
             f"{_fmt(r['throughput_per_s'], '.0f')} | {_fmt(r['params'], ',')} | {eligible} |")
+    lines += skipped_rows_note(report.get("skipped_rows"))
     lines += ["", "## Why not eligible", ""]
     lines += [f"- **{r['name']}**: {'; '.join(r['reasons'])}" for r in report["rows"] if r["reasons"]] or ["- every candidate is eligible"]
     lines += ["", "![Pareto](pareto.png)", ""]
@@ -147,6 +148,14 @@ def to_markdown(report: dict) -> str:
             lines.append(f"  - fp32 parent p50 {r['parent_latency_p50_ms']:.2f} ms vs {_fmt(r['latency_p50_ms'], '.2f')} ms quantized")
     lines.append("")
     return "\n".join(lines)
+
+
+def skipped_rows_note(skipped: dict | None) -> list[str]:
+    """The bad rows prepare dropped (data.bad_rows: skip): no model trained or was measured on them."""
+    if not skipped or not skipped["count"]:
+        return []
+    more = f" and {skipped['not_listed']} more" if skipped["not_listed"] else ""
+    return ["", f"Data: prepare skipped {skipped['count']} bad row{'s' * (skipped['count'] != 1)} (data.bad_rows: skip): {'; '.join(skipped['lines'])}{more}."]
 
 
 def attention_section(bench: dict | None) -> list[str]:

@@ -26,7 +26,11 @@ def main(argv=None):
                               f"positions of {key} ({source})", f"set it to at most {positions}")
         with tempfile.TemporaryDirectory() as scratch:  # where a tokenizer built by AutoTokenizer is written
             stats = prepare(params["data"], tokenizer_file(source, Path(scratch)), args.out)
-        print(json.dumps({k: v["rows"] for k, v in stats.items() if isinstance(v, dict)}), "rows; labels", stats["labels"])
+        print(json.dumps({k: v["rows"] for k, v in stats.items() if isinstance(v, dict) and "rows" in v}), "rows; labels", stats["labels"])
+        skipped = stats["skipped_rows"]
+        if skipped["count"]:
+            more = f" and {skipped['not_listed']} more" if skipped["not_listed"] else ""
+            print(f"skipped {skipped['count']} bad row{'s' * (skipped['count'] != 1)} (data.bad_rows: skip): {'; '.join(skipped['lines'])}{more}")
 
     run_stage(__doc__, add, body, argv)
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from textcompress import catalog
-from textcompress.data import load_labels
+from textcompress.data import load_labels, skipped_rows
 from textcompress.fileio import data_version, read_json
 from textcompress.decisions.report import build_report, write_report
 from textcompress.stages import run_stage
@@ -33,6 +33,7 @@ def main(argv=None):
         failures = read_json(out / FAILURES_FILE) if (out / FAILURES_FILE).is_file() else {}
         report = build_report(params["candidates"], root / catalog.COMPRESSED.name, root / catalog.ONNX.name,
                               root / catalog.METRICS.name, read_json(args.benchmark), params["promotion"], failures)
+        report["skipped_rows"] = skipped_rows(root / catalog.PREPARED.name)  # named in candidates.md
         if Path(args.attention_benchmark).is_file():
             report["attention_benchmark"] = read_json(args.attention_benchmark)
         write_report(report, out, card_context(params, root / catalog.PREPARED.name))
