@@ -121,6 +121,7 @@ def test_a_champion_from_an_earlier_run_is_measured_in_this_run(project, tiny_pr
     assert measured is not None
     assert measured["accuracy"] == pytest.approx(expected_accuracy)
     assert measured["latency_p50_ms"] > 0 and measured["size_mb"] > 0
+    assert isinstance(measured["benchmark_noise"]["noisy"], bool)  # that timing is judged like the stage's
 
 
 def test_dry_run_decides_without_touching_the_registry(project):
@@ -371,3 +372,17 @@ def test_a_noisy_benchmark_does_not_block_a_size_objective(project):
     decision = promote_run(project, noisy_params(project, objective="size_mb"), versions)
     assert decision["promoted"] and "noisy_benchmark" not in decision
     assert str(mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
+
+
+def test_a_champion_timed_again_on_a_busy_machine_is_not_replaced_on_that_timing(project):
+    report, first = log(project, [row("student", 1.0, 1.0)], "student")
+    promote(report, first, MODEL, POLICY)
+    report, versions = log(project, [row("teacher", 1.0, 0.5)], "teacher")  # the champion is not among this run's
+    champion_row = {**row("champion", 1.0, 2.0), "benchmark_noise": NOISY}
+    decision = promote(report, versions, MODEL, POLICY, compare_with_champion=lambda version: champion_row)
+    assert not decision["promoted"] and decision["noisy_benchmark"]
+    assert decision["reason"].startswith("timing the current champion beside this run's teacher: the benchmark was noisy")
+    aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
+    assert str(aliases[CHAMPION]) == first["student"] and CHALLENGER not in aliases
+    allowed = PromotionPolicy.from_params(PROMOTION_PARAMS, allow_noisy=True)
+    assert promote(report, versions, MODEL, allowed, compare_with_champion=lambda version: champion_row)["promoted"]

@@ -228,6 +228,8 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
             champion_row = compare_with_champion(champion)
         if champion_row is None:
             decision["reason"] = "the current champion could not be measured in this run; kept"
+        elif (noisy := policy.noisy_benchmark_gate(champion_row.get("benchmark_noise"))) is not None:
+            decision.update(noisy_benchmark=True, reason="timing the current champion beside this run's teacher: " + noisy)
         else:
             test = paired_test(champion_row) if paired_test is not None else None
             decision["paired_test"] = test
