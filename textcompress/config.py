@@ -156,6 +156,21 @@ class BenchmarkConfig(Section):
     warmup: Whole = setting(10, ge=0, fix="e.g. 10")
     batch_size: Whole = setting(32, gt=0, fix="e.g. 32")
     max_sentences: Optional[Whole] = setting(None, "null: all validation sentences", gt=0, fix="e.g. 300, or null for all")
+    # When the run is noisy (textcompress.deploy.noise): any limit passed flags it in benchmark.json and the report.
+    max_other_cpu_share: Number = setting(
+        0.25, "noisy when other processes used more than this share of the cores during the timing", gt=0, le=1,
+        must="be a share of the cores, above 0 and at most 1", fix="e.g. 0.25")
+    max_other_load_per_core: Number = setting(
+        1.0, "noisy when the 1-minute load average at the end of the timing, less the benchmark's own threads, "
+        "exceeds this per core", gt=0, fix="e.g. 1.0")
+    max_round_spread: Number = setting(
+        0.3, "noisy when a candidate's p50 over 5 consecutive rounds of sentences spreads (max − min) by more than "
+        "this fraction of its median (the sentence mix alone moves the rounds' median length by 8 % over SST-2's 872 "
+        "validation sentences, 15 % over its first 400)",
+        gt=0, fix="e.g. 0.3")
+    allow_noisy: StrictBool = setting(
+        False, "promote on latency or throughput from a noisy benchmark anyway (a size or accuracy objective "
+        "never needs it); not tracked by DVC's benchmark stage")
 
 
 class PromotionConfig(Section):

@@ -204,3 +204,32 @@ def test_the_policy_is_built_from_the_promotion_params():
             policy.significance_level, policy.teacher) == (0.5, "size_mb", "selection", True, 0.01, "teacher")
     with pytest.raises(ValueError, match="select_on"):
         PromotionPolicy.from_params({**params, "select_on": "test"})
+
+
+NOISY = {"noisy": True, "causes": ["other processes used 1.3 of 2 cores during timing"]}
+
+
+@pytest.mark.parametrize("objective", ["latency_p50_ms", "latency_p95_ms", "throughput_per_s"])
+def test_a_noisy_benchmark_gates_every_objective_read_from_the_timing(objective):
+    reason = replace(POLICY, objective=objective).noisy_benchmark_gate(NOISY)
+    assert reason is not None and "1.3 of 2 cores" in reason and objective in reason
+    assert "Fix:" in reason and "benchmark.allow_noisy: true" in reason
+
+
+@pytest.mark.parametrize("objective", ["size_mb", "accuracy"])
+def test_a_noisy_benchmark_does_not_gate_an_objective_the_timing_does_not_decide(objective):
+    assert replace(POLICY, objective=objective).noisy_benchmark_gate(NOISY) is None
+
+
+def test_allow_noisy_lifts_the_gate_and_a_quiet_or_unjudged_benchmark_has_none():
+    assert replace(POLICY, allow_noisy=True).noisy_benchmark_gate(NOISY) is None
+    assert POLICY.noisy_benchmark_gate({"noisy": False, "causes": []}) is None
+    assert POLICY.noisy_benchmark_gate(None) is None  # a report from before the benchmark judged its noise
+
+
+def test_allow_noisy_comes_from_the_benchmark_params_not_the_promotion_section():
+    from textcompress.config import DEFAULTS
+
+    assert DEFAULTS["benchmark"]["allow_noisy"] is False and "allow_noisy" not in DEFAULTS["promotion"]
+    assert PromotionPolicy.from_params(DEFAULTS["promotion"], allow_noisy=True).allow_noisy
+    assert not PromotionPolicy.from_params(DEFAULTS["promotion"]).allow_noisy

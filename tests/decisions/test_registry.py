@@ -121,6 +121,7 @@ def test_a_champion_from_an_earlier_run_is_measured_in_this_run(project, tiny_pr
     assert measured is not None
     assert measured["accuracy"] == pytest.approx(expected_accuracy)
     assert measured["latency_p50_ms"] > 0 and measured["size_mb"] > 0
+    assert isinstance(measured["benchmark_noise"]["noisy"], bool)  # that timing is judged like the stage's
 
 
 def test_dry_run_decides_without_touching_the_registry(project):
@@ -327,3 +328,61 @@ def test_a_pick_whose_version_this_registry_lacks_is_a_clear_error(project):
     for wrong in ({**versions, "student": "99"}, {}):
         with pytest.raises(TextcompressError, match=r"version (99|None) of .* is not in this registry.*Fix: run the pipeline"):
             decide(report, wrong, MODEL, POLICY)
+
+
+NOISY = {"noisy": True, "causes": ["other processes used 1.3 of 2 cores during timing"]}
+
+
+def log_noisy_run(project: Path) -> dict:
+    """This run's pick on a benchmark flagged noisy, as the report stage writes candidates.json."""
+    rows = [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)]
+    _, versions = log(project, rows, "student")
+    write_json(project / "reports" / "candidates.json", {"pick": "student", "rows": rows, "benchmark": {"noise": NOISY}})
+    return versions
+
+
+def noisy_params(project: Path, objective: str = "latency_p50_ms", allow_noisy: bool = False) -> dict:
+    params = project_params(project)
+    return {**params, "promotion": {**params["promotion"], "objective": objective},
+            "benchmark": {**params["benchmark"], "allow_noisy": allow_noisy}}
+
+
+def test_promotion_on_latency_from_a_noisy_benchmark_is_refused_and_moves_no_alias(project):
+    versions = log_noisy_run(project)
+    decision = promote_run(project, noisy_params(project), versions)
+    assert not decision["promoted"] and decision["noisy_benchmark"]
+    assert "benchmark was noisy (other processes used 1.3 of 2 cores" in decision["reason"]
+    assert "latency_p50_ms cannot be trusted" in decision["reason"]
+    assert "Fix:" in decision["reason"] and "`benchmark.allow_noisy: true`" in decision["reason"]
+    client = mlflow.MlflowClient()
+    assert client.get_registered_model(MODEL).aliases == {}  # neither champion nor challenger
+    assert "promotion.decision" not in client.get_model_version(MODEL, versions["student"]).tags
+    assert read_json(project / "reports" / "promotion.json")["reason"] == decision["reason"]
+
+
+def test_allow_noisy_promotes_on_a_noisy_benchmark(project):
+    versions = log_noisy_run(project)
+    decision = promote_run(project, noisy_params(project, allow_noisy=True), versions)
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+    assert str(mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
+
+
+def test_a_noisy_benchmark_does_not_block_a_size_objective(project):
+    versions = log_noisy_run(project)
+    decision = promote_run(project, noisy_params(project, objective="size_mb"), versions)
+    assert decision["promoted"] and "noisy_benchmark" not in decision
+    assert str(mlflow.MlflowClient().get_model_version_by_alias(MODEL, CHAMPION).version) == versions["student"]
+
+
+def test_a_champion_timed_again_on_a_busy_machine_is_not_replaced_on_that_timing(project):
+    report, first = log(project, [row("student", 1.0, 1.0)], "student")
+    promote(report, first, MODEL, POLICY)
+    report, versions = log(project, [row("teacher", 1.0, 0.5)], "teacher")  # the champion is not among this run's
+    champion_row = {**row("champion", 1.0, 2.0), "benchmark_noise": NOISY}
+    decision = promote(report, versions, MODEL, POLICY, compare_with_champion=lambda version: champion_row)
+    assert not decision["promoted"] and decision["noisy_benchmark"]
+    assert decision["reason"].startswith("timing the current champion beside this run's teacher: the benchmark was noisy")
+    aliases = mlflow.MlflowClient().get_registered_model(MODEL).aliases
+    assert str(aliases[CHAMPION]) == first["student"] and CHALLENGER not in aliases
+    allowed = PromotionPolicy.from_params(PROMOTION_PARAMS, allow_noisy=True)
+    assert promote(report, versions, MODEL, allowed, compare_with_champion=lambda version: champion_row)["promoted"]

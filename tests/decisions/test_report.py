@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from textcompress.decisions.report import build_report, pareto_front, write_report
+from textcompress.decisions.report import build_report, pareto_front, to_markdown, write_report
 from textcompress.techniques import recipe_families
 
 CONTRACT_FIELDS = {"name", "recipe", "families", "accuracy", "macro_f1", "accuracy_drop", "accuracy_ci", "size_mb", "params",
@@ -130,7 +130,7 @@ def test_eligibility_and_the_pick_follow_the_policy(report):
     # distil-int8 and distil-1 are faster but ineligible: the pick is the fastest eligible row
     assert report["pick"] == "int8-dynamic" and "champion" not in report  # the registry's word, not the report's
     assert report["environment"]["cpu"] == "Test CPU"
-    assert report["benchmark"] == {"sentences": 100, "batch_size": 32, "warmup": 10}
+    assert report["benchmark"] == {"sentences": 100, "batch_size": 32, "warmup": 10, "machine_load": None, "noise": None}
 
 
 def test_without_teacher_metrics_no_row_is_ok(artifacts):
@@ -206,3 +206,37 @@ def test_candidates_md_names_the_bad_rows_prepare_skipped(report, tmp_path):
     write_report(report, tmp_path / "skipped")
     assert ("Data: prepare skipped 23 bad rows (data.bad_rows: skip): data/train.tsv:3 (has an empty text); "
             "data/dev.tsv:9 (has no label) and 21 more.") in (tmp_path / "skipped" / "candidates.md").read_text()
+
+
+NOISY = {"noisy": True, "causes": ["other processes used 1.3 of 2 cores during timing (limit: 25% of the cores, "
+                                   "benchmark.max_other_cpu_share)"]}
+TABLE_HEADER = "| candidate | families |"
+
+
+def test_a_noisy_benchmark_is_flagged_above_the_table_and_in_candidates_json(artifacts):
+    compressed, onnx, metrics, benchmark = artifacts
+    load = {"cores": 2, "other_cpu_cores": 1.3, "other_cpu_share": 0.65}
+    report = build_report(CANDIDATES, compressed, onnx, metrics, {**benchmark, "noise": NOISY, "machine_load": load},
+                          POLICY, FAILURES)
+    assert report["benchmark"]["noise"] == NOISY and report["benchmark"]["machine_load"] == load
+    lines = to_markdown(report).splitlines()
+    warning = next(i for i, line in enumerate(lines) if "Noisy benchmark" in line)
+    assert warning < next(i for i, line in enumerate(lines) if line.startswith(TABLE_HEADER))
+    assert "1.3 of 2 cores" in lines[warning]
+    assert "promotion on `latency_p50_ms` is refused unless `benchmark.allow_noisy: true`" in lines[warning]
+
+
+def test_under_a_size_objective_the_noisy_warning_says_promotion_is_not_blocked(artifacts):
+    compressed, onnx, metrics, benchmark = artifacts
+    report = build_report(CANDIDATES, compressed, onnx, metrics, {**benchmark, "noise": NOISY},
+                          {**POLICY, "objective": "size_mb"}, FAILURES)
+    markdown = to_markdown(report)
+    assert "Noisy benchmark" in markdown and "promotion on `size_mb` does not read the timing and is not blocked" in markdown
+    assert "refused" not in markdown
+
+
+def test_a_quiet_benchmark_adds_no_warning(artifacts):
+    compressed, onnx, metrics, benchmark = artifacts
+    quiet = {"noisy": False, "causes": []}
+    report = build_report(CANDIDATES, compressed, onnx, metrics, {**benchmark, "noise": quiet}, POLICY, FAILURES)
+    assert report["benchmark"]["noise"] == quiet and "Noisy benchmark" not in to_markdown(report)

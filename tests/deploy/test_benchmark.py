@@ -115,3 +115,24 @@ def test_the_vector_isa_names_the_widest_int8_instructions(flags, expected):
     from textcompress.deploy.benchmark import vector_isa
 
     assert vector_isa(flags) == expected
+
+
+def test_a_benchmark_beside_busy_processes_records_them_and_is_judged_noisy(two_models, texts):
+    """Real CPU burners, one per core, during a short real benchmark: the other processes' share of
+    the cores is recorded and the run is flagged for it under the default limits."""
+    import psutil
+
+    from textcompress.config import DEFAULTS
+    from textcompress.deploy.noise import verdict
+    from tests.deploy.test_noise import cpu_burners
+
+    with cpu_burners(psutil.cpu_count()):
+        result = benchmark_candidates(two_models, texts * 20, threads=1, warmup=2, batch_size=8, max_length=32,
+                                      measure_memory=False)
+    load = result["machine_load"]
+    assert load["wall_s"] > 0 and load["cores"] == psutil.cpu_count()
+    assert load["other_cpu_share"] > DEFAULTS["benchmark"]["max_other_cpu_share"]
+    judged = verdict(result, DEFAULTS["benchmark"])
+    assert judged["noisy"] and any("cores during timing" in cause for cause in judged["causes"])
+    for timing in result["candidates"].values():  # 480 sentences: 5 rounds of 96
+        assert timing["p50_round_spread"] >= 0

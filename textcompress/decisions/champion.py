@@ -40,13 +40,15 @@ def paired_test(root: Path, challenger: str, champion_row: dict) -> dict | None:
 def measure_champion(root: Path, params: dict, version) -> dict | None:
     """Evaluate a champion that is not among this run's candidates on this run's validation texts
     (through its own tokenizer and label map), and time it interleaved with this run's teacher,
-    so that its row is comparable with this run's rows. None (keep the champion) if it cannot be."""
+    so that its row is comparable with this run's rows (`benchmark_noise`: that timing's verdict).
+    None (keep the champion) if it cannot be."""
     import mlflow
 
     from textcompress.deploy.benchmark import benchmark_candidates
     from textcompress.data import load_labels, load_split
     from textcompress.decisions.evaluation import evaluate_predictions
     from textcompress.deploy.inference import OnnxTextClassifier
+    from textcompress.deploy.noise import verdict
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -61,9 +63,10 @@ def measure_champion(root: Path, params: dict, version) -> dict | None:
             predicted_ids = [index.get(p, -1) for p in predicted]  # a label this data lacks counts as wrong
             metrics = evaluate_predictions(np.asarray(predicted_ids), validation.labels, len(labels), bootstrap=200)
             cfg = params["benchmark"]
-            timing = benchmark_candidates({"champion": model_dir, "teacher": Catalog(root).onnx("teacher")},
-                                          validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
-                                          cfg["batch_size"], params["data"]["max_length"], measure_memory=False)["candidates"]
+            measured = benchmark_candidates({"champion": model_dir, "teacher": Catalog(root).onnx("teacher")},
+                                            validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
+                                            cfg["batch_size"], params["data"]["max_length"], measure_memory=False)
+            timing, noise = measured["candidates"], verdict(measured, cfg)
     except Exception as err:  # an unreachable store, an incompatible old model: keep it, say why
         print(f"could not measure the current champion in this run ({err.__class__.__name__}: {err}); keeping it")
         return None
@@ -76,4 +79,4 @@ def measure_champion(root: Path, params: dict, version) -> dict | None:
             "latency_p50_ms": timing["champion"]["latency_p50_ms"] * latency,
             "latency_p95_ms": timing["champion"]["latency_p95_ms"] * latency,
             "throughput_per_s": timing["champion"]["throughput_per_s"] * throughput,
-            "size_mb": size_mb, "predictions": predicted_ids}
+            "size_mb": size_mb, "predictions": predicted_ids, "benchmark_noise": noise}

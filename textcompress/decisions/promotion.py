@@ -21,6 +21,7 @@ from textcompress.errors import PolicyError
 
 OBJECTIVES = {"latency_p50_ms": min, "latency_p95_ms": min, "size_mb": min, "accuracy": max, "throughput_per_s": max}
 SPLITS = ("validation", "selection")
+TIMED_OBJECTIVES = ("latency_p50_ms", "latency_p95_ms", "throughput_per_s")  # read from the benchmark's timing
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class PromotionPolicy:
     require_significance: bool = False
     significance_level: float = 0.05
     teacher: str = "teacher"
+    allow_noisy: bool = False  # benchmark.allow_noisy: act on a timed objective from a benchmark flagged noisy
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -41,10 +43,11 @@ class PromotionPolicy:
                               key="promotion.select_on")
 
     @classmethod
-    def from_params(cls, promotion: dict, teacher: str = "teacher") -> PromotionPolicy:
-        """From params["promotion"]; keys the policy does not use (registered_model) are ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in promotion.items() if k in fields and k != "teacher"}, teacher=teacher)
+    def from_params(cls, promotion: dict, teacher: str = "teacher", allow_noisy: bool = False) -> PromotionPolicy:
+        """From params["promotion"] (and params["benchmark"]["allow_noisy"]); keys the policy does not
+        use (registered_model) are ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"teacher", "allow_noisy"}
+        return cls(**{k: v for k, v in promotion.items() if k in fields}, teacher=teacher, allow_noisy=allow_noisy)
 
     # -- the budget: the one check -------------------------------------------------------------
 
@@ -98,6 +101,16 @@ class PromotionPolicy:
         drop = "an unknown number of" if row["accuracy_drop"] is None else f"{row['accuracy_drop']:.2f}"
         return (f"chosen on the selection split, but {drop} points below the teacher on validation, "
                 f"over the budget of {self.max_accuracy_drop}: not promoted")
+
+    def noisy_benchmark_gate(self, noise: dict | None) -> str | None:
+        """Why the pick may not be promoted on this run's timing (None when it may): a benchmark flagged
+        noisy (textcompress.deploy.noise) cannot rank candidates by latency or throughput. An objective
+        the timing does not decide (size_mb, accuracy) is not blocked."""
+        if not (noise or {}).get("noisy") or self.allow_noisy or self.objective not in TIMED_OBJECTIVES:
+            return None
+        return (f"the benchmark was noisy ({'; '.join(noise['causes'])}), so its {self.objective} cannot be trusted: "
+                "not promoted. Fix: rerun the benchmark on a quiet machine (`dvc repro --force --single-item benchmark`, "
+                "then `textcompress run`), or set `benchmark.allow_noisy: true` in params.yaml to promote on it anyway")
 
     def beats(self, challenger: dict, champion: dict, paired_test: dict | None = None) -> tuple[bool, str]:
         """Does the challenger beat the current champion, both measured in the same run?

@@ -7,8 +7,9 @@ the registry lock, and records the decision.
 
 Runs are keyed by a fingerprint (the ONNX bytes, the recipe, the data and the metrics), so a
 re-run with nothing changed finds its versions instead of adding duplicates. The alias only
-moves after the challenger beat the current champion measured in this same run; the
-decision and its reasons are tags on the version and `reports/promotion.json`.
+moves after the challenger beat the current champion measured in this same run, and never on
+latency from a benchmark flagged noisy (unless `benchmark.allow_noisy`); the decision and its
+reasons are tags on the version and `reports/promotion.json`.
 """
 
 from __future__ import annotations
@@ -215,6 +216,8 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
         decision.update(demoted=True, reason=f"version {version} was rolled back before and is not promoted again")
     elif (gate := policy.validation_gate(rows[challenger])) is not None:  # chosen on a selection split
         decision["reason"] = gate
+    elif (noisy := policy.noisy_benchmark_gate((report.get("benchmark") or {}).get("noise"))) is not None:
+        decision.update(noisy_benchmark=True, reason=noisy)
     elif champion is None:
         decision.update(promoted=True, reason="no champion yet")
     elif str(champion.version) == version:
@@ -225,6 +228,8 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
             champion_row = compare_with_champion(champion)
         if champion_row is None:
             decision["reason"] = "the current champion could not be measured in this run; kept"
+        elif (noisy := policy.noisy_benchmark_gate(champion_row.get("benchmark_noise"))) is not None:
+            decision.update(noisy_benchmark=True, reason="timing the current champion beside this run's teacher: " + noisy)
         else:
             test = paired_test(champion_row) if paired_test is not None else None
             decision["paired_test"] = test
@@ -239,7 +244,9 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
     `challenger` on a pick that did not win, and record the decision on the version."""
     decision = decide(report, versions, registered_model, policy, compare_with_champion, paired_test)
     version = decision.get("challenger_version")
-    if version is None or decision.get("demoted") or decision["reason"] == "the challenger is already the champion":
+    # A noisy benchmark changes nothing in the registry: a quiet rerun decides afresh.
+    if (version is None or decision.get("demoted") or decision.get("noisy_benchmark")
+            or decision["reason"] == "the challenger is already the champion"):
         return decision
     client = MlflowClient()
     # The alias first: a version must never say "promoted" while the alias did not move.
@@ -266,7 +273,8 @@ def promote_run(project_dir: Path | str, params: dict, versions: dict[str, str],
     uri = tracking_uri(params["mlflow"]["tracking_uri"], root)
     mlflow.set_tracking_uri(uri)
     report = read_json(Catalog(root).CANDIDATES_JSON)
-    policy = PromotionPolicy.from_params(params["promotion"], teacher=report.get("teacher", "teacher"))
+    policy = PromotionPolicy.from_params(params["promotion"], teacher=report.get("teacher", "teacher"),
+                                         allow_noisy=params["benchmark"]["allow_noisy"])
     pick = report_pick(report)
     act = decide if dry_run else promote
     with registry_lock(uri):

@@ -15,7 +15,7 @@ from pathlib import Path
 from textcompress.catalog import CANDIDATES_JSON, PARENT_SUFFIX  # noqa: F401 - PARENT_SUFFIX: benchmark entries timing a fp32 parent
 from textcompress.deploy.export import onnx_size_bytes
 from textcompress.fileio import atomic_path, read_json, write_json
-from textcompress.decisions.promotion import PromotionPolicy
+from textcompress.decisions.promotion import TIMED_OBJECTIVES, PromotionPolicy
 
 TEACHER, BASELINE = "teacher", "int8-dynamic"
 BENCH_FIELDS = ("latency_p50_ms", "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "tokenize_p50_ms")
@@ -70,7 +70,7 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
         row["eligible"] = row["status"] == "ok" and not row["reasons"]
         rows.append(row)
     return {"teacher": TEACHER, "baseline": BASELINE, "pick": chooser.pick(rows),
-            "environment": benchmark.get("environment", {}), "benchmark": {k: benchmark.get(k) for k in ("sentences", "batch_size", "warmup")},
+            "environment": benchmark.get("environment", {}), "benchmark": {k: benchmark.get(k) for k in ("sentences", "batch_size", "warmup", "machine_load", "noise")},
             "policy": policy, "rows": rows}
 
 
@@ -115,6 +115,7 @@ def to_markdown(report: dict) -> str:
         f"p50/p95 at batch 1, throughput at batch "
         f"{report['benchmark'].get('batch_size')} over {report['benchmark'].get('sentences')} validation sentences.",
         "",
+        *noise_warning(report),
         "| candidate | families | accuracy | drop (pts) | 95% CI | F1 | size MB | zipped MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -156,6 +157,18 @@ def skipped_rows_note(skipped: dict | None) -> list[str]:
         return []
     more = f" and {skipped['not_listed']} more" if skipped["not_listed"] else ""
     return ["", f"Data: prepare skipped {skipped['count']} bad row{'s' * (skipped['count'] != 1)} (data.bad_rows: skip): {'; '.join(skipped['lines'])}{more}."]
+
+
+def noise_warning(report: dict) -> list[str]:
+    """A warning above the table when the benchmark ran on a busy machine (textcompress.deploy.noise)."""
+    noise = report["benchmark"].get("noise") or {}
+    if not noise.get("noisy"):
+        return []
+    objective = report["policy"]["objective"]
+    consequence = (f"promotion on `{objective}` is refused unless `benchmark.allow_noisy: true`" if objective in TIMED_OBJECTIVES
+                   else f"promotion on `{objective}` does not read the timing and is not blocked")
+    return [f"> **Noisy benchmark**: {'; '.join(noise['causes'])}. Latencies and × faster may not hold on a quiet "
+            f"machine; {consequence}.", ""]
 
 
 def attention_section(bench: dict | None) -> list[str]:

@@ -5,6 +5,8 @@ rotates each time), with ONNX Runtime on CPU at a fixed thread count, after warm
 from a shared machine then hits all candidates alike, so ratios between them are fair.
 Only `session.run` is timed; tokenization is timed apart. Peak RSS is measured in a fresh
 process per candidate (loading it and running batches), since one process cannot separate them.
+The machine's load during the timing and the spread of each candidate's p50 over rounds are
+recorded beside (textcompress.deploy.noise), so that a run on a busy machine can be told apart.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import onnxruntime as ort
 
 from textcompress.data import load_tokenizer, pad_arrays
 from textcompress.deploy.inference import MODEL_FILE, UNFUSED, make_session
+from textcompress.deploy.noise import MachineLoad, round_spread
 
 
 def _cpuinfo(field: str) -> str | None:
@@ -91,16 +94,8 @@ def benchmark_candidates(model_dirs: dict[str, Path], texts: list, threads: int 
             sessions[n].run(None, inputs)
 
     single_ns, batch_ns = {n: [] for n in names}, {n: [] for n in names}
-    for i in range(len(texts)):
-        for n in names[i % len(names):] + names[: i % len(names)]:
-            start = time.perf_counter_ns()
-            sessions[n].run(None, singles[n][i])
-            single_ns[n].append(time.perf_counter_ns() - start)
-    for j in range(len(batches_idx)):
-        for n in names[j % len(names):] + names[: j % len(names)]:
-            start = time.perf_counter_ns()
-            sessions[n].run(None, batched[n][j])
-            batch_ns[n].append(time.perf_counter_ns() - start)
+    with MachineLoad() as load:  # what else ran on the machine while we timed (see noise.py)
+        _time_interleaved(names, sessions, singles, batched, single_ns, batch_ns)
 
     results = {}
     for n in names:
@@ -111,10 +106,25 @@ def benchmark_candidates(model_dirs: dict[str, Path], texts: list, threads: int 
             "batch_latency_p50_ms": _percentiles(batch_ns[n])[0],
             "throughput_per_s": float(len(texts) / (sum(batch_ns[n]) / 1e9)),
             "tokenize_p50_ms": _percentiles(tokenize_ns[n])[0],
+            "p50_round_spread": round_spread(single_ns[n]),
             "peak_rss_mb": peak_rss_mb(files[n], threads, max(batched[n], key=lambda b: b["input_ids"].size)) if measure_memory else None,
         }
     return {"environment": environment(threads), "sentences": len(texts), "batch_size": batch_size,
-            "warmup": warmup, "candidates": results}
+            "warmup": warmup, "machine_load": load.result, "candidates": results}
+
+
+def _time_interleaved(names, sessions, singles, batched, single_ns, batch_ns) -> None:
+    """Every sentence, then every batch, through every model, the order rotating each time."""
+    for i in range(len(singles[names[0]])):
+        for n in names[i % len(names):] + names[: i % len(names)]:
+            start = time.perf_counter_ns()
+            sessions[n].run(None, singles[n][i])
+            single_ns[n].append(time.perf_counter_ns() - start)
+    for j in range(len(batched[names[0]])):
+        for n in names[j % len(names):] + names[: j % len(names)]:
+            start = time.perf_counter_ns()
+            sessions[n].run(None, batched[n][j])
+            batch_ns[n].append(time.perf_counter_ns() - start)
 
 
 # Runs in a bare interpreter: importing this package (torch, pandas) would dwarf a small model.
