@@ -164,5 +164,6 @@ def prefect_harness():
     """One temporary Prefect server for the whole session (it takes about 10 s to start)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # 180 s, not the harness's 30: the server starts slowly on a busy 2-core machine (as the CLI allows it).
+    with prefect_test_harness(server_startup_timeout=180):
         yield

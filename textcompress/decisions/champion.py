@@ -37,11 +37,16 @@ def paired_test(root: Path, challenger: str, champion_row: dict) -> dict | None:
     return mcnemar_test(np.asarray(ours) == labels, np.asarray(theirs) == labels)
 
 
-def measure_champion(root: Path, params: dict, version) -> dict | None:
+class ChampionNotMeasured(Exception):
+    """The current champion could not be evaluated in this run (its artifact is gone or no longer
+    loads); promotion keeps it and records this message as the cause."""
+
+
+def measure_champion(root: Path, params: dict, version) -> dict:
     """Evaluate a champion that is not among this run's candidates on this run's validation texts
     (through its own tokenizer and label map), and time it interleaved with this run's teacher,
     so that its row is comparable with this run's rows (`benchmark_noise`: that timing's verdict).
-    None (keep the champion) if it cannot be."""
+    Raises ChampionNotMeasured (promotion then keeps the champion and says why) if it cannot be."""
     import mlflow
 
     from textcompress.deploy.benchmark import benchmark_candidates
@@ -68,8 +73,7 @@ def measure_champion(root: Path, params: dict, version) -> dict | None:
                                             cfg["batch_size"], params["data"]["max_length"], measure_memory=False)
             timing, noise = measured["candidates"], verdict(measured, cfg)
     except Exception as err:  # an unreachable store, an incompatible old model: keep it, say why
-        print(f"could not measure the current champion in this run ({err.__class__.__name__}: {err}); keeping it")
-        return None
+        raise ChampionNotMeasured(f"{err.__class__.__name__}: {str(err)[:500]}") from err
     report = read_json(Catalog(root).CANDIDATES_JSON)
     teacher = next(r for r in report["rows"] if r["name"] == "teacher")
     # Timed beside the teacher, then put on this run's scale through the teacher's numbers.

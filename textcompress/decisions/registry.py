@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from textcompress.catalog import Catalog
-from textcompress.decisions.champion import measure_champion, paired_test
+from textcompress.decisions.champion import ChampionNotMeasured, measure_champion, paired_test
 from textcompress.errors import TextcompressError
 from textcompress.fileio import read_json, write_json
 from textcompress.deploy.inference import MODEL_FILE
@@ -195,8 +195,8 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
     """What promotion would do with this run's pick (the challenger), and why; changes nothing.
 
     `compare_with_champion(version) -> row` measures a champion that is not among this run's
-    candidates (other data or code) side by side with the challenger; without it such a
-    champion is kept. `paired_test(champion_row) -> dict` compares the two on the same rows."""
+    candidates (other data or code) side by side with the challenger; without it, or when it
+    raises ChampionNotMeasured, such a champion is kept and the reason says why. `paired_test(champion_row) -> dict` compares the two on the same rows."""
     client = MlflowClient()
     challenger = report_pick(report)
     rows = {r["name"]: r for r in report["rows"]}
@@ -224,10 +224,14 @@ def decide(report: dict, versions: dict[str, str], registered_model: str, policy
         decision["reason"] = "the challenger is already the champion"
     else:
         champion_row = next((rows[n] for n, v in versions.items() if v == str(champion.version)), None)
+        cause = ""
         if champion_row is None and compare_with_champion is not None:
-            champion_row = compare_with_champion(champion)
+            try:
+                champion_row = compare_with_champion(champion)
+            except ChampionNotMeasured as err:
+                cause = f" ({err})"
         if champion_row is None:
-            decision["reason"] = "the current champion could not be measured in this run; kept"
+            decision["reason"] = f"the current champion could not be measured in this run{cause}; kept"
         elif (noisy := policy.noisy_benchmark_gate(champion_row.get("benchmark_noise"))) is not None:
             decision.update(noisy_benchmark=True, reason="timing the current champion beside this run's teacher: " + noisy)
         else:
