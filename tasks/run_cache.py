@@ -14,7 +14,7 @@ which is the team's read-only data remote. So:
   from the team's remote; `dvc repro` then finds the stage cached and only records it in dvc.lock.
 
 The team's remote is `pipeline.push_remote`: where runs are pushed is where they are found. The
-read-only data remote (tasks.tracking.READ_ONLY_REMOTES) holds no run-cache and is never asked.
+read-only data remote (READ_ONLY_REMOTES) holds no run-cache and is never asked.
 A failure to pull is never a failed run: the stage then runs as it would have.
 """
 
