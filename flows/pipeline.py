@@ -19,6 +19,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from tasks.notify import notify
+from tasks.run_cache import pull_run_cache, restore_stage, team_remote
 from tasks.stages import StageFailed, pipeline_is_up_to_date, remove_outputs, run_dvc_stage, stage_order
 from tasks.tracking import log_to_mlflow, promote_champion, pull_data, push_artifacts
 from textcompress.catalog import Catalog
@@ -47,8 +48,12 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
     params = load_params(root / "params.yaml")
     check_sources(params)  # a checkpoint that cannot load fails here, before any stage changes anything
     timings: dict[str, float] = {}
+    team = team_remote(params["pipeline"]["push_remote"])  # where runs are pushed, and found
+    shared_runs = 0  # run-cache entries from the team's remote: stages a teammate already ran
     if pull:
         logger.info(pull_data(str(root)))
+        shared_runs, said = pull_run_cache(str(root), params["pipeline"]["push_remote"])
+        logger.info(said)
     if skip_unchanged and Catalog(root).RUN.is_file() and pipeline_is_up_to_date(root):
         logger.info("neither data nor params nor code changed since the last run: nothing to do")
         return {"skipped": True, "reason": "nothing changed"}
@@ -66,8 +71,10 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
         if stage.name == "benchmark" and failures:
             write_json(failures_file, failures)  # report marks these rows failed, with the reason
         started = time.time()
+        if shared_runs:  # fetch what a teammate's run of this stage made, so DVC restores it
+            logger.info("%s: %s", stage.name, restore_stage(str(root), stage.name, team))
         try:
-            statuses[stage.name] = run_dvc_stage(stage.name, str(root))
+            statuses[stage.name] = run_dvc_stage(stage.name, str(root), outs=stage.outs)
         except StageFailed as err:
             if stage.candidate in (None, "teacher"):
                 raise  # shared stages and the teacher's row (every ratio's reference) have no fallback

@@ -21,12 +21,14 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import task
 
-from textcompress.catalog import CHECKPOINTS  # where `teach` saves the state a rerun resumes from
+from textcompress.catalog import CHECKPOINTS, REPORTS  # CHECKPOINTS: the state a rerun of `teach` resumes from
 from textcompress.errors import ERROR_FILE_ENV, StageError, TextcompressError
 from textcompress.workspace import project_env
 
@@ -140,17 +142,45 @@ def _has_checkpoint(project_dir: str) -> bool:
     return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
 
 
+@contextmanager
+def reports_kept_on_failure(project_dir: str, outs: Sequence[str], scratch: Path):
+    """DVC deletes a stage's outputs before running it: unless the block ends normally, put back
+    what the last good run left of them under reports/ (and remove what this run left there)."""
+    kept = [out for out in outs if Path(out).parts[:1] == REPORTS.parts]
+    backup = Path(scratch) / "kept"
+    for out in kept:
+        if (Path(project_dir) / out).is_file():
+            (backup / out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(project_dir) / out, backup / out)
+    done = False
+    try:
+        yield
+        done = True
+    finally:
+        if not done:
+            for out in kept:
+                path = Path(project_dir) / out
+                if (backup / out).is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(shutil.copy2(backup / out, path.with_name(path.name + ".kept")), path)
+                elif path.is_file():
+                    path.unlink()
+
+
 @task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=_transient_only, task_run_name="dvc repro {stage}")
-def run_dvc_stage(stage: str, project_dir: str, upstream: bool = False, threads: int | None = None) -> str:
+def run_dvc_stage(stage: str, project_dir: str, upstream: bool = False, threads: int | None = None,
+                  outs: Sequence[str] = ()) -> str:
     """Run (or skip, when DVC says it is up to date) one stage, with the stages it depends on when
     `upstream` (a fresh sweep workspace). `threads` caps the stage's compute threads (through the
-    environment, so params and DVC's run-cache are unchanged). Returns "ran" or "cached"; raises
+    environment, so params and DVC's run-cache are unchanged). `outs` (the stage's outputs): those
+    under reports/ are put back as they were if the stage fails. Returns "ran" or "cached"; raises
     StageFailed (TransientStageFailure when a retry may help) carrying the StageError record."""
     only = [] if upstream else ["--single-item"]
     env = project_env()
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with tempfile.TemporaryDirectory(prefix="textcompress-stage-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="textcompress-stage-") as scratch, \
+            reports_kept_on_failure(project_dir, outs, Path(scratch)):
         error_file = Path(scratch) / "error.json"
         env[ERROR_FILE_ENV] = str(error_file)
         process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *only, stage], cwd=project_dir,
@@ -166,9 +196,9 @@ def run_dvc_stage(stage: str, project_dir: str, upstream: bool = False, threads:
         if code == 0:
             return "ran" if ran else "cached"
         record = StageError.read(error_file)
-    text = b"".join(tail).decode(errors="replace")
-    resumable = stage.split("@")[0] == "teach" and _has_checkpoint(project_dir)
-    raise stage_failure(stage, explain_failure(stage, code, record, text, resumable), text)
+        text = b"".join(tail).decode(errors="replace")
+        resumable = stage.split("@")[0] == "teach" and _has_checkpoint(project_dir)
+        raise stage_failure(stage, explain_failure(stage, code, record, text, resumable), text)
 
 
 def remove_outputs(project_dir: Path, outs: list[str]) -> None:

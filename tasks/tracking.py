@@ -10,13 +10,12 @@ from pathlib import Path
 import mlflow
 from prefect import task
 
+from tasks.run_cache import READ_ONLY_REMOTES, push_uncached_outputs
 from tasks.stages import project_env
 from textcompress.catalog import Catalog
 from textcompress.errors import TextcompressError
 from textcompress.fileio import data_version, read_json
 from textcompress.decisions.registry import promote_run, registry_lock, tracking_uri
-
-READ_ONLY_REMOTES = {"shared"}  # the team's data remote: never pushed to
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], task_run_name="log candidates to MLflow")
@@ -48,13 +47,17 @@ def _dvc(project_dir: str, *args: str, fix: str) -> None:
 
 @task(retries=2, retry_delay_seconds=[5, 30], task_run_name="dvc push")
 def push_artifacts(project_dir: str, remote: str | None) -> str:
-    """Push every stage's outputs to the user's own writable remote, never to the shared data remote."""
+    """Push every stage's outputs and the run-cache (so a teammate's run restores these stages
+    instead of running them: tasks.run_cache) to the user's own writable remote, never to the
+    shared data remote."""
     if not remote:
         return "skipped: no pipeline.push_remote configured"
     if remote in READ_ONLY_REMOTES:
         return f"skipped: remote {remote!r} is read-only"
-    _dvc(project_dir, "push", "-r", remote, fix=f"check `dvc remote list` has {remote!r} and that it is writable")
-    return f"pushed to {remote}"
+    _dvc(project_dir, "push", "--run-cache", "-r", remote,
+         fix=f"check `dvc remote list` has {remote!r} and that it is writable")
+    push_uncached_outputs(project_dir, remote)  # the metrics the run-cache names, which `dvc push` leaves out
+    return f"pushed to {remote} (with the run-cache)"
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], task_run_name="dvc pull data")

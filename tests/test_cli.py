@@ -164,3 +164,21 @@ def test_prefect_s_console_log_of_a_user_error_keeps_its_line_not_its_traceback(
     lines = console.getvalue().splitlines()
     assert lines[0] == "Encountered exception during execution: StageFailed('stage prepare failed: x')"
     assert lines[1].startswith("Encountered exception during execution: KeyError") and "Traceback" in lines[2]
+
+
+def test_a_base_model_that_cannot_be_resolved_is_refused_before_prefect_starts(small_project, monkeypatch, capsys):
+    import flows.pipeline
+    from textcompress.cli import main
+
+    params = yaml.safe_load((small_project / "params.yaml").read_text())
+    params["base_model"] = str(small_project / "no-such-model")
+    (small_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = []
+    monkeypatch.setattr(flows.pipeline, "pipeline", lambda **kwargs: started.append(kwargs))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--project", str(small_project), "run", "--no-pull"])
+    assert exit_.value.code == 2 and started == []  # the flow (and with it Prefect's server) never started
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: params.yaml `base_model`: model ")
+    assert str(small_project / "no-such-model") in error[0] and "Fix: point at a folder written by `save_pretrained`" in error[0]

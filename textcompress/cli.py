@@ -13,6 +13,15 @@ from textcompress.catalog import Catalog
 from textcompress.errors import DEBUG_ENV, TextcompressError
 
 
+def _check_checkpoints(where: Path) -> None:
+    """Every checkpoint the params name resolves and loads, checked before Prefect starts: a stage
+    that fails on it would first have let DVC delete that stage's last outputs."""
+    from textcompress.config import load_params
+    from textcompress.models.checkpoints import check_sources
+
+    check_sources(load_params(where / "params.yaml"))
+
+
 def cmd_run(args) -> None:
     from textcompress.workspace import run_directory
 
@@ -21,6 +30,7 @@ def cmd_run(args) -> None:
     if where != project:
         print(f"profile {args.params} runs in {where.relative_to(project)}/ (its reports and dvc.lock there; "
               "the project's DVC cache and MLflow registry)")
+    _check_checkpoints(where)
     from flows.pipeline import pipeline
 
     pipeline(project_dir=str(where), pull=not args.no_pull)
@@ -30,6 +40,7 @@ def cmd_sweep(args) -> None:
     from textcompress.workspace import run_directory
 
     project = run_directory(args.params, Path(args.project).resolve())
+    _check_checkpoints(project)
     from flows.sweep import sweep
 
     summary = sweep(str(project), workers=args.workers, runner=args.runner, address=args.address, pull=not args.no_pull)

@@ -125,7 +125,7 @@ def test_second_run_reruns_nothing_and_adds_no_versions(runs, project):
 @pytest.mark.e2e
 def test_artifacts_were_pushed_to_the_users_remote(runs, project):
     first, _, _ = runs
-    assert first["push"] == "pushed to tmp"
+    assert first["push"] == "pushed to tmp (with the run-cache)"
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "-r", "tmp"], cwd=project,
                             capture_output=True, text=True, check=True).stdout
     assert "new:" not in status and "missing:" not in status

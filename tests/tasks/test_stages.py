@@ -197,3 +197,54 @@ def test_the_schedule_gate_skips_only_when_dvc_reports_nothing_changed(tmp_path)
     assert pipeline_is_up_to_date(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: [not, a, mapping\n")  # `dvc status` itself fails: run, do not skip
     assert not pipeline_is_up_to_date(tmp_path)
+
+
+def _report_project(tmp_path):
+    """A stage that writes two reports from version.txt, or half of one and fails when `fail` exists."""
+    (tmp_path / "report.py").write_text(textwrap.dedent("""\
+        import pathlib, sys
+        version = pathlib.Path("version.txt").read_text()
+        pathlib.Path("reports").mkdir(exist_ok=True)
+        if pathlib.Path("fail").exists():
+            pathlib.Path("reports/candidates.json").write_text('{"half": ')
+            sys.exit("ERROR: the report failed")
+        pathlib.Path("reports/candidates.json").write_text('{"version": "' + version + '"}')
+        pathlib.Path("reports/pareto.png").write_text("plot of " + version)
+        """))
+    (tmp_path / "version.txt").write_text("1")
+    _dvc_project(tmp_path, """\
+        stages:
+          report:
+            cmd: python report.py
+            deps: [report.py, version.txt]
+            outs:
+              - reports/candidates.json:
+                  cache: false
+            plots:
+              - reports/pareto.png:
+                  cache: false
+        """)
+    return ["reports/candidates.json", "reports/pareto.png"]
+
+
+def test_a_failed_stage_leaves_the_last_good_run_s_reports_as_they_were(tmp_path):
+    outs = _report_project(tmp_path)
+    assert run_dvc_stage.fn("report", str(tmp_path), outs=outs) == "ran"
+    good = {out: (tmp_path / out).read_text() for out in outs}
+    (tmp_path / "version.txt").write_text("2")
+    (tmp_path / "fail").touch()
+    with pytest.raises(StageFailed, match="stage report failed"):
+        run_dvc_stage.fn("report", str(tmp_path), outs=outs)  # DVC deleted both before the command ran
+    assert {out: (tmp_path / out).read_text() for out in outs} == good
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["candidates.json", "pareto.png"]
+    (tmp_path / "fail").unlink()
+    assert run_dvc_stage.fn("report", str(tmp_path), outs=outs) == "ran"  # a good run replaces them
+    assert (tmp_path / "reports" / "candidates.json").read_text() == '{"version": "2"}'
+
+
+def test_a_first_run_that_fails_leaves_no_half_written_report(tmp_path):
+    outs = _report_project(tmp_path)
+    (tmp_path / "fail").touch()
+    with pytest.raises(StageFailed):
+        run_dvc_stage.fn("report", str(tmp_path), outs=outs)
+    assert not (tmp_path / "reports" / "candidates.json").exists()

@@ -42,10 +42,10 @@ def test_without_a_remote_nothing_is_pushed(dvc_project):
 
 
 def test_the_user_s_remote_gets_the_outputs(dvc_project):
-    assert push_artifacts.fn(str(dvc_project), "mine") == "pushed to mine"
+    assert push_artifacts.fn(str(dvc_project), "mine") == "pushed to mine (with the run-cache)"
     assert len(files_in(dvc_project / "mine")) == 1 and files_in(dvc_project / "shared") == []
 
 
 def test_an_unknown_remote_is_a_clear_error(dvc_project):
-    with pytest.raises(TextcompressError, match="dvc push -r nowhere.*Fix: check `dvc remote list` has 'nowhere'"):
+    with pytest.raises(TextcompressError, match="dvc push --run-cache -r nowhere.*Fix: check `dvc remote list` has 'nowhere'"):
         push_artifacts.fn(str(dvc_project), "nowhere")

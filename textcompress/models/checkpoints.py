@@ -350,8 +350,8 @@ def encoder_shape(folder: Path) -> EncoderConfig:
 
 def check_sources(params: dict) -> None:
     """Every checkpoint the params name, checked before anything runs: it is found, its config
-    reads, its architecture has a route, its weights and tokenizer are there, and a fine-tuned
-    teacher is a classifier. Raises TextcompressError naming the key, the folder and the fix."""
+    reads, its architecture has a route, its weights and tokenizer are there, the base model's
+    sizes read, and a fine-tuned teacher is a classifier. Raises TextcompressError naming the key, the folder and the fix."""
     teach = params["teach"]
     sources = [("teach.finetuned_teacher", teach["finetuned_teacher"])] if teach["finetuned_teacher"] else []
     sources.append(("base_model", params["base_model"]))
@@ -369,6 +369,8 @@ def check_sources(params: dict) -> None:
             require_tokenizer(folder)
             if key == "teach.finetuned_teacher":
                 require_classifier(folder, hf)
+            if key == "base_model":
+                encoder_fields(folder, hf)  # the shape the attention benchmark builds
             if key.endswith("student_base"):
                 if not converts(hf):
                     raise TextcompressError(f"{folder}/config.json: a student is cut from an encoder that converts "
