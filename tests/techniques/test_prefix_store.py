@@ -4,6 +4,7 @@ steps compute them once, and what a candidate loads is bit for bit what it would
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import subprocess
@@ -207,6 +208,54 @@ def test_the_hashed_code_is_the_compress_stages_code_in_dvc_yaml():
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["compress"]["do"]["deps"]
     code = {d.removeprefix("textcompress/") for d in deps if d.startswith("textcompress/")}
     assert code == set(CODE)
+
+
+@pytest.mark.parametrize("kind", ["gelu_new", "qat", "performer", "gru", "cnn"])
+def test_the_models_steps_make_can_be_stored_whole(kind):
+    # An entry pickles the model (every attribute, not only its weights), so each kind must pickle.
+    from dataclasses import replace
+
+    from textcompress.models.cnn import ConvClassifier, ConvConfig
+    from textcompress.models.encoder import TextClassifier
+    from textcompress.models.recurrent import RecurrentClassifier, RecurrentConfig
+    from textcompress.techniques.linear_attention import swap_attention
+    from textcompress.techniques.quantization_aware import fake_quantized
+
+    from tests.conftest import tiny_model_config
+
+    build = {"gelu_new": lambda: TextClassifier(replace(tiny_model_config(), hidden_act="gelu_new")),
+             "qat": lambda: fake_quantized(TextClassifier(tiny_model_config())),
+             "performer": lambda: swap_attention(TextClassifier(tiny_model_config()), "performer"),
+             "gru": lambda: RecurrentClassifier(RecurrentConfig(vocab_size=50, embedding_size=8, num_labels=2, hidden_size=8, cell="gru")),
+             "cnn": lambda: ConvClassifier(ConvConfig(vocab_size=50, embedding_size=8, num_labels=2))}
+    model = build[kind]().eval()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    back = torch.load(buffer, weights_only=False)
+    ids = torch.tensor([[2, 10, 20, 3]])
+    assert torch.equal(back(ids, torch.ones_like(ids)), model(ids, torch.ones_like(ids)))
+
+
+def test_a_process_computing_a_prefix_makes_another_wait_for_it(tmp_path):
+    import threading
+
+    from textcompress.techniques.prefix_store import PrefixStore
+
+    store = PrefixStore(tmp_path, tmp_path, tmp_path, tmp_path, ctx=None)
+    order = []
+
+    def second():
+        with store.claim("k"):
+            order.append("second has it")
+
+    with store.claim("k"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(timeout=0.5)
+        order.append("first done")
+    waiter.join(timeout=10)
+    assert order == ["first done", "second has it"]
 
 
 def test_a_published_entry_is_not_replaced_by_a_second_writer(tmp_path):

@@ -223,20 +223,17 @@ def run_steps(steps: Sequence[Step], model, ctx: TechniqueContext, store: Prefix
                 model, done = _take(loaded, steps, done, ctx, records, candidate)
                 continue
         step, length = steps[done], done + 1
-        claim = store.claim(store.key(steps[:length])) if store is not None and length in shared \
-            else contextlib.nullcontext()
-        with claim:
-            entry = store.load(store.key(steps[:length])) if store is not None and length in shared else None
+        key = store.key(steps[:length]) if store is not None and length in shared else None
+        with store.claim(key) if key else contextlib.nullcontext():
+            entry = store.load(key) if key else None
             if entry is not None:  # another process computed it while this one waited
                 model, done = _take((length, entry), steps, done, ctx, records, candidate)
                 continue
             print(f"{candidate}: {step.name} {dict(step.args)}")
             model, details = step.technique.apply(model, dict(step.args), ctx)
             records.append({**step.record(details), "prefix_store": {"source": "computed"}})
-            if store is not None and length in shared:
-                key = store.key(steps[:length])
-                if store.save(key, steps[:length], [r["details"] for r in records], model, ctx, start, candidate):
-                    records[-1]["prefix_store"]["stored_as"] = key
+            if key and store.save(key, steps[:length], [r["details"] for r in records], model, ctx, start, candidate):
+                records[-1]["prefix_store"]["stored_as"] = key
         done = length
     return model, records
 
