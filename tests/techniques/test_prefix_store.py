@@ -113,6 +113,22 @@ def test_a_shared_prefix_is_computed_once_and_loading_it_changes_no_bit(inputs, 
     assert [s["details"] for s in with_store["steps"]] == [s["details"] for s in without["steps"]]
 
 
+def test_a_prefix_that_changes_the_context_restores_it(inputs, tmp_path):
+    # trim_vocab replaces the teacher (its table trimmed too), the tokenizer and the tokenized splits;
+    # the next step reads all of them (hidden-state distillation feeds the teacher the new ids).
+    trim = {"trim_vocab": {"min_count": 2}}
+    then = {"distill": {"student": "bert", "layers": 1, "epochs": 0.5, "batch_size": 16, "hidden_weight": 1.0}}
+    candidates = {"one": [trim], "two": [trim, then]}
+    shared = write_params(tmp_path / "params.yaml", candidates, tmp_path / "store")
+    (one,) = run_in_process(inputs, "one", shared, tmp_path / "one")
+    assert one["details"]["vocab_after"] < one["details"]["vocab_before"]
+    assert sources(run_in_process(inputs, "two", shared, tmp_path / "two")) == ["store", "computed"]
+    alone = write_params(tmp_path / "alone.yaml", candidates, tmp_path / "empty")
+    assert sources(run_in_process(inputs, "two", alone, tmp_path / "two-alone")) == ["computed", "computed"]
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "two-alone" / name).read_bytes()
+
+
 def test_a_candidate_that_shares_nothing_stores_nothing(inputs, tmp_path):
     params = write_params(tmp_path / "params.yaml", {"one": [FIRST]}, tmp_path / "store")
     (step,) = run_in_process(inputs, "one", params, tmp_path / "one")
