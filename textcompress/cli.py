@@ -175,7 +175,7 @@ def cmd_rollback(args) -> None:
 
 def cmd_gc(args) -> None:
     """Retention: archive old registry versions (never the champion), then drop DVC cache entries
-    that no kept revision uses."""
+    that no kept revision uses, then recipe-prefix entries no run can use or none used lately."""
     import subprocess
 
     from textcompress.decisions.registry import archive_old_versions, registry_lock
@@ -193,6 +193,13 @@ def cmd_gc(args) -> None:
     done = subprocess.run(command, cwd=project)
     if done.returncode != 0:
         raise TextcompressError(f"dvc gc failed (exit {done.returncode}). Fix: see DVC's message above")
+    from textcompress.techniques.prefix_store import PREFIXES, prune
+
+    store = Path(params["runtime"]["cache_dir"]).expanduser() / PREFIXES
+    pruned = prune(store, args.prefix_days, args.dry_run)
+    print(f"{store}: {'would remove' if args.dry_run else 'removed'} "
+          + ", ".join(f"{len(keys)} {why}" for why, keys in pruned["removed"].items())
+          + f" recipe-prefix entries ({pruned['bytes'] / 1e6:.1f} MB); kept {pruned['kept']}")
 
 
 def _user_error(err: BaseException) -> TextcompressError | None:
@@ -261,6 +268,9 @@ def main(argv=None) -> None:
     gc = sub.add_parser("gc", help="retention: archive old registry versions and collect unused DVC cache")
     gc.add_argument("--keep-versions", type=int, default=10, help="newest registry versions to keep (default 10)")
     gc.add_argument("--keep-git-history", action="store_true", help="also keep cache used by any git commit")
+    gc.add_argument("--prefix-days", type=float, default=30,
+                    help="also remove recipe prefixes (runtime.cache_dir/prefixes) unused this many days (default 30); "
+                         "those of other code go whatever their age")
     gc.add_argument("--dry-run", action="store_true", help="say what would go; remove and tag nothing")
     gc.set_defaults(func=cmd_gc)
     args = parser.parse_args(argv)

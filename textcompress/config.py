@@ -253,8 +253,9 @@ class RuntimeConfig(Section):
                           must="be auto, cpu, cuda or cuda:N", fix="use auto, cpu, cuda or cuda:N")
     cache_dir: str = setting("~/.cache/textcompress/teacher-states",
                              "the teacher's hidden states and augmented-data labels that distillation candidates share "
-                             "(keyed by the teacher's weights and the data), outside the work tree so that sweep "
-                             "workspaces share it too")
+                             "(keyed by the teacher's weights and the data), and under prefixes/ the models after the "
+                             "steps that candidates' recipes begin with in common (keyed by everything they depend "
+                             "on), outside the work tree so that sweep workspaces share it too")
     checkpoint_every: Whole = setting(500, "`teach` saves its state every N steps (0: never), so a killed run resumes there",
                                       ge=0, must="be a whole number of steps ≥ 0", fix="e.g. 500, or 0 for no checkpoints")
     processes: Whole = setting(1, "`teach` under torchrun with this many processes (GPUs, or CPU processes over gloo)",

@@ -28,6 +28,27 @@ def atomic_dir(target: str | Path):
 
 
 @contextlib.contextmanager
+def atomic_new_dir(target: str | Path):
+    """Yield a temporary directory beside `target`; on success it becomes `target`, unless another
+    writer published `target` first, which then stays: for content-addressed entries, which two
+    processes may write at once with the same content while others read them."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, target)  # fails on an existing non-empty folder, where os.replace would not help
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | Path):
     """Yield a temporary file path beside `target`; on success it replaces `target`."""
     target = Path(target)

@@ -96,11 +96,18 @@ class EncoderConfig:
 
 
 ATTENTIONS = ("softmax", "linear", "hedgehog", "performer", "linformer")
-# Activations by their names in Hugging Face configs (`hidden_act`).
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.gelu(x, approximate="tanh")
+
+
+# Activations by their names in Hugging Face configs (`hidden_act`). Named functions, not lambdas:
+# the recipe-prefix store (techniques/prefix_store.py) pickles a model whole.
 ACTIVATIONS = {
     "gelu": nn.functional.gelu,
-    "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
     "relu": nn.functional.relu,
     "silu": nn.functional.silu,
     "swish": nn.functional.silu,

@@ -12,12 +12,14 @@ from textcompress.fileio import atomic_dir, write_json
 from textcompress.models.encoder import count_parameters, load_bundle, save_bundle
 from textcompress.stages import run_stage
 from textcompress.techniques import TechniqueContext, candidate_recipe
-from textcompress.training import accuracy, predict_logits
+from textcompress.techniques.prefix_store import PREFIXES, PrefixStore, run_steps, shared_lengths
+from textcompress.training import accuracy, predict_logits, seed_everything
 
 
 def main(argv=None):
-    """Writes the candidate's model bundle and `steps.json` (each step's arguments and details,
-    the recipe's families, parameters, PyTorch validation accuracy) to --out."""
+    """Writes the candidate's model bundle and `steps.json` (each step's arguments and details, and
+    whether it was computed or loaded from the prefix store; the recipe's families, parameters,
+    PyTorch validation accuracy) to --out."""
     def add(parser):
         parser.add_argument("candidate")
         parser.add_argument("--prepared", default=str(catalog.PREPARED))
@@ -34,11 +36,14 @@ def main(argv=None):
                                    np.load(args.logits), params["seed"], params["runtime"]["device"],
                                    prepared / "tokenizer.json", params["data"]["max_length"], Path(workdir),
                                    Path(params["runtime"]["cache_dir"]).expanduser(), params["runtime"]["precision"])
-            model, steps = teacher, []
-            for step in recipe.compress_steps:
-                print(f"{args.candidate}: {step.name} {dict(step.args)}")
-                model, details = step.technique.apply(model, dict(step.args), ctx)
-                steps.append(step.record(details))
+            # Shared with another candidate: computed once, in the prefix store (techniques/prefix_store.py).
+            others = [candidate_recipe(params, name).compress_steps for name in params["candidates"] if name != args.candidate]
+            shared = shared_lengths(recipe.compress_steps, others)
+            store = PrefixStore(ctx.cache_dir / PREFIXES, Path(args.teacher), prepared, Path(args.logits), ctx) if shared else None
+            # What a step draws before seeding itself (a GRU student's initial weights) comes from the
+            # seed, not from the process's random start; the store restores the state after each prefix.
+            seed_everything(params["seed"])
+            model, steps = run_steps(recipe.compress_steps, teacher, ctx, store, shared, args.candidate)
             summary = {"candidate": args.candidate, "recipe": recipe.as_params(), "families": recipe.families, "steps": steps,
                        "params": count_parameters(model),
                        "torch_validation_accuracy": accuracy(predict_logits(model, ctx.validation), ctx.validation.labels)}
