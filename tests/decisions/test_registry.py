@@ -327,3 +327,18 @@ def test_a_pick_whose_version_this_registry_lacks_is_a_clear_error(project):
     for wrong in ({**versions, "student": "99"}, {}):
         with pytest.raises(TextcompressError, match=r"version (99|None) of .* is not in this registry.*Fix: run the pipeline"):
             decide(report, wrong, MODEL, POLICY)
+
+
+def test_a_promotion_stopped_after_the_alias_moved_is_recorded_by_the_next(project):
+    """A run killed between moving `champion` and tagging the version (tests/faults does it for
+    real) leaves the alias on a version without a decision; the next promotion records it."""
+    rows = [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)]
+    report, versions = log(project, rows, "student")
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(MODEL, CHAMPION, versions["student"])  # what the stopped run did
+    decision = promote(report, versions, MODEL, POLICY)
+    assert decision["promoted"] and "stopped before it recorded its decision" in decision["reason"]
+    tags = client.get_model_version(MODEL, versions["student"]).tags
+    assert tags["promotion.decision"] == "promoted"
+    again = promote(report, versions, MODEL, POLICY)  # recorded once: later runs say as before
+    assert not again["promoted"] and again["reason"] == "the challenger is already the champion"
