@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,23 +40,26 @@ TEACH_KILLED_AT = 25  # of 57 steps (3 epochs of 19 batches): the last checkpoin
 
 def textcompress(project: Path, *args: str, fault: str | None = None, **env) -> subprocess.CompletedProcess:
     """The console script on `project`, running the project's copy of the code, in its own
-    session: whatever it leaves running after a SIGKILL (Prefect's temporary server) is stopped."""
+    session: what a SIGKILL leaves running (Prefect's temporary server outlives the run) is stopped."""
     environ = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                "PYTHONPATH": str(project), "PREFECT_HOME": str(project.parent / "prefect-home"), **env}
     environ.pop("PREFECT_API_URL", None)  # each run starts its temporary server, as a user's does
     environ.pop(FAULT_ENV, None)
     if fault:
         environ[FAULT_ENV] = fault
-    process = subprocess.Popen([COMMAND, "--project", str(project), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=environ, start_new_session=True)
-    try:
-        out, err = process.communicate(timeout=900)
-    finally:
+    # Output to files, not pipes: a server outliving a killed run would hold a pipe open.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen([COMMAND, "--project", str(project), *args], stdout=out, stderr=err, text=True,
+                                   env=environ, start_new_session=True)
         try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+            process.wait(timeout=900)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
 
 
 def error_line(stderr: str) -> str:
@@ -145,7 +149,9 @@ def cache_corrupted(project, promotion_killed):
     (a fresh checkout sharing the cache), then a plain run."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["compress@int8-dynamic"]
     data = yaml.safe_load((project / "data.dvc").read_text())
-    blobs = [cache_blob(project, "artifacts/compressed/int8-dynamic", "model.safetensors", lock),
+    # steps.json: a file of this output alone (its weights share one cache file with the teacher's,
+    # and DVC then reruns teach, the first stage whose output it finds corrupt).
+    blobs = [cache_blob(project, "artifacts/compressed/int8-dynamic", "steps.json", lock),
              cache_blob(project, "data", "train.tsv", data)]
     for blob in blobs:
         corrupt(blob)
