@@ -252,9 +252,9 @@ def test_the_next_run_records_the_promotion_and_dvc_refuses_corrupted_cache_file
     client = registry(project)
     assert len(client.search_model_versions(f"name='{MODEL}'")) == versions_before
     now = champion(project)
-    assert now.version == summary["promotion"]["challenger_version"]
+    assert str(now.version) == summary["promotion"]["challenger_version"]
     assert now.tags["promotion.decision"] == "promoted" and "stopped before it recorded" in now.tags["promotion.reason"]
-    assert json.loads((project / "reports" / "promotion.json").read_text())["challenger_version"] == now.version
+    assert json.loads((project / "reports" / "promotion.json").read_text())["challenger_version"] == str(now.version)
 
 
 def hold(code: str, project: Path) -> subprocess.Popen:
@@ -273,18 +273,23 @@ HOLD_SQLITE = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isol
 def test_a_registry_held_by_another_pipeline_is_waited_for_and_a_locked_database_said_plainly(project, cache_corrupted):
     tags_before = dict(champion(project).tags)
 
+    said = f"waiting for {project / 'mlflow.lock'}: another pipeline is writing to the registry"
     holder = hold(HOLD_REGISTRY_LOCK, project)
-    try:
-        waiting = subprocess.Popen([COMMAND, "--project", str(project), "promote"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(project)})
-        time.sleep(8)
-        assert waiting.poll() is None  # still waiting for the lock
-    finally:
-        holder.kill()
-    out, err = waiting.communicate(timeout=300)
-    assert waiting.returncode == 0, err[-2000:]
-    assert f"waiting for {project / 'mlflow.lock'}: another pipeline is writing to the registry" in err
-    assert "already the champion" in out
+    with tempfile.TemporaryFile("w+") as err:
+        try:
+            waiting = subprocess.Popen([COMMAND, "--project", str(project), "promote"], stdout=subprocess.PIPE,
+                                       stderr=err, text=True, env={**os.environ, "PYTHONPATH": str(project)})
+            deadline = time.monotonic() + 300
+            while said not in (err.seek(0) or err.read()) and waiting.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert waiting.poll() is None  # it waits for the lock: neither done nor failed
+        finally:
+            holder.kill()
+        out, _ = waiting.communicate(timeout=300)
+        err.seek(0)
+        stderr = err.read()
+    assert waiting.returncode == 0, stderr[-2000:]
+    assert said in stderr and "already the champion" in out
 
     holder = hold(HOLD_SQLITE, project)
     try:
