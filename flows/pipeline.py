@@ -58,6 +58,9 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
         logger.info("neither data nor params nor code changed since the last run: nothing to do")
         return {"skipped": True, "reason": "nothing changed"}
 
+    # The last run's summary goes until this run writes its own: a run stopped midway (killed,
+    # power lost) must not leave an older run.json to describe outputs it did not make.
+    Catalog(root).RUN.unlink(missing_ok=True)
     stages = stage_order(root)
     failures: dict[str, str] = {}  # candidate -> why, the string the report shows
     errors: dict[str, dict] = {}  # candidate -> the failed stage's error record (kind, file, line, fix, ...)

@@ -108,7 +108,8 @@ def explain_failure(stage: str, returncode: int, record: StageError | None, outp
     line. Never the stage's last output (the tail of a progress bar says nothing)."""
     if record is not None:
         return record
-    errors = [line.strip() for line in output.splitlines() if line.startswith("ERROR:")]
+    # DVC's ERROR line may continue a line a killed stage left unfinished (a progress bar's tail).
+    errors = [line[line.index("ERROR:"):].strip() for line in output.splitlines() if "ERROR:" in line]
     dvc_error = errors[-1] if errors else None
     exited = re.search(r"exited with (-?\d+)", dvc_error or "")  # DVC's report of the command's status
     command_code = int(exited.group(1)) if exited else None

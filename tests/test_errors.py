@@ -101,3 +101,16 @@ def test_without_the_variable_a_stage_writes_no_record(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         prepare.main(["--params", "missing.yaml"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_a_user_error_naming_the_file_not_a_bug():
+    import errno
+
+    from textcompress.errors import DiskFullError, StageError
+
+    err = DiskFullError.of(OSError(errno.ENOSPC, "No space left on device", "artifacts/onnx/x"))
+    record = StageError.from_exception(err, "export")
+    assert record.kind == "DiskFullError" and record.file == "artifacts/onnx/x" and record.exit_code == 2
+    assert "No space left on device" in record.message and "free disk space" in record.fix
+    assert DiskFullError.of(OSError(errno.EACCES, "Permission denied", "x")) is None
+    assert DiskFullError.of(ValueError("no")) is None

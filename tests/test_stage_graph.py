@@ -28,6 +28,7 @@ PLUMBING = {
     "textcompress/errors.py": "error classes and messages",
     "textcompress/fileio.py": "atomic writes and JSON helpers",
     "textcompress/catalog.py": "artifact paths; a moved path shows up as a changed cmd or dep",
+    "textcompress/faults.py": "fault injection for tests/faults: does nothing unless $TEXTCOMPRESS_FAULT is set",
 }
 # Left out of one stage on purpose.
 LEFT_OUT = {

@@ -213,6 +213,21 @@ def _user_error(err: BaseException) -> TextcompressError | None:
     return None
 
 
+def _server_start_error(err: BaseException) -> TextcompressError | None:
+    """Prefect's temporary server did not answer in time (its RuntimeError, with the server's whole
+    output), said as a user error: what to set, and that the run changed nothing."""
+    while err is not None:
+        if isinstance(err, RuntimeError) and "connect to ephemeral Prefect API server" in str(err):
+            waited = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
+            return TextcompressError(
+                f"Prefect's temporary server did not start within {waited} s "
+                "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); no stage ran and nothing changed. Fix: give it "
+                "longer (export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600), or start one with "
+                "`prefect server start` and set PREFECT_API_URL to it, then rerun")
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class _NoUserErrorTracebacks(logging.Filter):
     """On the console, Prefect's log of a failed run keeps its line but not the traceback of a
     user error: main prints that error's message once, the traceback only with --debug."""
@@ -287,7 +302,7 @@ def main(argv=None) -> None:
     try:
         args.func(args)
     except Exception as err:
-        user_error = _user_error(err)
+        user_error = _user_error(err) or _server_start_error(err)
         if user_error is None:
             raise  # a bug: its traceback says where
         if args.debug:

@@ -8,6 +8,7 @@ ValueError are ValueErrors too, so callers that catch ValueError keep working.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import traceback
@@ -90,6 +91,25 @@ class PolicyError(TextcompressError, ValueError):
     def __init__(self, problem: str, fix: str | None = None, *, key: str | None = None):
         super().__init__(_message(f"`{key}`" if key else None, problem, fix), fix=fix)
         self.key, self.problem = key, problem
+
+
+class DiskFullError(TextcompressError):
+    """The disk (or the user's quota) filled up while a stage wrote. Not a bug: atomic writes
+    leave nothing half-written, so freeing space and rerunning is all it takes."""
+
+    CODES = (errno.ENOSPC, errno.EDQUOT)
+
+    def __init__(self, path, strerror: str):
+        fix = "free disk space there (`df -h` shows how much is left), then rerun: the stage runs again"
+        super().__init__(_message(str(path), f"{strerror} while writing; nothing was written there", fix), fix=fix)
+        self.path, self.problem = str(path), strerror
+
+    @classmethod
+    def of(cls, err: BaseException) -> DiskFullError | None:
+        """`err` as a DiskFullError when it is the operating system's "disk full", else None."""
+        if not isinstance(err, OSError) or err.errno not in cls.CODES:
+            return None
+        return cls(err.filename or os.getcwd(), err.strerror or os.strerror(err.errno))
 
 
 @dataclass

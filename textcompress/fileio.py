@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from textcompress import faults
+
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path):
@@ -19,6 +21,7 @@ def atomic_dir(target: str | Path):
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; teams share these outputs
     try:
         yield tmp
+        faults.hit("write", target)  # $TEXTCOMPRESS_FAULT=enospc@write=...: the disk fills now
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(tmp, target)
@@ -59,6 +62,7 @@ def atomic_path(target: str | Path):
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
+        faults.hit("write", target)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from textcompress import faults
 from textcompress.data import Split, length_bucketed_batches, pad_batch
 from textcompress.errors import RecipeError
 
@@ -234,6 +235,7 @@ def train_classifier(
             scheduler.step()
             running += loss.item()
             step += 1
+            faults.hit("train-step", f"{desc}:{step}")  # $TEXTCOMPRESS_FAULT=kill@train-step=teach:12
             if step_hook is not None:  # before zero_grad: movement pruning reads the gradients
                 step_hook(step, total_steps)
             optimizer.zero_grad(set_to_none=True)

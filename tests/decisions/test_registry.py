@@ -386,3 +386,18 @@ def test_a_champion_timed_again_on_a_busy_machine_is_not_replaced_on_that_timing
     assert str(aliases[CHAMPION]) == first["student"] and CHALLENGER not in aliases
     allowed = PromotionPolicy.from_params(PROMOTION_PARAMS, allow_noisy=True)
     assert promote(report, versions, MODEL, allowed, compare_with_champion=lambda version: champion_row)["promoted"]
+
+
+def test_a_promotion_stopped_after_the_alias_moved_is_recorded_by_the_next(project):
+    """A run killed between moving `champion` and tagging the version (tests/faults does it for
+    real) leaves the alias on a version without a decision; the next promotion records it."""
+    rows = [row("teacher", 1.0, 2.0, eligible=False), row("student", 1.0, 1.0)]
+    report, versions = log(project, rows, "student")
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(MODEL, CHAMPION, versions["student"])  # what the stopped run did
+    decision = promote(report, versions, MODEL, POLICY)
+    assert decision["promoted"] and "stopped before it recorded its decision" in decision["reason"]
+    tags = client.get_model_version(MODEL, versions["student"]).tags
+    assert tags["promotion.decision"] == "promoted"
+    again = promote(report, versions, MODEL, POLICY)  # recorded once: later runs say as before
+    assert not again["promoted"] and again["reason"] == "the challenger is already the champion"

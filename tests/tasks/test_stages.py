@@ -55,6 +55,15 @@ def test_a_killed_process_is_named_by_its_signal_never_by_its_last_output(return
     assert resumable.message.endswith("; rerun resumes from the last checkpoint in artifacts/checkpoints/")
 
 
+def test_dvc_s_error_line_is_found_after_the_unfinished_progress_bar_of_a_killed_stage():
+    # As DVC prints it (seen in tests/faults): the killed stage's bar has no newline, DVC's line continues it.
+    output = f"Running stage 'teach':\n\r{PROGRESS_TAIL}ERROR: failed to reproduce 'teach': failed to run: " \
+             "python -m textcompress.stages.teach, exited with -9\n"
+    record = explain_failure("teach", 255, None, output, resumable=True)
+    assert record.kind == "killed" and record.message.startswith("killed by signal 9 (SIGKILL")
+    assert record.message.endswith("rerun resumes from the last checkpoint in artifacts/checkpoints/")
+
+
 def test_without_a_record_or_a_signal_dvc_s_own_error_line_is_the_reason():
     output = f"{PROGRESS_TAIL}\nERROR: failed to reproduce 'x': output 'y' does not exist\n"
     assert explain_failure("x", 255, None, output).message == "failed to reproduce 'x': output 'y' does not exist"

@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from textcompress import faults
 from textcompress.catalog import Catalog
 from textcompress.decisions.champion import ChampionNotMeasured, measure_champion, paired_test
 from textcompress.errors import TextcompressError
@@ -62,7 +64,8 @@ def registry_lock(tracking_uri: str, timeout_s: float = 600.0):
     if not tracking_uri.startswith(prefix):
         yield
         return
-    lock_path = Path(tracking_uri[len(prefix):]).with_suffix(".lock")
+    database = Path(tracking_uri[len(prefix):])
+    lock_path = database.with_suffix(".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
         deadline = time.monotonic() + timeout_s
@@ -74,9 +77,19 @@ def registry_lock(tracking_uri: str, timeout_s: float = 600.0):
                 if time.monotonic() > deadline:
                     raise TextcompressError(f"{lock_path}: another pipeline has held the registry lock for {timeout_s:.0f} s. "
                                             "Fix: wait for it to finish, or remove the file if no pipeline is running")
+                if deadline - time.monotonic() > timeout_s - 0.3:  # said once: a silent wait looks like a hang
+                    print(f"waiting for {lock_path}: another pipeline is writing to the registry "
+                          f"(up to {timeout_s:.0f} s)", file=sys.stderr, flush=True)
                 time.sleep(0.2)
         try:
             yield
+        except Exception as err:  # noqa: BLE001 - MLflow's or SQLAlchemy's, depending on where SQLite said it
+            if "database is locked" not in str(err):
+                raise
+            # Another process (not a pipeline: those take the lock above) holds SQLite's own lock.
+            raise TextcompressError(f"{database}: the MLflow database is locked by another process (SQLite waited "
+                                    "20 s); nothing was changed. Fix: stop what holds it (`fuser` shows which process), "
+                                    "or wait for it, then rerun") from err
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -249,18 +262,26 @@ def promote(report: dict, versions: dict[str, str], registered_model: str, polic
     decision = decide(report, versions, registered_model, policy, compare_with_champion, paired_test)
     version = decision.get("challenger_version")
     # A noisy benchmark changes nothing in the registry: a quiet rerun decides afresh.
-    if (version is None or decision.get("demoted") or decision.get("noisy_benchmark")
-            or decision["reason"] == "the challenger is already the champion"):
+    if version is None or decision.get("demoted") or decision.get("noisy_benchmark"):
         return decision
     client = MlflowClient()
-    # The alias first: a version must never say "promoted" while the alias did not move.
-    if decision["promoted"]:
-        client.set_registered_model_alias(registered_model, CHAMPION, version)
-        _delete_alias(client, registered_model, CHALLENGER)
+    if decision["reason"] == "the challenger is already the champion":
+        if client.get_model_version(registered_model, version).tags.get("promotion.decision"):
+            return decision
+        # A run that moved the alias was stopped before it said why: say it now.
+        decision["reason"] += " (moved there by a run stopped before it recorded its decision)"
+        decision["promoted"] = True
+    # An order that a run stopped at any point leaves consistent: the rollback target before the
+    # alias (a stop just after the move keeps it), the alias before the decision (a version never
+    # says "promoted" while the alias did not move), which the next run records if it is missing.
+    elif decision["promoted"]:
         if decision["previous_champion"]:
             client.set_model_version_tag(registered_model, version, "promotion.replaced_version", decision["previous_champion"]["version"])
+        client.set_registered_model_alias(registered_model, CHAMPION, version)
+        _delete_alias(client, registered_model, CHALLENGER)
     else:
         client.set_registered_model_alias(registered_model, CHALLENGER, version)
+    faults.hit("promote", CHAMPION if decision["promoted"] else CHALLENGER)  # $TEXTCOMPRESS_FAULT=kill@promote=champion
     tags = {"promotion.decision": "promoted" if decision["promoted"] else "not promoted",
             "promotion.reason": decision["reason"][:5000]}
     for key, value in tags.items():

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from textcompress.config import load_params
-from textcompress.errors import DEBUG_ENV, ERROR_FILE_ENV, StageError, TextcompressError
+from textcompress.errors import DEBUG_ENV, ERROR_FILE_ENV, DiskFullError, StageError, TextcompressError
 
 
 def write_error_record(err: BaseException, stage: str, argv: list[str]) -> StageError:
@@ -48,13 +48,15 @@ def run_stage(description: str, add_arguments: Callable[[argparse.ArgumentParser
         if threads:
             torch.set_num_threads(int(threads))
         body(params, args)
-    except TextcompressError as err:
-        write_error_record(err, stage, argv)
-        if os.environ.get(DEBUG_ENV):
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:  # noqa: BLE001 - a bug: recorded as "internal", traceback kept, exit 1
+    except Exception as err:  # noqa: BLE001 - a user error (or a full disk) exits 2; anything else is a bug
+        user_error = err if isinstance(err, TextcompressError) else DiskFullError.of(err)
+        if user_error is not None:
+            write_error_record(user_error, stage, argv)
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            print(f"error: {user_error}", file=sys.stderr)
+            sys.exit(2)
+        # a bug: recorded as "internal", traceback kept, exit 1
         write_error_record(err, stage, argv)
         traceback.print_exc()
         sys.exit(1)
