@@ -69,7 +69,7 @@ def test_a_stage_failing_on_bad_data_writes_a_record_with_file_line_and_fix(tmp_
     assert exit_.value.code == 2
     record = StageError.from_json((tmp_path / "error.json").read_text())
     assert (record.stage, record.kind, record.file, record.line) == ("prepare", "DataError", str(tmp_path / "train.tsv"), 6)
-    assert record.fix == "remove the row or fill in its text" and record.argv == argv and record.exit_code == 2
+    assert record.fix == "remove the row or fill in its text (or set data.bad_rows: skip to drop such rows)" and record.argv == argv and record.exit_code == 2
     assert "has an empty text" in record.message and "raise DataError" in record.traceback
     assert capsys.readouterr().err.strip() == f"error: {record.message}"  # one line on the console, as before
     assert not (tmp_path / "prepared").exists()
