@@ -102,6 +102,11 @@ def test_a_spread_over_the_limit_is_noisy_and_names_the_candidate():
     assert not verdict(recorded(spreads={"teacher": 0.3, "tiny": None}), LIMITS)["noisy"]
 
 
+def test_by_default_the_spread_is_recorded_not_judged():
+    assert DEFAULTS["benchmark"]["max_round_spread"] is None
+    assert not verdict(recorded(spreads={"teacher": 0.9}), {**LIMITS, "max_round_spread": None})["noisy"]
+
+
 def test_the_limits_are_the_benchmark_params():
     result = verdict(recorded(share=0.4), {**DEFAULTS["benchmark"], "max_other_cpu_share": 0.5})
     assert not result["noisy"] and result["limits"]["max_other_cpu_share"] == 0.5

@@ -81,7 +81,7 @@ def verdict(benchmark: dict, limits: dict) -> dict:
             causes.append(f"the load average of other work was {others_per_core:.2f} per core "
                           f"(limit {limits['max_other_load_per_core']}, benchmark.max_other_load_per_core)")
     measured = {name: s for name, s in spreads.items() if s is not None}
-    if measured:
+    if measured and limits["max_round_spread"] is not None:
         worst = max(measured, key=measured.get)
         if measured[worst] > limits["max_round_spread"]:
             causes.append(f"{worst}'s p50 moved by {measured[worst]:.0%} between rounds "
