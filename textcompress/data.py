@@ -457,6 +457,15 @@ def holds_pairs(prepared_dir: str | Path) -> bool:
     return bool(json.loads((Path(prepared_dir) / "stats.json").read_text()).get("pairs"))
 
 
+def describe_skipped(skipped: dict | None) -> str | None:
+    """One sentence for prepare's log and the report: how many bad rows were dropped, and which."""
+    if not skipped or not skipped["count"]:
+        return None
+    more = f" and {skipped['not_listed']} more" if skipped["not_listed"] else ""
+    return (f"prepare skipped {skipped['count']} bad row{'s' * (skipped['count'] != 1)} (data.bad_rows: skip): "
+            f"{'; '.join(skipped['lines'])}{more}")
+
+
 def skipped_rows(prepared_dir: str | Path) -> dict | None:
     """The bad rows prepare dropped under data.bad_rows: skip ({count, lines, not_listed})."""
     return json.loads((Path(prepared_dir) / "stats.json").read_text()).get("skipped_rows")

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from textcompress.catalog import CANDIDATES_JSON, PARENT_SUFFIX  # noqa: F401 - PARENT_SUFFIX: benchmark entries timing a fp32 parent
+from textcompress.data import describe_skipped
 from textcompress.deploy.export import onnx_size_bytes
 from textcompress.fileio import atomic_path, read_json, write_json
 from textcompress.decisions.promotion import TIMED_OBJECTIVES, PromotionPolicy
@@ -153,10 +154,8 @@ def to_markdown(report: dict) -> str:
 
 def skipped_rows_note(skipped: dict | None) -> list[str]:
     """The bad rows prepare dropped (data.bad_rows: skip): no model trained or was measured on them."""
-    if not skipped or not skipped["count"]:
-        return []
-    more = f" and {skipped['not_listed']} more" if skipped["not_listed"] else ""
-    return ["", f"Data: prepare skipped {skipped['count']} bad row{'s' * (skipped['count'] != 1)} (data.bad_rows: skip): {'; '.join(skipped['lines'])}{more}."]
+    said = describe_skipped(skipped)
+    return ["", f"Data: {said}."] if said else []
 
 
 def noise_warning(report: dict) -> list[str]:

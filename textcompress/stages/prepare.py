@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from textcompress import catalog
-from textcompress.data import prepare
+from textcompress.data import describe_skipped, prepare
 from textcompress.errors import ParamsError
 from textcompress.models.checkpoints import max_positions, resolve_base, tokenizer_file
 from textcompress.stages import run_stage
@@ -27,10 +27,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as scratch:  # where a tokenizer built by AutoTokenizer is written
             stats = prepare(params["data"], tokenizer_file(source, Path(scratch)), args.out)
         print(json.dumps({k: v["rows"] for k, v in stats.items() if isinstance(v, dict) and "rows" in v}), "rows; labels", stats["labels"])
-        skipped = stats["skipped_rows"]
-        if skipped["count"]:
-            more = f" and {skipped['not_listed']} more" if skipped["not_listed"] else ""
-            print(f"skipped {skipped['count']} bad row{'s' * (skipped['count'] != 1)} (data.bad_rows: skip): {'; '.join(skipped['lines'])}{more}")
+        if said := describe_skipped(stats["skipped_rows"]):
+            print(said)
 
     run_stage(__doc__, add, body, argv)
 
