@@ -3,6 +3,7 @@ checkpoint to exactly the weights the uninterrupted run ends with (on CPU)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,15 @@ def test_bf16_training_keeps_fp32_weights_learns_and_differs_from_fp32(splits, u
     for low, full in zip(history, fp32_history, strict=True):
         assert low["loss"] == pytest.approx(full["loss"], rel=0.01)
         assert abs(low["validation_accuracy"] - full["validation_accuracy"]) <= 3 / len(validation)
+
+
+def test_bf16_inference_gives_the_fp32_logits_within_bf16_rounding(splits, uninterrupted):
+    model, _ = uninterrupted
+    validation = splits[1]
+    full = predict_logits(model, validation)
+    low = predict_logits(model, validation, precision="bf16")
+    assert low.dtype == full.dtype == np.float32
+    assert not np.array_equal(low, full)  # the forward pass did run in bf16
+    # bf16 keeps 8 significant bits: logits of a few units move by hundredths, labels almost never.
+    np.testing.assert_allclose(low, full, atol=0.1)
+    assert (low.argmax(-1) == full.argmax(-1)).mean() >= 0.95

@@ -260,17 +260,20 @@ def train_classifier(
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: Split, batch_size: int = 128, desc: str | None = None,
-                   device: str | torch.device | None = "cpu") -> np.ndarray:
-    """Logits for every row of `split`, in the split's order (the model is left where it was)."""
+                   device: str | torch.device | None = "cpu", precision: str = "fp32") -> np.ndarray:
+    """Logits for every row of `split`, in the split's order (the model is left where it was).
+    `precision` as in training: bf16 autocasts the forward pass (the logits come back fp32)."""
     model.eval()
     home = next(model.parameters()).device
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
+    low_precision = autocast_dtype(precision, device)
     out = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
     batches = length_bucketed_batches([len(x) for x in split.input_ids], batch_size, shuffle=False)
     for index in tqdm(batches, desc=desc, file=sys.stderr, disable=desc is None, mininterval=5):
         ids, mask = (t.to(device) for t in pad_batch([split.input_ids[i] for i in index]))
-        out[index] = model(ids, mask).float().cpu().numpy()
+        with torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None):
+            out[index] = model(ids, mask).float().cpu().numpy()
     model.to(home)
     return out
 
