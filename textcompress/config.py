@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 
 from tasks.notify import EVENTS
 from textcompress.errors import ParamsError
-from textcompress.decisions.promotion import OBJECTIVES, SPLITS
+from textcompress.decisions.promotion import BUDGET_ON, OBJECTIVES, SPLITS
 from textcompress.techniques.base import TEACHER_KINDS, teacher_kind
 
 Whole = StrictInt  # a whole number: neither 1.5 nor true
@@ -187,6 +187,9 @@ class PromotionConfig(Section):
         "validation", "where the accuracy budget is checked when choosing among candidates: validation, or the "
         "selection split carved from training (data.selection_fraction); validation still gates")
     significance_level: Number = setting(0.05, gt=0, lt=1, fix="e.g. 0.05")
+    budget_on: Literal[BUDGET_ON] = setting(
+        "point", "what max_accuracy_drop judges on the select_on split (and validation's gate): point, the drop "
+        "itself; bound, its one-sided paired bootstrap upper bound at evaluate.bound_level")
 
 
 class MlflowConfig(Section):
