@@ -291,3 +291,14 @@ def test_the_drop_bound_follows_the_select_on_split(artifacts):
     assert rows["int8-dynamic"]["selection_accuracy_drop_upper"] == pytest.approx(0.5)
     assert rows["int8-dynamic"]["accuracy_drop_upper"] == pytest.approx(2.0)
     assert rows["int8-dynamic"]["eligible"]
+
+
+def test_a_candidate_with_its_own_seed_keeps_that_form_in_its_row_and_card(artifacts):
+    from textcompress.decisions.report import model_card
+
+    compressed, onnx, metrics, benchmark = artifacts
+    seeded = {"seed": 3, "steps": CANDIDATES["int8-dynamic"]}
+    report = build_report({**CANDIDATES, "int8-dynamic": seeded}, compressed, onnx, metrics, benchmark, POLICY, FAILURES)
+    assert rows_by_name(report)["int8-dynamic"]["recipe"] == seeded and report["pick"] == "int8-dynamic"
+    card = model_card(report, {"data_version": "v", "base_model": "minilm-l6", "max_length": 128, "labels": [0, 1]})
+    assert "1. `quantize` {'mode': 'dynamic'}" in card and "its own seed, 3" in card

@@ -288,9 +288,14 @@ def model_card(report: dict, context: dict) -> str:
     name = report["pick"]
     if name is None:
         return "# Model card\n\nNo candidate met the promotion policy in this run, so there is no model to describe.\n"
+    from textcompress.config import candidate_form  # the two ways a candidate is written (its steps, or {seed, steps})
+
     r, teacher = rows[name], rows[TEACHER]
     ci = r["accuracy_ci"] or [float("nan")] * 2
-    recipe = "\n".join(f"  {i}. `{next(iter(step))}` {step[next(iter(step))] or ''}" for i, step in enumerate(r["recipe"], 1))
+    seed, steps = candidate_form(r["recipe"])
+    recipe = "\n".join(f"  {i}. `{next(iter(step))}` {step[next(iter(step))] or ''}" for i, step in enumerate(steps, 1))
+    if seed is not None:
+        recipe += f"\n  (trained with its own seed, {seed})"
     return "\n".join([
         f"# Model card: {name}", "",
         f"- **What**: a {', '.join(r['families']) or 'uncompressed'} compression of "

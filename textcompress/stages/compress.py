@@ -29,20 +29,24 @@ def main(argv=None):
 
     def body(params, args):
         recipe = candidate_recipe(params, args.candidate)
+        seed = recipe.trained_seed(params["seed"])  # a candidate written as {seed, steps} trains with its own
         teacher, labels = load_bundle(args.teacher)
         prepared = Path(args.prepared)
         with tempfile.TemporaryDirectory() as workdir:
             ctx = TechniqueContext(teacher, load_split(prepared, "train"), load_split(prepared, "validation"),
-                                   np.load(args.logits), params["seed"], params["runtime"]["device"],
+                                   np.load(args.logits), seed, params["runtime"]["device"],
                                    prepared / "tokenizer.json", params["data"]["max_length"], Path(workdir),
                                    Path(params["runtime"]["cache_dir"]).expanduser(), params["runtime"]["precision"])
             # Shared with another candidate: computed once, in the prefix store (techniques/prefix_store.py).
-            others = [candidate_recipe(params, name).compress_steps for name in params["candidates"] if name != args.candidate]
+            # Only candidates trained with the same seed can share a prefix (the store's key holds the seed too).
+            others = [other.compress_steps for other in (candidate_recipe(params, name) for name in params["candidates"]
+                                                          if name != args.candidate)
+                      if other.trained_seed(params["seed"]) == seed]
             shared = shared_lengths(recipe.compress_steps, others)
             store = PrefixStore(ctx.cache_dir / PREFIXES, Path(args.teacher), prepared, Path(args.logits), ctx) if shared else None
             # What a step draws before seeding itself (a GRU student's initial weights) comes from the
             # seed, not from the process's random start; the store restores the state after each prefix.
-            seed_everything(params["seed"])
+            seed_everything(seed)
             model, steps = run_steps(recipe.compress_steps, teacher, ctx, store, shared, args.candidate)
             summary = {"candidate": args.candidate, "recipe": recipe.as_params(), "families": recipe.families, "steps": steps,
                        "params": count_parameters(model),
