@@ -410,3 +410,11 @@ def test_a_promotion_stopped_after_the_alias_moved_is_recorded_by_the_next(proje
     assert tags["promotion.decision"] == "promoted"
     again = promote(report, versions, MODEL, POLICY)  # recorded once: later runs say as before
     assert not again["promoted"] and again["reason"] == "the challenger is already the champion"
+
+
+def test_the_drop_bound_is_logged_beside_the_drop(project):
+    rows = [row("teacher", 1.0, 2.0, eligible=False), {**row("student", 0.98, 1.0), "accuracy_drop_upper": 3.1}]
+    _, versions = log(project, rows, "student")
+    client = mlflow.MlflowClient()
+    metrics = client.get_run(client.get_model_version(MODEL, versions["student"]).run_id).data.metrics
+    assert metrics["accuracy_drop"] == pytest.approx(2.0) and metrics["accuracy_drop_upper"] == pytest.approx(3.1)
