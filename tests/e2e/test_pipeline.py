@@ -62,6 +62,10 @@ def test_candidates_json_has_the_contract(runs, project):
     assert rows["teacher"]["parity_max_abs_diff"] <= 1e-4
     assert rows["int8-dynamic"]["size_mb"] < rows["teacher"]["size_mb"]
     assert rows["distill-l2"]["params"] < rows["teacher"]["params"]
+    # Each drop comes with its paired bootstrap bound (evaluate against this run's teacher); the teacher's is 0.
+    assert rows["teacher"]["drop_upper"] == 0.0 and rows["teacher"]["drop_bound_level"] == 0.95
+    for name in ("int8-dynamic", "distill-l2"):
+        assert rows[name]["drop_upper"] >= rows[name]["accuracy_drop"], name
     assert report["pick"] in {"int8-dynamic", "distill-l2"}
     # The human-readable files say the same: a table row per candidate with its accuracy, the pick
     # named, a real plot, and the promotion decision about that pick.

@@ -41,8 +41,8 @@ from textcompress.decisions.promotion import PromotionPolicy, report_pick
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEMOTED_TAG = "promotion.demoted"  # set by rollback: never promote this version again
-METRIC_FIELDS = ("accuracy", "macro_f1", "f1", "accuracy_drop", "size_mb", "params", "latency_p50_ms", "latency_p95_ms",
-                 "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff", "label_agreement")
+METRIC_FIELDS = ("accuracy", "macro_f1", "f1", "accuracy_drop", "accuracy_drop_upper", "size_mb", "params", "latency_p50_ms",
+                 "latency_p95_ms", "throughput_per_s", "peak_rss_mb", "parity_max_abs_diff", "label_agreement")
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull and far too long"]
 EXAMPLE_PAIRS = ["a film that grips, beautifully acted", "the weather was fine"]
 
