@@ -65,7 +65,7 @@ def test_an_empty_space_is_an_error_for_the_search():
     # contradictory: int8 is an ONNX-level step, and nothing may change the PyTorch model after it
     ([{"quantize": {"mode": "dynamic"}}, {"distill": {"layers": 2}}], "no trial could run: the recipe with every optional step"),
     # only the recipe without the optional step fails: cutting LSTM units needs the LSTM student first
-    ([{"distill": {"student": "lstm"}, "optional": True}, {"prune_structured": {"units": 0.5, "heads": 0.0, "ffn": 0.0}}],
+    ([{"distill": {"student": "lstm"}, "optional": True}, {"prune_structured": {"units": 0.5}}],
      "no trial could run: the recipe with no optional step"),
 ])
 def test_each_mistake_names_the_key_and_a_fix(tmp_path, space, said):
