@@ -129,6 +129,7 @@ def test_top_level_must_be_a_mapping(write_params):
     ("data.max_length", 0), ("data.max_length", 1.5), ("data.max_length", True),
     ("teach.lr", -1.0), ("teach.batch_size", "32"), ("benchmark.threads", 0),
     ("teach.epochs", -1), ("teach.pooling", "max"), ("promotion.max_accuracy_drop", "1"),
+    ("evaluate.bound_level", 0.5), ("evaluate.bound_level", 1.0),
 ])
 def test_invalid_values_name_their_key(write_params, key, value):
     section, name = key.split(".")

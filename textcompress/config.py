@@ -149,6 +149,8 @@ class ExportConfig(Section):
 
 class EvaluateConfig(Section):
     bootstrap: Whole = setting(1000, "resamples of the bootstrap interval of accuracy", gt=0, fix="e.g. 1000")
+    bound_level: Number = setting(0.95, "level of the one-sided paired bootstrap upper bound of the accuracy drop "
+                                  "against the teacher (same rows, resampled together)", gt=0.5, lt=1, fix="e.g. 0.95")
 
 
 class BenchmarkConfig(Section):

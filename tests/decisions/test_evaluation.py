@@ -94,3 +94,68 @@ def test_f1_is_the_positive_labels_as_glue_scores_mrpc_and_absent_beyond_two_cla
     # label 1: tp 2, fp 1, fn 1 -> F1 = 4 / 6
     assert evaluate_predictions(predicted, labels, num_classes=2, bootstrap=50)["f1"] == pytest.approx(2 / 3)
     assert evaluate_predictions(PREDICTED, LABELS, num_classes=3, bootstrap=50)["f1"] is None
+
+
+# ---------------------------------------------------------------------------
+# The paired bootstrap bound of the accuracy drop
+
+
+def paired(rows: int, teacher_only: int, candidate_only: int, both: int):
+    """Correctness of a teacher and a candidate on `rows` rows: right together on `both`, each alone
+    on its own count, wrong together on the rest."""
+    teacher = np.zeros(rows)
+    candidate = np.zeros(rows)
+    teacher[:both] = candidate[:both] = 1
+    teacher[both:both + teacher_only] = 1
+    candidate[both + teacher_only:both + teacher_only + candidate_only] = 1
+    return candidate, teacher
+
+
+def test_the_bound_is_above_the_point_drop_and_tightens_with_more_rows():
+    from textcompress.decisions.evaluation import paired_drop_bound
+
+    few = paired(100, teacher_only=4, candidate_only=2, both=80)  # drop 2 points
+    many = paired(10000, teacher_only=400, candidate_only=200, both=8000)  # drop 2 points too
+    bound_few, bound_many = paired_drop_bound(*few, samples=2000), paired_drop_bound(*many, samples=2000)
+    assert bound_few > bound_many > 0.02
+    assert bound_few > 0.03  # 6 discordant rows of 100: the point drop of 2 is far from the bound
+    assert bound_many < 0.025
+
+
+def test_the_bound_is_paired_shared_errors_do_not_widen_it():
+    from textcompress.decisions.evaluation import paired_drop_bound
+
+    # Both right on 500 rows, both wrong on 400: the drop only depends on the 100 rows they disagree on.
+    candidate, teacher = paired(1000, teacher_only=60, candidate_only=40, both=500)
+    bound = paired_drop_bound(candidate, teacher, samples=4000)
+    # Resampled unpaired (two independent accuracies of 1000 rows near 0.55), the one-sided 95 %
+    # spread of the difference is about 1.645 * sqrt(2 * 0.55 * 0.45 / 1000) = 3.7 points; paired it
+    # is about 1.645 * sqrt(100 / 1000 - 0.02 ** 2) / sqrt(1000) = 1.6 points.
+    assert 0.02 < bound < 0.02 + 0.025
+
+
+def test_the_bound_rises_with_its_level_is_seeded_and_is_zero_against_itself():
+    from textcompress.decisions.evaluation import paired_drop_bound
+
+    candidate, teacher = paired(200, teacher_only=10, candidate_only=4, both=150)
+    assert paired_drop_bound(candidate, teacher, level=0.99) > paired_drop_bound(candidate, teacher, level=0.9)
+    assert paired_drop_bound(candidate, teacher, seed=3) == paired_drop_bound(candidate, teacher, seed=3)
+    assert paired_drop_bound(teacher, teacher) == 0.0
+
+
+def test_the_bound_needs_the_same_rows():
+    from textcompress.decisions.evaluation import paired_drop_bound
+
+    with pytest.raises(ValueError, match="same rows"):
+        paired_drop_bound(np.ones(5), np.ones(4))
+
+
+def test_with_the_teachers_predictions_the_result_gives_the_drop_and_its_bound():
+    # PREDICTED = 0 0 1 1 2 2 against LABELS 0 0 0 1 1 2: 4 of 6 right; the teacher gets all 6 right.
+    result = evaluate_predictions(PREDICTED, LABELS, 3, LABELS.copy(), bootstrap=500, bound_level=0.9)
+    assert result["accuracy_drop"] == pytest.approx(2 / 6)
+    assert result["accuracy_drop"] <= result["accuracy_drop_upper"] <= 1.0
+    assert result["accuracy_drop_upper"] > evaluate_predictions(PREDICTED, LABELS, 3, LABELS.copy(), bootstrap=500,
+                                                                bound_level=0.6)["accuracy_drop_upper"]
+    alone = evaluate_predictions(PREDICTED, LABELS, 3, bootstrap=100)
+    assert alone["accuracy_drop"] is None and alone["accuracy_drop_upper"] is None

@@ -12,7 +12,9 @@ from textcompress.stages import run_stage
 
 def main(argv=None):
     """Writes the exported candidate's accuracy, macro-F1, bootstrap interval, agreement with the
-    teacher and its predictions to --out."""
+    teacher, accuracy drop against the teacher (`accuracy_drop`, a fraction) with its paired bootstrap
+    upper bound (`accuracy_drop_upper`, at evaluate.bound_level; `bound_level`) per split, and its
+    predictions to --out."""
     def add(parser):
         parser.add_argument("candidate")
         parser.add_argument("--prepared", default=str(catalog.PREPARED))
@@ -23,7 +25,7 @@ def main(argv=None):
     def body(params, args):
         prepared = Path(args.prepared)
         num_classes = len(load_labels(prepared))
-        metrics = {"candidate": args.candidate}
+        metrics = {"candidate": args.candidate, "bound_level": params["evaluate"]["bound_level"]}
         candidate = make_session(Path(args.onnx) / MODEL_FILE)
         teacher = make_session(Path(args.teacher_onnx) / MODEL_FILE)
         for split_name in ("validation", "test", "selection"):
@@ -33,7 +35,8 @@ def main(argv=None):
             max_length = params["data"]["max_length"]
             predicted = split_logits(candidate, split_for_model(split, prepared, args.onnx, max_length)).argmax(-1)
             reference = split_logits(teacher, split_for_model(split, prepared, args.teacher_onnx, max_length)).argmax(-1)
-            result = evaluate_predictions(predicted, split.labels, num_classes, reference, params["evaluate"]["bootstrap"])
+            result = evaluate_predictions(predicted, split.labels, num_classes, reference, params["evaluate"]["bootstrap"],
+                                          params["evaluate"]["bound_level"])
             if split_name == "validation":
                 metrics.update(result)
                 metrics["predictions"] = predicted.astype(int).tolist()  # for paired tests at promotion
