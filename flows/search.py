@@ -241,7 +241,7 @@ def tell(study, trial, recipe, result: dict, params: dict) -> None:
         except (OSError, KeyError, ValueError) as err:  # a trial we cannot score is a failed trial
             result = {**result, "status": "failed", "error": f"{type(err).__name__}: {err}"}
     for key, value in {**attrs, "scores": scores, "error": result.get("error"), "record": result.get("record")}.items():
-        study.set_trial_user_attr(trial.number, key, value)
+        trial.set_user_attr(key, value)
     if scores is not None:
         study.tell(trial, scores["values"])
     else:
