@@ -65,7 +65,10 @@ def train_trial(root: str, candidate: str, recipe, baseline: list, threads: int 
     removes it). A failure or an early stop is returned, not raised: the search goes on."""
     started = time.time()
     # One threshold for every trial of a search, so the environment can carry it to the stage.
-    os.environ.pop(STOP_ENV, None) if stop_below is None else os.environ.__setitem__(STOP_ENV, f"{stop_below:.6f}")
+    if stop_below is None:
+        os.environ.pop(STOP_ENV, None)
+    else:
+        os.environ[STOP_ENV] = f"{stop_below:.6f}"
     workspace = candidate_workspace(Path(root), candidate)
     write_candidates(workspace, {"teacher": [], "int8-dynamic": baseline, candidate: recipe})
     result = {"candidate": candidate, "workspace": str(workspace), "stages": {}}
@@ -149,8 +152,8 @@ class Tracker:
             self.parent = self.client.create_run(experiment, run_name=f"search {root.name}",
                                                  tags={"textcompress.search": str(root / STUDY_FILE)}).info.run_id
             study.set_user_attr("mlflow_parent_run", self.parent)
-        self.client.log_param(self.parent, "objective", params["search"]["objective"]) \
-            if "objective" not in self.client.get_run(self.parent).data.params else None
+        if "objective" not in self.client.get_run(self.parent).data.params:
+            self.client.log_param(self.parent, "objective", params["search"]["objective"])
 
     def trial(self, record: dict) -> None:
         run = self.client.create_run(self.experiment, run_name=f"trial {record['number']}: {record['candidate']}",
@@ -198,8 +201,10 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
     def run_search() -> dict:
         for stage in SHARED:  # once, here, so that trial workspaces find them in the run-cache
             run_dvc_stage(stage, str(root))
-        teacher = read_json(Catalog(root).metrics("teacher"))[fronts.SCORED_ON]["accuracy"]
-        stop_below = None if cfg["stop_below_drop"] is None else teacher - cfg["stop_below_drop"] / 100.0
+        stop_below = None  # the selection accuracy below which a trial stops after its first training step
+        if cfg["stop_below_drop"] is not None:
+            teacher = read_json(Catalog(root).metrics("teacher"))[fronts.SCORED_ON]["accuracy"]
+            stop_below = teacher - cfg["stop_below_drop"] / 100.0
         ended = 0
         while ended < trials and (minutes is None or time.time() - started < 60 * minutes):
             batch = [study.ask() for _ in range(min(workers, trials - ended))]
