@@ -23,7 +23,7 @@ from tasks.run_cache import pull_run_cache, restore_stage, team_remote
 from tasks.stages import StageFailed, pipeline_is_up_to_date, remove_outputs, run_dvc_stage, stage_order
 from tasks.tracking import log_to_mlflow, promote_champion, pull_data, push_artifacts
 from textcompress.catalog import Catalog
-from textcompress.config import load_params
+from textcompress.config import load_params, with_step_lists
 from textcompress.fileio import write_json
 from textcompress.models.checkpoints import check_sources
 
@@ -46,7 +46,7 @@ def pipeline(project_dir: str = ".", pull: bool = True, skip_unchanged: bool = F
     root = Path(project_dir).resolve()
     os.chdir(root)  # DVC and relative MLflow paths are project-relative
     params = load_params(root / "params.yaml")
-    check_sources(params)  # a checkpoint that cannot load fails here, before any stage changes anything
+    check_sources(with_step_lists(params))  # a checkpoint that cannot load fails here, before any stage changes anything
     timings: dict[str, float] = {}
     team = team_remote(params["pipeline"]["push_remote"])  # where runs are pushed, and found
     shared_runs = 0  # run-cache entries from the team's remote: stages a teammate already ran

@@ -129,7 +129,7 @@ def test_top_level_must_be_a_mapping(write_params):
     ("data.max_length", 0), ("data.max_length", 1.5), ("data.max_length", True),
     ("teach.lr", -1.0), ("teach.batch_size", "32"), ("benchmark.threads", 0),
     ("teach.epochs", -1), ("teach.pooling", "max"), ("promotion.max_accuracy_drop", "1"),
-    ("evaluate.bound_level", 0.5), ("evaluate.bound_level", 1.0),
+    ("evaluate.bound_level", 0.5), ("evaluate.bound_level", 1.0), ("promotion.budget_on", "mean"),
 ])
 def test_invalid_values_name_their_key(write_params, key, value):
     section, name = key.split(".")
@@ -466,3 +466,71 @@ def test_a_headerless_layout_takes_positions_and_the_new_keys_default_as_before(
                                               "encoding": "latin-1", "bad_rows": "skip"}}))["data"]
     assert (data["text_column"], data["text_pair_column"], data["label_column"]) == (1, 2, 0)
     assert (data["encoding"], data["bad_rows"]) == ("latin-1", "skip")
+
+
+# ---------------------------------------------------------------------------
+# A candidate with its own seed: {seed: N, steps: [...]}
+
+SEEDED_STEPS = [{"quantize": {"mode": "dynamic"}}]
+
+
+def test_a_candidate_may_be_written_with_its_own_seed(write_params):
+    from textcompress.techniques import candidate_recipe
+
+    params = load_params(write_params(with_candidates(seeded={"seed": 7, "steps": SEEDED_STEPS})))
+    seeded, plain = candidate_recipe(params, "seeded"), candidate_recipe(params, "int8-dynamic")
+    assert seeded.seed == 7 and plain.seed is None
+    assert [s.name for s in seeded.steps] == [s.name for s in plain.steps] == ["quantize"]
+    assert seeded.trained_seed(42) == 7 and plain.trained_seed(42) == 42
+    # as_params gives each back in the form it was written in
+    assert seeded.as_params() == {"seed": 7, "steps": SEEDED_STEPS}
+    assert plain.as_params() == SEEDED_STEPS
+    assert recipe_families({"seed": 0, "steps": SEEDED_STEPS}) == ["quantization"]
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "7", None])
+def test_a_bad_candidate_seed_names_its_key(write_params, seed):
+    path = write_params(with_candidates(seeded={"seed": seed, "steps": SEEDED_STEPS}))
+    with raises_params_error(path, "candidates.seeded.seed") as excinfo:
+        load_params(path)
+    assert "whole number ≥ 0" in str(excinfo.value) and "Fix: e.g. seed: 7" in str(excinfo.value)
+
+
+def test_an_unknown_key_of_a_seeded_candidate_is_named_with_the_fix(write_params):
+    path = write_params(with_candidates(seeded={"seed": 7, "steps": SEEDED_STEPS, "epochs": 2}))
+    with raises_params_error(path, "candidates.seeded.epochs") as excinfo:
+        load_params(path)
+    assert "seed and steps only" in str(excinfo.value) and "Fix: remove epochs" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("written, key", [({"steps": SEEDED_STEPS}, "seed"), ({"seed": 7}, "steps")])
+def test_a_seeded_candidate_needs_both_seed_and_steps(write_params, written, key):
+    path = write_params(with_candidates(seeded=written))
+    with raises_params_error(path, f"candidates.seeded.{key}") as excinfo:
+        load_params(path)
+    assert "is missing" in str(excinfo.value) and "Fix:" in str(excinfo.value)
+
+
+def test_the_steps_of_a_seeded_candidate_are_checked_like_any_recipe(write_params):
+    path = write_params(with_candidates(seeded={"seed": 7, "steps": [{"quantize": {"mode": "foo"}}]}))
+    with raises_params_error(path, "candidates.seeded") as excinfo:
+        load_params(path)
+    assert "mode='foo'" in str(excinfo.value)
+
+
+def test_a_bad_seed_met_at_stage_time_names_its_key():
+    from textcompress.techniques import candidate_recipe
+
+    params = copy.deepcopy(DEFAULTS)
+    params["candidates"]["seeded"] = {"seed": -3, "steps": SEEDED_STEPS}  # as a stage sees params it did not load
+    with pytest.raises(ParamsError) as excinfo:
+        candidate_recipe(params, "seeded")
+    assert excinfo.value.key == "candidates.seeded.seed"
+
+
+def test_readers_of_steps_alone_see_a_seeded_candidates_steps():
+    from textcompress.config import with_step_lists
+
+    params = {**DEFAULTS, "candidates": {**BASE_CANDIDATES, "seeded": {"seed": 7, "steps": SEEDED_STEPS}}}
+    assert with_step_lists(params)["candidates"] == {**BASE_CANDIDATES, "seeded": SEEDED_STEPS}
+    assert params["candidates"]["seeded"] == {"seed": 7, "steps": SEEDED_STEPS}  # not changed in place

@@ -114,3 +114,18 @@ def test_a_full_disk_is_a_user_error_naming_the_file_not_a_bug():
     assert "No space left on device" in record.message and "free disk space" in record.fix
     assert DiskFullError.of(OSError(errno.EACCES, "Permission denied", "x")) is None
     assert DiskFullError.of(ValueError("no")) is None
+
+
+def test_a_trial_stopped_early_is_recorded_as_stopped_early_with_its_figures():
+    from textcompress.errors import StoppedEarly
+
+    err = StoppedEarly(0.6123, 0.8, ["distill", "quantize"])
+    record = StageError.from_exception(err, "compress", ["trial"])
+    assert record.kind == "stopped_early" and record.exit_code == 2
+    assert record.details == {"accuracy": 0.6123, "threshold": 0.8, "steps_not_run": ["distill", "quantize"]}
+    assert "0.6123" in record.message and "0.8000" in record.message and "distill, quantize" in record.message
+    assert StageError.from_json(record.to_json()) == record
+    assert record.summary()["details"] == record.details
+    assert pickle.loads(pickle.dumps(err)).details == err.details
+    # other errors keep their class name as kind and carry no details
+    assert StageError.from_exception(TextcompressError("x. Fix: y"), "compress").details is None

@@ -16,10 +16,10 @@ from textcompress.errors import DEBUG_ENV, TextcompressError
 def _check_checkpoints(where: Path) -> None:
     """Every checkpoint the params name resolves and loads, checked before Prefect starts: a stage
     that fails on it would first have let DVC delete that stage's last outputs."""
-    from textcompress.config import load_params
+    from textcompress.config import load_params, with_step_lists
     from textcompress.models.checkpoints import check_sources
 
-    check_sources(load_params(where / "params.yaml"))
+    check_sources(with_step_lists(load_params(where / "params.yaml")))
 
 
 def cmd_run(args) -> None:

@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 
 from tasks.notify import EVENTS
 from textcompress.errors import ParamsError
-from textcompress.decisions.promotion import OBJECTIVES, SPLITS
+from textcompress.decisions.promotion import BUDGET_ON, OBJECTIVES, SPLITS
 from textcompress.techniques.base import TEACHER_KINDS, teacher_kind
 
 Whole = StrictInt  # a whole number: neither 1.5 nor true
@@ -187,6 +187,9 @@ class PromotionConfig(Section):
         "validation", "where the accuracy budget is checked when choosing among candidates: validation, or the "
         "selection split carved from training (data.selection_fraction); validation still gates")
     significance_level: Number = setting(0.05, gt=0, lt=1, fix="e.g. 0.05")
+    budget_on: Literal[BUDGET_ON] = setting(
+        "point", "what max_accuracy_drop judges on the select_on split (and validation's gate): point, the drop "
+        "itself; bound, its one-sided paired bootstrap upper bound at evaluate.bound_level")
 
 
 class MlflowConfig(Section):
@@ -289,6 +292,41 @@ class SearchConfig(Section):
     benchmark_sentences: Whole = setting(200, "selection sentences each trial's latency is timed on", gt=0, fix="e.g. 200")
 
 
+CANDIDATE_KEYS = ("seed", "steps")  # a candidate written as a mapping
+
+
+def candidate_form(raw, error=None) -> tuple[int | None, Any]:
+    """A candidate as written -> (its own seed or None, its steps as written). It is either its list
+    of steps (trained with the global `seed`), or a mapping `{seed: 7, steps: [...]}` that trains it
+    with its own seed, so a recipe repeats over seeds without retraining the teacher (`seed` is a
+    dependency of `teach`). textcompress.techniques.parse_recipe reads candidates through this.
+    `error(problem, fix, key=...)` makes the exception for a malformed mapping, `key` being the
+    candidate's sub-key at fault (seed, steps or the unknown one)."""
+    if not isinstance(raw, dict) or not set(CANDIDATE_KEYS) & set(raw):
+        return None, raw  # a single step without its list is not this form: "must be a list of steps" says so
+    error = error or (lambda problem, fix, key=None: ValueError(f"{key}: {problem}. Fix: {fix}"))
+    example = "e.g. `{seed: 7, steps: [{quantize: {mode: dynamic}}]}`"
+    unknown = [key for key in raw if key not in CANDIDATE_KEYS]
+    if unknown:
+        raise error(f"is not a key of a candidate (a candidate written as a mapping has {' and '.join(CANDIDATE_KEYS)} only; "
+                    f"unknown: {', '.join(map(str, unknown))})", f"remove {unknown[0]}: {example}", key=str(unknown[0]))
+    if "steps" not in raw:
+        raise error("is missing: a candidate written as a mapping lists its steps under `steps`", example, key="steps")
+    if "seed" not in raw:
+        raise error("is missing: a candidate written as a mapping gives its own seed",
+                    "add e.g. `seed: 7`, or write the list of steps alone to train with the global seed", key="seed")
+    seed = raw["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise error(f"must be a whole number ≥ 0, got {seed!r}", "e.g. seed: 7", key="seed")
+    return seed, raw["steps"]
+
+
+def with_step_lists(params: dict) -> dict:
+    """`params` with every candidate as its list of steps alone (its own seed left out), for readers that
+    only look at steps and must not change: models/checkpoints.py's check_sources is a dep of `teach`."""
+    return {**params, "candidates": {name: candidate_form(written)[1] for name, written in params["candidates"].items()}}
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -303,8 +341,9 @@ class Params(Section):
     benchmark: BenchmarkConfig = setting(BenchmarkConfig)
     candidates: dict[str, Any] = setting(
         lambda: {"teacher": [], "int8-dynamic": [{"quantize": {"mode": "dynamic"}}]},
-        "candidate name -> its list of steps (textcompress.techniques); replaces this default set",
-        must="map candidate names to step lists", fix="see the default params.yaml")
+        "candidate name -> its list of steps (textcompress.techniques), or {seed: N, steps: [...]} to train it with "
+        "its own seed in place of `seed`; replaces this default set",
+        must="map candidate names to step lists (or {seed, steps} mappings)", fix="see the default params.yaml")
     promotion: PromotionConfig = setting(PromotionConfig)
     mlflow: MlflowConfig = setting(MlflowConfig)
     pipeline: PipelineConfig = setting(PipelineConfig)
@@ -336,7 +375,8 @@ class Params(Section):
 
         kind = teacher_kind(self.teach.architecture, self.teach.finetuned_teacher or self.base_model)
         for name, recipe in self.candidates.items():
-            validate_recipe(recipe, lambda problem, fix, n=name: Invalid(problem, fix, key=f"candidates.{n}"), kind)
+            validate_recipe(recipe, lambda problem, fix, key=None, n=name: Invalid(
+                problem, fix, key=f"candidates.{n}" + (f".{key}" if key else "")), kind)
         if self.search.space:  # an empty space is only an error for `textcompress search`
             from textcompress.search.space import check_space
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 ERROR_FILE_ENV = "TEXTCOMPRESS_ERROR_FILE"  # where a failing stage writes its StageError record (set by the flow)
 DEBUG_ENV = "TEXTCOMPRESS_DEBUG"  # set by `textcompress --debug`: stages print tracebacks of user errors too
+STOP_BELOW_ENV = "TEXTCOMPRESS_STOP_BELOW"  # a search trial's early stop: compress stops below this selection accuracy
 
 
 def _message(where: str | None, problem: str, fix: str | None) -> str:
@@ -40,6 +41,8 @@ class TextcompressError(Exception):
     key: str | None = None  # the params key that is wrong
     problem: str | None = None  # what is wrong, without where and fix
     fix: str | None = None  # what the user can do about it
+    record_kind: str | None = None  # the StageError kind, when not the class name
+    details: dict | None = None  # figures a program reads from the StageError record (StoppedEarly's)
 
     def __init__(self, message: str = "", *, fix: str | None = None):
         super().__init__(message)
@@ -112,17 +115,36 @@ class DiskFullError(TextcompressError):
         return cls(err.filename or os.getcwd(), err.strerror or os.strerror(err.errno))
 
 
+class StoppedEarly(TextcompressError):
+    """A search trial stopped on purpose, not a failure of its recipe: after its first training step
+    its accuracy on the selection split was below $TEXTCOMPRESS_STOP_BELOW, so the rest did not run
+    and nothing was written. Its record (kind `stopped_early`) carries the figures in `details`:
+    accuracy, threshold (fractions) and steps_not_run (step names, in order)."""
+
+    record_kind = "stopped_early"
+
+    def __init__(self, accuracy: float, threshold: float, steps_not_run: list[str]):
+        not_run = ", ".join(steps_not_run) or "none"
+        problem = (f"stopped early: accuracy {accuracy:.4f} on the selection split after the first training step is below "
+                   f"the threshold {threshold:.4f} ({STOP_BELOW_ENV}); steps not run: {not_run}")
+        fix = f"nothing is wrong with the recipe's input; unset {STOP_BELOW_ENV} to train it whole"
+        super().__init__(_message(None, problem, fix), fix=fix)
+        self.problem = problem
+        self.details = {"accuracy": accuracy, "threshold": threshold, "steps_not_run": list(steps_not_run)}
+
+
 @dataclass
 class StageError:
     """Why a DVC stage failed, as data: what a stage script writes to $TEXTCOMPRESS_ERROR_FILE
     when it fails, and what the flow reads instead of the stage's output.
 
-    kind: the exception's class name for a user error (DataError, ParamsError, ...); "internal"
-    for any other exception (a bug: the traceback says where); the flow uses "killed" (a signal
-    ended the process) and "dvc" (DVC failed before or around the command) when there is no record."""
+    kind: the exception's class name for a user error (DataError, ParamsError, ...), or its
+    `record_kind` ("stopped_early"); "internal" for any other exception (a bug: the traceback says
+    where); the flow uses "killed" (a signal ended the process) and "dvc" (DVC failed before or
+    around the command) when there is no record."""
 
     stage: str  # the stage script (prepare, teach, compress, ...) or DVC's stage address
-    kind: str
+    kind: str  # see above; "stopped_early" for StoppedEarly (a search trial stopped on purpose)
     message: str
     argv: list[str] | None = None
     file: str | None = None
@@ -131,12 +153,14 @@ class StageError:
     fix: str | None = None
     exit_code: int | None = None
     traceback: str | None = None
+    details: dict | None = None  # figures for a program: StoppedEarly's accuracy, threshold, steps_not_run
 
     @classmethod
     def from_exception(cls, err: BaseException, stage: str, argv: list[str] | None = None) -> StageError:
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         if isinstance(err, TextcompressError):
-            return cls(stage, type(err).__name__, str(err), argv, err.path, err.line, err.key, err.fix, 2, text)
+            return cls(stage, err.record_kind or type(err).__name__, str(err), argv, err.path, err.line, err.key, err.fix, 2,
+                       text, err.details)
         first_line = (str(err).strip().splitlines() or [""])[0]  # the traceback keeps the rest
         return cls(stage, "internal", f"{type(err).__name__}: {first_line}".rstrip(": "), argv,
                    fix="this is a bug in textcompress, not in your data or params: report it with the traceback above",

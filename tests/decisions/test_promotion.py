@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from textcompress.decisions.promotion import PromotionPolicy
+from textcompress.errors import PolicyError
 
 POLICY = PromotionPolicy.from_params({"registered_model": "m", "objective": "latency_p50_ms", "max_accuracy_drop": 1.0})
 GOOD_EXPORT = {"parity_max_abs_diff": 2e-6, "parity_ok": True, "parity_tolerance": 1e-4}
@@ -181,7 +182,7 @@ def test_within_budget_is_at_most_max_accuracy_drop_points(drop, within):
 def test_every_budget_decision_goes_through_within_budget(monkeypatch):
     """Eligibility, the validation gate and beats() all ask within_budget: a looser budget there
     loosens every one of them (so no second copy of the comparison can disagree)."""
-    monkeypatch.setattr(PromotionPolicy, "within_budget", lambda self, drop: True)
+    monkeypatch.setattr(PromotionPolicy, "within_budget", lambda self, drop, split="validation": True)
     over = row(accuracy_drop=5.0, selection_accuracy_drop=5.0)
     assert POLICY.eligibility_reasons(over, GOOD_EXPORT) == []
     assert replace(POLICY, select_on="selection").eligibility_reasons(over, GOOD_EXPORT) == []
@@ -233,3 +234,55 @@ def test_allow_noisy_comes_from_the_benchmark_params_not_the_promotion_section()
     assert DEFAULTS["benchmark"]["allow_noisy"] is False and "allow_noisy" not in DEFAULTS["promotion"]
     assert PromotionPolicy.from_params(DEFAULTS["promotion"], allow_noisy=True).allow_noisy
     assert not PromotionPolicy.from_params(DEFAULTS["promotion"]).allow_noisy
+
+
+# ---------------------------------------------------------------------------
+# budget_on: bound, the paired bootstrap upper bound of the drop
+
+
+BOUND = replace(POLICY, budget_on="bound")
+
+
+def test_budget_on_point_judges_the_drop_and_ignores_the_bound():
+    near = row(accuracy_drop=0.7, accuracy_drop_upper=1.43, drop_bound_level=0.95)
+    assert POLICY.eligibility_reasons(near, GOOD_EXPORT) == []
+    assert POLICY.within_budget(near) and POLICY.validation_gate(near) is None
+
+
+def test_budget_on_bound_refuses_a_drop_within_budget_whose_bound_is_not_and_says_so():
+    near = row(accuracy_drop=0.7, accuracy_drop_upper=1.43, drop_bound_level=0.95)
+    reasons = BOUND.eligibility_reasons(near, GOOD_EXPORT)
+    assert reasons == ["accuracy drop bound 1.43 points (95 % paired bootstrap) exceeds the budget of 1.0"]
+    assert not BOUND.within_budget(near)
+    assert BOUND.eligibility_reasons(row(accuracy_drop=0.7, accuracy_drop_upper=0.98), GOOD_EXPORT) == []
+    assert not BOUND.beats({**candidate(1.0, drop=0.7), "accuracy_drop_upper": 1.43}, candidate(3.0))[0]
+
+
+def test_budget_on_bound_without_a_bound_is_not_eligible():
+    reasons = BOUND.eligibility_reasons(row(accuracy_drop=0.1), GOOD_EXPORT)
+    assert reasons == ["no validation accuracy-drop bound to check the budget on"]
+
+
+def test_budget_on_bound_judges_the_bound_of_the_select_on_split():
+    policy = replace(BOUND, select_on="selection")
+    chosen = row(accuracy_drop=0.5, accuracy_drop_upper=0.9, selection_accuracy_drop=0.4, selection_accuracy_drop_upper=1.6)
+    reasons = policy.eligibility_reasons(chosen, GOOD_EXPORT)
+    assert len(reasons) == 1 and "drop bound 1.60 points" in reasons[0] and "on the selection split" in reasons[0]
+    fine = {**chosen, "selection_accuracy_drop_upper": 0.8}
+    assert policy.eligibility_reasons(fine, GOOD_EXPORT) == []
+    # validation still gates, on its own bound
+    assert policy.validation_gate(fine) is None
+    gated = policy.validation_gate({**fine, "accuracy_drop_upper": 1.2})
+    assert "1.20 points" in gated and "upper bound" in gated
+
+
+def test_budget_on_bound_replaces_a_champion_whose_bound_is_over_budget():
+    champion = {**candidate(1.0, drop=0.5), "accuracy_drop_upper": 1.5}
+    challenger = {**candidate(3.0, drop=0.5), "accuracy_drop_upper": 0.9}
+    assert BOUND.beats(challenger, champion)[0]
+    assert not POLICY.beats(challenger, champion)[0]
+
+
+def test_an_unknown_budget_on_is_refused_naming_the_key():
+    with pytest.raises(PolicyError, match="promotion.budget_on"):
+        PromotionPolicy.from_params({"max_accuracy_drop": 1.0, "budget_on": "mean"})

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from tests.conftest import export_model_dir
 from textcompress.decisions.champion import measure_champion
+from textcompress.decisions.evaluation import paired_drop_bound
 from textcompress.config import DEFAULTS
 from textcompress.data import load_split
 from textcompress.fileio import read_json, write_json
@@ -117,9 +119,16 @@ def test_a_champion_from_an_earlier_run_is_measured_in_this_run(project, tiny_pr
               "data": {**DEFAULTS["data"], "max_length": 32}}
     rows = [row("teacher", 1.0, 2.0, eligible=False)]
     write_json(project / "reports" / "candidates.json", {"pick": None, "rows": rows})
+    # This run's teacher's predictions (wrong on every third row): the champion's drop bound pairs its rows with them.
+    teacher_predictions = [1 - y if i % 3 == 0 else y for i, y in enumerate(validation.labels.tolist())]
+    write_json(project / "artifacts" / "metrics" / "teacher.json", {"predictions": teacher_predictions})
     measured = measure_champion(project, params, old)
     assert measured is not None
     assert measured["accuracy"] == pytest.approx(expected_accuracy)
+    champion_correct = np.array([int(l) == y for l, y in zip(labels, validation.labels)])
+    teacher_correct = np.array(teacher_predictions) == validation.labels
+    expected_bound = paired_drop_bound(champion_correct, teacher_correct, samples=200, level=params["evaluate"]["bound_level"])
+    assert measured["accuracy_drop_upper"] == pytest.approx(100 * expected_bound)
     assert measured["latency_p50_ms"] > 0 and measured["size_mb"] > 0
     assert isinstance(measured["benchmark_noise"]["noisy"], bool)  # that timing is judged like the stage's
 

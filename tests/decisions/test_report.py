@@ -240,3 +240,65 @@ def test_a_quiet_benchmark_adds_no_warning(artifacts):
     quiet = {"noisy": False, "causes": []}
     report = build_report(CANDIDATES, compressed, onnx, metrics, {**benchmark, "noise": quiet}, POLICY, FAILURES)
     assert report["benchmark"]["noise"] == quiet and "Noisy benchmark" not in to_markdown(report)
+
+
+def with_bounds(metrics_dir, bounds: dict, selection: dict | None = None):
+    """Add each candidate's drop bound (a fraction, as evaluate writes it) to its metrics file."""
+    for name, upper in bounds.items():
+        path = metrics_dir / f"{name}.json"
+        data = json.loads(path.read_text())
+        data.update(accuracy_drop_upper=upper, bound_level=0.95)
+        if selection is not None:
+            data["selection"] = {"accuracy": data["accuracy"], "accuracy_drop_upper": selection[name]}
+        path.write_text(json.dumps(data))
+
+
+def test_rows_carry_the_drop_bound_in_points_and_candidates_md_shows_it(artifacts):
+    compressed, onnx, metrics, benchmark = artifacts
+    with_bounds(metrics, {"teacher": 0.0, "int8-dynamic": 0.0143, "distil-1": 0.045, "distil-int8": 0.01})
+    report = build_report(CANDIDATES, compressed, onnx, metrics, benchmark, POLICY, FAILURES)
+    rows = rows_by_name(report)
+    assert rows["int8-dynamic"]["drop_upper"] == pytest.approx(1.43)
+    assert rows["int8-dynamic"]["accuracy_drop_upper"] == pytest.approx(1.43)
+    assert rows["teacher"]["drop_upper"] == 0.0 and rows["no-metrics"]["drop_upper"] is None
+    # point budget (the default): int8-dynamic's drop of 0.5 passes though its bound does not
+    assert report["pick"] == "int8-dynamic"
+    lines = to_markdown(report).splitlines()
+    header = next(line for line in lines if line.startswith("| candidate |")).split(" | ")
+    assert header[header.index("drop (pts)") + 1] == "drop bound"
+    int8 = next(line for line in lines if line.startswith("| int8-dynamic |")).split(" | ")
+    assert int8[header.index("drop bound")] == "+1.43"
+
+
+def test_under_budget_on_bound_the_bound_decides_and_the_reason_names_it(artifacts):
+    compressed, onnx, metrics, benchmark = artifacts
+    with_bounds(metrics, {"teacher": 0.0, "int8-dynamic": 0.0143, "distil-1": 0.045, "distil-int8": 0.01})
+    report = build_report(CANDIDATES, compressed, onnx, metrics, benchmark, {**POLICY, "budget_on": "bound"}, FAILURES)
+    rows = rows_by_name(report)
+    assert not rows["int8-dynamic"]["eligible"] and report["pick"] is None
+    reason = "accuracy drop bound 1.43 points (95 % paired bootstrap) exceeds the budget of 1.0"
+    assert reason in rows["int8-dynamic"]["reasons"]
+    assert f"**int8-dynamic**: {reason}" in to_markdown(report)
+
+
+def test_the_drop_bound_follows_the_select_on_split(artifacts):
+    compressed, onnx, metrics, benchmark = artifacts
+    names = ("teacher", "int8-dynamic", "distil-1", "distil-int8")
+    with_bounds(metrics, dict.fromkeys(names, 0.02), selection=dict(zip(names, (0.0, 0.005, 0.03, 0.004))))
+    policy = {**POLICY, "select_on": "selection", "budget_on": "bound"}
+    rows = rows_by_name(build_report(CANDIDATES, compressed, onnx, metrics, benchmark, policy, FAILURES))
+    assert rows["int8-dynamic"]["drop_upper"] == pytest.approx(0.5)
+    assert rows["int8-dynamic"]["selection_accuracy_drop_upper"] == pytest.approx(0.5)
+    assert rows["int8-dynamic"]["accuracy_drop_upper"] == pytest.approx(2.0)
+    assert rows["int8-dynamic"]["eligible"]
+
+
+def test_a_candidate_with_its_own_seed_keeps_that_form_in_its_row_and_card(artifacts):
+    from textcompress.decisions.report import model_card
+
+    compressed, onnx, metrics, benchmark = artifacts
+    seeded = {"seed": 3, "steps": CANDIDATES["int8-dynamic"]}
+    report = build_report({**CANDIDATES, "int8-dynamic": seeded}, compressed, onnx, metrics, benchmark, POLICY, FAILURES)
+    assert rows_by_name(report)["int8-dynamic"]["recipe"] == seeded and report["pick"] == "int8-dynamic"
+    card = model_card(report, {"data_version": "v", "base_model": "minilm-l6", "max_length": 128, "labels": [0, 1]})
+    assert "1. `quantize` {'mode': 'dynamic'}" in card and "its own seed, 3" in card

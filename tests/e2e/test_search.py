@@ -6,11 +6,12 @@ run, and trials are scored on the selection split."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import yaml
 
-from tests.e2e.tiny_project import build_tiny_project
+from tests.e2e.tiny_project import REPO, build_tiny_project
 
 STUDENT = {"student": "bert", "layers": 1, "epochs": 1, "lr": 3e-3, "batch_size": 16}
 # Two configurations: three trials must repeat one, so the run-cache is exercised whatever the sampler picks.
@@ -19,6 +20,7 @@ SPACE = [{"distill": STUDENT}, {"quantize": {"mode": {"choices": ["dynamic", "st
 
 def search_profile(project):
     """params/search.yaml: the tiny project's params with a selection split and the search section."""
+    shutil.copy(REPO / ".gitignore", project / ".gitignore")  # runs/, .sweep/, search.db stay out of workspaces
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["selection_fraction"] = 0.2
     params["promotion"].update(registered_model="tiny-search", max_accuracy_drop=50.0)  # the mechanics, not the model

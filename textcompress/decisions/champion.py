@@ -66,7 +66,12 @@ def measure_champion(root: Path, params: dict, version) -> dict:
             predicted, _ = OnnxTextClassifier(model_dir, max_length=settings["max_length"]).predict(validation.texts)
             index = {label: i for i, label in enumerate(labels)}
             predicted_ids = [index.get(p, -1) for p in predicted]  # a label this data lacks counts as wrong
-            metrics = evaluate_predictions(np.asarray(predicted_ids), validation.labels, len(labels), bootstrap=200)
+            # The teacher's predictions on the same rows give the drop's paired bound (promotion.budget_on: bound).
+            teacher_file = Catalog(root).metrics("teacher")
+            teacher_predictions = read_json(teacher_file).get("predictions") if teacher_file.is_file() else None
+            reference = None if teacher_predictions is None else np.asarray(teacher_predictions)
+            metrics = evaluate_predictions(np.asarray(predicted_ids), validation.labels, len(labels), reference,
+                                           bootstrap=200, bound_level=params["evaluate"]["bound_level"])
             cfg = params["benchmark"]
             measured = benchmark_candidates({"champion": model_dir, "teacher": Catalog(root).onnx("teacher")},
                                             validation.texts[: cfg["max_sentences"] or None], cfg["threads"], cfg["warmup"],
@@ -79,7 +84,9 @@ def measure_champion(root: Path, params: dict, version) -> dict:
     # Timed beside the teacher, then put on this run's scale through the teacher's numbers.
     latency = teacher["latency_p50_ms"] / timing["teacher"]["latency_p50_ms"]
     throughput = teacher["throughput_per_s"] / timing["teacher"]["throughput_per_s"]
+    upper = metrics["accuracy_drop_upper"]
     return {"name": "champion", "accuracy": metrics["accuracy"], "accuracy_drop": 100 * (teacher["accuracy"] - metrics["accuracy"]),
+            "accuracy_drop_upper": None if upper is None else 100 * upper,
             "latency_p50_ms": timing["champion"]["latency_p50_ms"] * latency,
             "latency_p95_ms": timing["champion"]["latency_p95_ms"] * latency,
             "throughput_per_s": timing["champion"]["throughput_per_s"] * throughput,

@@ -2,7 +2,8 @@
 
 A candidate is eligible when it exported faithfully (fp32 parity within tolerance, or a
 quantized model agreeing with its fp32 parent at the gate, and faster than that parent in
-the same benchmark) and loses at most `max_accuracy_drop` points against the teacher. Among
+the same benchmark) and loses at most `max_accuracy_drop` points against the teacher (judged on
+the drop itself, or with `budget_on: bound` on its paired bootstrap upper bound). Among
 eligible candidates the objective (default: lowest p50 latency) picks this run's pick, which
 the registry then treats as the challenger of the current champion. The teacher is the
 reference, not a candidate for promotion.
@@ -21,6 +22,10 @@ from textcompress.errors import PolicyError
 
 OBJECTIVES = {"latency_p50_ms": min, "latency_p95_ms": min, "size_mb": min, "accuracy": max, "throughput_per_s": max}
 SPLITS = ("validation", "selection")
+BUDGET_ON = ("point", "bound")  # what the budget judges: the drop itself, or its paired bootstrap upper bound
+# Per split, the row fields (points) holding the drop and its bound (decisions/report.py writes them).
+DROP_FIELDS = {"validation": ("accuracy_drop", "accuracy_drop_upper"),
+               "selection": ("selection_accuracy_drop", "selection_accuracy_drop_upper")}
 TIMED_OBJECTIVES = ("latency_p50_ms", "latency_p95_ms", "throughput_per_s")  # read from the benchmark's timing
 
 
@@ -33,6 +38,7 @@ class PromotionPolicy:
     significance_level: float = 0.05
     teacher: str = "teacher"
     allow_noisy: bool = False  # benchmark.allow_noisy: act on a timed objective from a benchmark flagged noisy
+    budget_on: str = "point"  # point: the drop; bound: its paired bootstrap upper bound (evaluate.bound_level)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -41,6 +47,9 @@ class PromotionPolicy:
         if self.select_on not in SPLITS:
             raise PolicyError(f"select_on {self.select_on!r} is unknown", f"use one of {list(SPLITS)}",
                               key="promotion.select_on")
+        if self.budget_on not in BUDGET_ON:
+            raise PolicyError(f"budget_on {self.budget_on!r} is unknown", f"use one of {list(BUDGET_ON)}",
+                              key="promotion.budget_on")
 
     @classmethod
     def from_params(cls, promotion: dict, teacher: str = "teacher", allow_noisy: bool = False) -> PromotionPolicy:
@@ -51,9 +60,28 @@ class PromotionPolicy:
 
     # -- the budget: the one check -------------------------------------------------------------
 
-    def within_budget(self, drop: float | None) -> bool:
-        """At most `max_accuracy_drop` points below the teacher (an unknown drop is not)."""
+    def within_budget(self, drop: float | dict | None, split: str = "validation") -> bool:
+        """At most `max_accuracy_drop` points below the teacher (an unknown drop is not). `drop` is
+        points, or a report row, whose figure on `split` the budget judges (`judged_drop`)."""
+        if isinstance(drop, dict):
+            drop = self.judged_drop(drop, split)
         return drop is not None and drop <= self.max_accuracy_drop
+
+    def judged_drop(self, row: dict, split: str = "validation") -> float | None:
+        """The figure of `row` on `split` that the budget judges, in points: the drop, or with
+        `budget_on: bound` its paired bootstrap upper bound (None when the row lacks it)."""
+        point, bound = DROP_FIELDS[split]
+        return row.get(bound if self.budget_on == "bound" else point)
+
+    def over_budget_reason(self, row: dict, split: str) -> str:
+        """Says which figure of `row` on `split` exceeds the budget."""
+        where = "" if split == "validation" else " on the selection split"
+        figure = self.judged_drop(row, split)
+        if self.budget_on == "bound":
+            level = row.get("drop_bound_level")
+            how = f"{100 * level:g} % paired bootstrap" if level else "paired bootstrap"
+            return f"accuracy drop bound {figure:.2f} points ({how}){where} exceeds the budget of {self.max_accuracy_drop}"
+        return f"accuracy drop {figure:.2f} points{where} exceeds the budget of {self.max_accuracy_drop}"
 
     # -- eligibility and the choice ------------------------------------------------------------
 
@@ -75,12 +103,11 @@ class PromotionPolicy:
                            "(measured side by side in this run)")
         # Choosing on a selection split carved from training keeps validation for the gate alone.
         split = self.select_on
-        drop = row.get("selection_accuracy_drop") if split == "selection" else row["accuracy_drop"]
-        if drop is None:
-            reasons.append(f"no {split} accuracy to check the budget on")
-        elif not self.within_budget(drop):
-            where = "" if split == "validation" else " on the selection split"
-            reasons.append(f"accuracy drop {drop:.2f} points{where} exceeds the budget of {self.max_accuracy_drop}")
+        if self.judged_drop(row, split) is None:
+            what = "accuracy-drop bound" if self.budget_on == "bound" else "accuracy"
+            reasons.append(f"no {split} {what} to check the budget on")
+        elif not self.within_budget(row, split):
+            reasons.append(self.over_budget_reason(row, split))
         return reasons
 
     def pick(self, rows: list[dict]) -> str | None:
@@ -96,10 +123,12 @@ class PromotionPolicy:
     def validation_gate(self, row: dict) -> str | None:
         """Why the pick may not be promoted whatever the champion (None when it may): a pick chosen
         on the selection split must still be within the budget on validation."""
-        if self.within_budget(row["accuracy_drop"]):
+        if self.within_budget(row):
             return None
-        drop = "an unknown number of" if row["accuracy_drop"] is None else f"{row['accuracy_drop']:.2f}"
-        return (f"chosen on the selection split, but {drop} points below the teacher on validation, "
+        figure = self.judged_drop(row)
+        drop = "an unknown number of" if figure is None else f"{figure:.2f}"
+        bound = " (the upper bound of the drop)" if self.budget_on == "bound" else ""
+        return (f"chosen on the selection split, but {drop} points below the teacher on validation{bound}, "
                 f"over the budget of {self.max_accuracy_drop}: not promoted")
 
     def noisy_benchmark_gate(self, noise: dict | None) -> str | None:
@@ -118,7 +147,7 @@ class PromotionPolicy:
         `require_significance`, a challenger significantly less accurate than the champion loses,
         and under the accuracy objective a challenger must be significantly more accurate."""
         objective = self.objective
-        if not self.within_budget(challenger["accuracy_drop"]):
+        if not self.within_budget(challenger):
             return False, "challenger is over the accuracy budget"
         if self.require_significance and paired_test is not None:
             alpha, p = self.significance_level, paired_test["p_value"]
@@ -127,7 +156,7 @@ class PromotionPolicy:
                 return False, f"challenger is significantly less accurate than the champion (McNemar p={p:.3g} < {alpha})"
             if objective == "accuracy" and (worse or p >= alpha):
                 return False, f"the accuracy gain is not significant (McNemar p={p:.3g}, level {alpha})"
-        if champion.get("accuracy_drop") is not None and not self.within_budget(champion["accuracy_drop"]):
+        if self.judged_drop(champion) is not None and not self.within_budget(champion):
             return True, "the current champion is now over the accuracy budget"
         a, b = challenger[objective], champion[objective]
         wins = OBJECTIVES[objective](a, b) == a and a != b

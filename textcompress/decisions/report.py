@@ -47,6 +47,8 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
         metrics, timing = metrics or {}, timing or {}
         accuracy = metrics.get("accuracy")
         selection = metrics.get("selection", {}).get("accuracy")
+        upper = _points(metrics.get("accuracy_drop_upper"))
+        selection_upper = _points(metrics.get("selection", {}).get("accuracy_drop_upper"))
         row.update({
             "selection_accuracy": selection,
             "selection_accuracy_drop": None if selection is None or teacher_selection is None else 100.0 * (teacher_selection - selection),
@@ -54,6 +56,11 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
             "macro_f1": metrics.get("macro_f1"),
             "f1": metrics.get("f1"),
             "accuracy_drop": None if accuracy is None or teacher_accuracy is None else 100.0 * (teacher_accuracy - accuracy),
+            # The drop's one-sided paired bootstrap upper bound (points), per split and on the split promotion.select_on picks.
+            "accuracy_drop_upper": upper,
+            "selection_accuracy_drop_upper": selection_upper,
+            "drop_upper": selection_upper if chooser.select_on == "selection" else upper,
+            "drop_bound_level": metrics.get("bound_level"),
             "accuracy_ci": metrics.get("accuracy_ci"),
             "size_mb": onnx_size_bytes(onnx_root / name) / 1e6 if (onnx_root / name).is_dir() else None,
             "compressed_mb": exported["compressed_bytes"] / 1e6 if "compressed_bytes" in exported else None,
@@ -73,6 +80,10 @@ def build_report(candidates: dict, compressed_root: Path, onnx_root: Path, metri
     return {"teacher": TEACHER, "baseline": BASELINE, "pick": chooser.pick(rows),
             "environment": benchmark.get("environment", {}), "benchmark": {k: benchmark.get(k) for k in ("sentences", "batch_size", "warmup", "machine_load", "noise")},
             "policy": policy, "rows": rows}
+
+
+def _points(fraction: float | None) -> float | None:
+    return None if fraction is None else 100.0 * fraction
 
 
 def ratios(report: dict, name: str, against: str) -> dict | None:
@@ -109,7 +120,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         "# Candidates", "",
         f"Pick of this run (the registry's challenger): **{report['pick'] or 'none qualifies'}** "
-        f"(policy: lowest `{report['policy']['objective']}` within {report['policy']['max_accuracy_drop']} points of the teacher).",
+        f"(policy: lowest `{report['policy']['objective']}` within {report['policy']['max_accuracy_drop']} points of the teacher"
+        f"{', judged on the upper bound of the drop' if report['policy'].get('budget_on') == 'bound' else ''}).",
         "",
         f"All timings from one run, interleaved in one process: ONNX Runtime {env.get('onnxruntime', '?')}, "
         f"{env.get('threads', '?')} thread(s), {env.get('cpu', '?')} ({env.get('vector_isa', 'vector ISA not recorded')}); "
@@ -117,8 +129,12 @@ def to_markdown(report: dict) -> str:
         f"{report['benchmark'].get('batch_size')} over {report['benchmark'].get('sentences')} validation sentences.",
         "",
         *noise_warning(report),
-        "| candidate | families | accuracy | drop (pts) | 95% CI | F1 | size MB | zipped MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"drop bound: the one-sided paired bootstrap upper bound of the drop (points, on the "
+        f"{report['policy'].get('select_on', 'validation')} split); the budget judges "
+        f"{'it' if report['policy'].get('budget_on') == 'bound' else 'the drop itself (promotion.budget_on: point)'}.",
+        "",
+        "| candidate | families | accuracy | drop (pts) | drop bound | 95% CI | F1 | size MB | zipped MB | × smaller | p50 ms | × faster | p95 ms | sent/s | params | eligible |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         ok = r["status"] == "ok" and teacher.get("status") == "ok"
@@ -128,7 +144,7 @@ def to_markdown(report: dict) -> str:
         eligible = "yes" if r["eligible"] else ("failed" if r["status"] != "ok" else "no")
         lines.append(
             f"| {r['name']} | {', '.join(r['families']) or '—'} | {_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')} | "
-            f"{_fmt(r['accuracy_drop'], '+.2f')} | {ci} | {_fmt(r.get('f1') and 100 * r['f1'], '.2f')} | {_fmt(r['size_mb'], '.1f')} | {_fmt(r.get('compressed_mb'), '.1f')} | {_fmt(smaller, '.2f')} | "
+            f"{_fmt(r['accuracy_drop'], '+.2f')} | {_fmt(r.get('drop_upper'), '+.2f')} | {ci} | {_fmt(r.get('f1') and 100 * r['f1'], '.2f')} | {_fmt(r['size_mb'], '.1f')} | {_fmt(r.get('compressed_mb'), '.1f')} | {_fmt(smaller, '.2f')} | "
             f"{_fmt(r['latency_p50_ms'], '.2f')} | {_fmt(faster, '.2f')} | {_fmt(r['latency_p95_ms'], '.2f')} | "
             f"{_fmt(r['throughput_per_s'], '.0f')} | {_fmt(r['params'], ',')} | {eligible} |")
     lines += skipped_rows_note(report.get("skipped_rows"))
@@ -272,9 +288,14 @@ def model_card(report: dict, context: dict) -> str:
     name = report["pick"]
     if name is None:
         return "# Model card\n\nNo candidate met the promotion policy in this run, so there is no model to describe.\n"
+    from textcompress.config import candidate_form  # the two ways a candidate is written (its steps, or {seed, steps})
+
     r, teacher = rows[name], rows[TEACHER]
     ci = r["accuracy_ci"] or [float("nan")] * 2
-    recipe = "\n".join(f"  {i}. `{next(iter(step))}` {step[next(iter(step))] or ''}" for i, step in enumerate(r["recipe"], 1))
+    seed, steps = candidate_form(r["recipe"])
+    recipe = "\n".join(f"  {i}. `{next(iter(step))}` {step[next(iter(step))] or ''}" for i, step in enumerate(steps, 1))
+    if seed is not None:
+        recipe += f"\n  (trained with its own seed, {seed})"
     return "\n".join([
         f"# Model card: {name}", "",
         f"- **What**: a {', '.join(r['families']) or 'uncompressed'} compression of "

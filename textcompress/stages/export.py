@@ -33,7 +33,7 @@ def main(argv=None):
         model, labels = load_bundle(args.model)
         validation = split_for_model(load_split(args.prepared, "validation"), args.prepared, args.model,
                                      params["data"]["max_length"])
-        ctx = ExportContext(Path(args.prepared), Path(args.model), params["data"]["max_length"], params["seed"],
+        ctx = ExportContext(Path(args.prepared), Path(args.model), params["data"]["max_length"], recipe.trained_seed(params["seed"]),
                             model, validation, cfg["opset"])
         set_fake_quant(model, False)
         with atomic_dir(args.out) as tmp:

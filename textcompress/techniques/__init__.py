@@ -1,7 +1,8 @@
 """The compression techniques: one module per family, each declaring its recipe steps
 (`TECHNIQUES`, see base.py), discovered here. A candidate's recipe is an ordered list of
 one-key mappings, e.g. `[{distill: {student: bert, layers: 2}}, {quantize: {mode: dynamic}}]`,
-parsed once into a typed `Recipe` when params load.
+or a mapping `{seed: 7, steps: [...]}` that trains it with its own seed, parsed once into a
+typed `Recipe` when params load.
 """
 
 from __future__ import annotations
@@ -40,12 +41,18 @@ KIND_NAMES = {"transformer": "a transformer", "transformers": "a model that runs
               "recurrent": "an LSTM/GRU", "cnn": "a CNN"}
 
 
-def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], kind: str = "transformer") -> Recipe:
-    """A candidate's recipe as written -> a Recipe; raises `error(problem, fix)` for the first thing
-    wrong with it, the teacher being of `kind` (MODEL_KINDS; see base.teacher_kind)."""
+def parse_recipe(name: str, raw, error: Callable[..., Exception], kind: str = "transformer") -> Recipe:
+    """A candidate's recipe as written (its list of steps, or `{seed: N, steps: [...]}`) -> a Recipe;
+    raises `error(problem, fix)` for the first thing wrong with it, the teacher being of `kind`
+    (MODEL_KINDS; see base.teacher_kind). A malformed `{seed, steps}` mapping raises
+    `error(problem, fix, key=...)`, `key` being the candidate's sub-key at fault (seed, steps, ...)."""
+    from textcompress.config import candidate_form  # the one reader of the two forms (no torch, no cycle at import)
+
     techniques = registry()
+    seed, raw = candidate_form(raw, error)
     if not isinstance(raw, list):
-        raise error(f"must be a list of steps, got {type(raw).__name__}", "write `[]` or `[{technique: {...}}, ...]`")
+        raise error(f"must be a list of steps, got {type(raw).__name__}",
+                    "write `[]`, `[{technique: {...}}, ...]` or `{seed: 7, steps: [{technique: {...}}, ...]}`")
     origin = f"the teacher is {KIND_NAMES[kind]}"
     teacher, own_tokenizer = kind, False  # own_tokenizer: a student read by another tokenizer than the teacher
     steps: list[Step] = []
@@ -93,7 +100,7 @@ def parse_recipe(name: str, raw, error: Callable[[str, str], Exception], kind: s
             if made != kind:
                 kind, origin = made, f"step {position} made a {step.args.get('student')} student"
         steps.append(step)
-    return Recipe(name, tuple(steps))
+    return Recipe(name, tuple(steps), seed)
 
 
 def _check_arguments(technique: Technique, given: dict, error: Callable[[str, str], Exception]) -> None:
@@ -136,11 +143,13 @@ def candidate_recipe(params: dict, name: str) -> Recipe:
     if name not in params["candidates"]:
         raise TextcompressError(f"params.yaml: no candidate named {name!r}. Fix: use one of {sorted(params['candidates'])}")
     return parse_recipe(name, params["candidates"][name],
-                        lambda problem, fix: ParamsError("params.yaml", f"candidates.{name}", problem, fix),
+                        lambda problem, fix, key=None: ParamsError("params.yaml", f"candidates.{name}" + (f".{key}" if key else ""),
+                                                                   problem, fix),
                         teacher_kind(params["teach"]["architecture"], params["teach"]["finetuned_teacher"] or params["base_model"]))
 
 
-def recipe_families(recipe: list) -> list[str]:
+def recipe_families(recipe: list | dict) -> list[str]:
     """The families a recipe as written uses, in order; a distillation that only recovers another
     step (`student: same`) does not count."""
-    return parse_recipe("", recipe, lambda problem, fix: ValueError(f"{problem}. Fix: {fix}")).families
+    return parse_recipe("", recipe, lambda problem, fix, key=None: ValueError(
+        f"{key + ': ' if key else ''}{problem}. Fix: {fix}")).families

@@ -130,9 +130,15 @@ class Step:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A candidate: its name and its steps, checked against the model kinds they pass through."""
+    """A candidate: its name and its steps, checked against the model kinds they pass through, and
+    its own seed when it was written as `{seed: N, steps: [...]}` (None: the global `seed`)."""
     name: str
     steps: tuple[Step, ...]
+    seed: int | None = None
+
+    def trained_seed(self, default: int) -> int:
+        """The seed the candidate trains with: its own, else `default` (params["seed"])."""
+        return default if self.seed is None else self.seed
 
     @property
     def compress_steps(self) -> tuple[Step, ...]:
@@ -151,9 +157,10 @@ class Recipe:
                 families.append(step.technique.family)
         return families
 
-    def as_params(self) -> list[dict]:
-        """The recipe as params.yaml writes it."""
-        return [{s.name: dict(s.given)} for s in self.steps]
+    def as_params(self) -> list[dict] | dict:
+        """The recipe as params.yaml writes it: its steps, or `{seed, steps}` when it has its own seed."""
+        steps = [{s.name: dict(s.given)} for s in self.steps]
+        return steps if self.seed is None else {"seed": self.seed, "steps": steps}
 
 
 @dataclass

@@ -29,7 +29,7 @@ import sys
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -206,10 +206,13 @@ def _restore(entry: dict, ctx: TechniqueContext):
 
 
 def run_steps(steps: Sequence[Step], model, ctx: TechniqueContext, store: PrefixStore | None = None,
-              shared: set[int] = frozenset(), candidate: str = "") -> tuple[object, list[dict]]:
+              shared: set[int] = frozenset(), candidate: str = "",
+              after: Callable[[int, object, TechniqueContext], None] | None = None) -> tuple[object, list[dict]]:
     """Apply `steps` to `model` in order; returns (model, each step's record). With a store, the
     longest stored prefix among the `shared` lengths is loaded instead of computed, and a shared
-    prefix this run computes is stored. Each record's `prefix_store` says which (and the key)."""
+    prefix this run computes is stored. Each record's `prefix_store` says which (and the key).
+    `after(done, model, ctx)`, when given, is called each time `done` steps are done (a loaded
+    prefix counts as its steps at once); what it raises stops the steps there."""
     import copy
 
     start = copy.copy(ctx)  # what the steps may replace in ctx, as it was before them
@@ -221,6 +224,8 @@ def run_steps(steps: Sequence[Step], model, ctx: TechniqueContext, store: Prefix
                            and (e := store.load(store.key(steps[:k]))) is not None), None)
             if loaded is not None:
                 model, done = _take(loaded, steps, done, ctx, records, candidate)
+                if after is not None:
+                    after(done, model, ctx)
                 continue
         step, length = steps[done], done + 1
         key = store.key(steps[:length]) if store is not None and length in shared else None
@@ -228,6 +233,8 @@ def run_steps(steps: Sequence[Step], model, ctx: TechniqueContext, store: Prefix
             entry = store.load(key) if key else None
             if entry is not None:  # another process computed it while this one waited
                 model, done = _take((length, entry), steps, done, ctx, records, candidate)
+                if after is not None:
+                    after(done, model, ctx)
                 continue
             print(f"{candidate}: {step.name} {dict(step.args)}")
             model, details = step.technique.apply(model, dict(step.args), ctx)
@@ -235,6 +242,8 @@ def run_steps(steps: Sequence[Step], model, ctx: TechniqueContext, store: Prefix
             if key and store.save(key, steps[:length], [r["details"] for r in records], model, ctx, start, candidate):
                 records[-1]["prefix_store"]["stored_as"] = key
         done = length
+        if after is not None:
+            after(done, model, ctx)
     return model, records
 
 
