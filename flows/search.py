@@ -32,14 +32,14 @@ from textcompress import catalog
 from textcompress.catalog import Catalog
 from textcompress.config import load_params
 from textcompress.decisions.registry import tracking_uri
-from textcompress.errors import ParamsError, TextcompressError
+from textcompress.errors import STOP_BELOW_ENV, ParamsError
 from textcompress.fileio import atomic_path, read_json, write_json
 from textcompress.search import front as fronts
 from textcompress.search.space import candidate_name, check_space, sample_recipe
 
 STUDY_FILE = str(catalog.SEARCH_STUDY)  # in the run directory
 STUDY_NAME = "textcompress-search"
-STOP_ENV = "TEXTCOMPRESS_STOP_BELOW"  # compress stops a recipe below this selection accuracy after its first step
+STOP_ENV = STOP_BELOW_ENV  # compress stops a recipe below this selection accuracy after its first training step
 SHARED = ("prepare", "teach", "teacher_logits", "compress@teacher", "export@teacher", "evaluate@teacher")
 
 
@@ -77,10 +77,13 @@ def train_trial(root: str, candidate: str, recipe, baseline: list, threads: int 
             result["stages"][stage] = run_dvc_stage.fn(stage, str(workspace), upstream=True, threads=threads)
         result["status"] = "ok"
     except StageFailed as err:
-        stopped = err.record is not None and err.record.kind == "stopped_early"
-        result.update(status="pruned" if stopped else "failed", error=str(err),
-                      record=err.record.summary() if err.record else None)
+        result.update(status=failure_status(err), error=str(err), record=err.record.summary() if err.record else None)
     return {**result, "seconds": round(time.time() - started, 1)}
+
+
+def failure_status(err: StageFailed) -> str:
+    """A trial compress stopped on purpose (below the early-stopping threshold) is pruned; any other failure failed."""
+    return "pruned" if err.record is not None and err.record.kind == "stopped_early" else "failed"
 
 
 def time_trial(workspace: Path, candidate: str, params: dict) -> dict:
