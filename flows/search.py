@@ -184,8 +184,6 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
            workers: int = 1, runner: str = "local", address: str | None = None, pull: bool = True) -> dict:
     """Run trials until `trials` more have ended or `minutes` have passed, then the front's seeds
     and one pipeline run. Returns the summary (reports/search/ holds the files)."""
-    import optuna
-
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
     check_search_params(params, params_path)
@@ -230,7 +228,11 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
         from tasks.tracking import pull_data
 
         pull_data(str(root))
-    summary = run_search()
+    try:
+        summary = run_search()
+    except BaseException:
+        tracker.client.set_terminated(tracker.parent, "FAILED")  # resumed, and running again, by the next search
+        raise
     tracker.close(summary["cost"] | {"complete": summary["cost"]["completed"]})
     return summary
 
@@ -262,7 +264,7 @@ def tell(study, trial, recipe, result: dict, params: dict) -> None:
 def finish(root: Path, params: dict, trials: list[dict], threads: int | None) -> dict:
     """The front; its members within the budget trained again with other seeds; one pipeline run
     over teacher, int8-dynamic and the front; reports/search/."""
-    cfg, promotion = params["search"], params["promotion"]
+    promotion = params["promotion"]
     budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
     out = Catalog(root).SEARCH
     front = fronts.pareto(trials)

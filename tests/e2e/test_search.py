@@ -102,3 +102,20 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
     assert all({"drop", "ratio", "p50_ms", "size_mb", "seconds"} <= set(r.data.metrics) for r in nested)
     # The front went through the ordinary promotion path of the final run.
     assert read_json(where / "reports" / "promotion.json")["registered_model"] == "tiny-search"
+
+    # A budget no trial can meet: said with the closest trial; no final run, no alias moved.
+    def champion():
+        aliased = [v for v in client.search_model_versions("name='tiny-search'") if "champion" in (v.aliases or [])]
+        return [v.version for v in aliased]
+
+    before = champion()
+    promotion_file = (where / "reports" / "promotion.json").read_text()
+    profile = yaml.safe_load((project / "params" / "search.yaml").read_text())
+    profile["promotion"]["max_accuracy_drop"] = -100.0
+    (project / "params" / "search.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    run_search(project, "--trials", "1")
+    said = (out / "candidates.md").read_text()
+    assert "nothing met the budget" in said and "closest: search-" in said
+    assert champion() == before
+    assert (where / "reports" / "promotion.json").read_text() == promotion_file  # no pipeline run, no promotion
+    assert read_json(out / "front.json")["trials"] == 6
