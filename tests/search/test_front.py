@@ -63,6 +63,11 @@ def test_the_cost_counts_trials_and_what_early_stopping_saved():
     assert (cost["trials"], cost["completed"], cost["pruned"], cost["failed"]) == (4, 2, 1, 1)
     assert cost["seconds"] == 370 and cost["seconds_saved_by_early_stopping"] == 90  # a typical trial: 150 s
     assert cost["saved_per_pruned_trial"] == {"search-2": 90}
+    # a trial DVC found cached took seconds, not a training's time: the estimate leaves it out
+    trained = {"compress@search-0": "ran"}
+    trials = [{**trial(0, 1, 1, seconds=200), "stages": trained}, {**trial(1, 1, 1, seconds=5), "stages": {"compress@x": "cached"}},
+              trial(2, 0, 0, state="pruned", seconds=60)]
+    assert fronts.cost_file(trials)["seconds_saved_by_early_stopping"] == 140
 
 
 def test_the_seeds_mean_and_spread():

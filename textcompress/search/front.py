@@ -100,9 +100,10 @@ def front_file(trials: list[dict], objective: str, max_drop: float, budget_on: s
 
 def cost_file(trials: list[dict]) -> dict:
     """The search's own cost. A pruned trial saved, by estimate, what a completed trial took on
-    average less what it took before it stopped."""
+    average (one that trained, not one DVC found cached) less what it took before it stopped."""
     done = [t["seconds"] for t in trials if t["state"] == "complete"]
-    typical = statistics.fmean(done) if done else None
+    trained = [t["seconds"] for t in trials if t["state"] == "complete" and "ran" in (t.get("stages") or {}).values()]
+    typical = statistics.fmean(trained or done) if done else None
     pruned = [t for t in trials if t["state"] == "pruned"]
     saved = [max(0.0, typical - t["seconds"]) for t in pruned] if typical is not None else []
     return {"trials": len(trials), "completed": len(done), "pruned": len(pruned),
