@@ -29,6 +29,8 @@ PARETO = REPORTS / "pareto.png"
 FAILURES = REPORTS / "failures.json"  # written by the flow before benchmark: candidate -> why it failed
 PROMOTION = REPORTS / "promotion.json"
 RUN = REPORTS / "run.json"
+SEARCH = REPORTS / "search"  # textcompress search: front.json, candidates.json/.md, front.png, recipes.yaml, cost.json
+SEARCH_STUDY = Path("search.db")  # the search's Optuna study (SQLite), in its run directory
 
 # Inside a candidate's folders.
 MODEL_FILE = "model.onnx"

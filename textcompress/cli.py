@@ -49,6 +49,36 @@ def cmd_sweep(args) -> None:
           f"whole sweep {info['seconds']} s; failed: {[c['candidate'] for c in info['candidates'] if c['status'] != 'ok'] or 'none'}")
 
 
+def cmd_search(args) -> None:
+    from textcompress.workspace import profile_params, run_directory
+
+    for flag, value in (("--trials", args.trials), ("--minutes", args.minutes)):
+        if value is not None and value <= 0:
+            raise TextcompressError(f"{flag} {value:g}: must be above 0. Fix: e.g. {flag} 30")
+    project = Path(args.project).resolve()
+    where, params = profile_params(args.params, project)  # validates the file (the space too) before anything runs
+    if where == project:
+        raise TextcompressError(f"{args.params}: the search writes its front into the run's candidates, so it runs in "
+                                "a profile's own directory, not on the project's params.yaml. Fix: "
+                                "textcompress search --params params/search.yaml (or a copy of it)")
+    from flows.search import check_search_params
+
+    check_search_params(params, args.params)
+    where = run_directory(args.params, project)
+    print(f"search {args.params} runs in {where.relative_to(project)}/ (its study in {where.relative_to(project)}/search.db, "
+          f"its results in {where.relative_to(project)}/reports/search/)")
+    _check_checkpoints(where)
+    from flows.search import search
+
+    summary = search(str(where), args.params, trials=args.trials, minutes=args.minutes, workers=args.workers,
+                     runner=args.runner, address=args.address, pull=not args.no_pull)
+    cost = summary["cost"]
+    print(f"search: {cost['trials']} trials in the study ({cost['completed']} completed, {cost['pruned']} stopped early, "
+          f"{cost['failed']} failed), {cost['seconds']} s of trials, {cost['seconds_saved_by_early_stopping']} s saved "
+          f"by early stopping; front: {', '.join(summary['front']) or 'empty'}")
+    print(summary["said"])
+
+
 def scheduled_deployment(project: Path, params: dict, cron: str | None = None) -> dict:
     """Options of the Prefect deployment `textcompress schedule` serves: the flow on a cron
     schedule, each run pulling data and skipping everything when nothing changed."""
@@ -276,6 +306,15 @@ def main(argv=None) -> None:
     sweep.add_argument("--address", help="an existing cluster: tcp://host:8786 (Dask) or ray://host:10001 (Ray)")
     sweep.add_argument("--no-pull", action="store_true", help="do not `dvc pull data.dvc` first")
     sweep.set_defaults(func=cmd_sweep)
+    search = sub.add_parser("search", help="search recipes for the smallest, fastest model within the accuracy budget (Optuna)")
+    search.add_argument("--params", default="params/search.yaml", help="a profile with a search: section (params/search.yaml)")
+    search.add_argument("--trials", type=int, help="trials to run now (default: search.trials); a stored study resumes")
+    search.add_argument("--minutes", type=float, help="start no trial after this many minutes (default: search.minutes)")
+    search.add_argument("--workers", type=int, default=1, help="trials trained at once (ignored with --address)")
+    search.add_argument("--runner", choices=("dask", "ray", "local"), default="local")
+    search.add_argument("--address", help="an existing cluster: tcp://host:8786 (Dask) or ray://host:10001 (Ray)")
+    search.add_argument("--no-pull", action="store_true", help="do not `dvc pull data.dvc` first")
+    search.set_defaults(func=cmd_search)
     schedule = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)")
     schedule.add_argument("--params", default="params.yaml", help="params file the scheduled runs use")
     schedule.add_argument("--cron", help="cron expression (default: schedule.cron in params)")
@@ -297,7 +336,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # the stages print the tracebacks of their errors too
-    elif args.command in ("run", "sweep", "schedule"):
+    elif args.command in ("run", "sweep", "search", "schedule"):
         _hide_prefect_user_error_tracebacks()
     try:
         args.func(args)

@@ -268,6 +268,30 @@ class RuntimeConfig(Section):
                                gt=0, fix="e.g. 1")
 
 
+SEARCH_OBJECTIVES = ("latency_p50_ms", "size_mb")  # the second objective; accuracy drop is always the first
+
+
+class SearchConfig(Section):
+    """`textcompress search` (flows/search.py): a multi-objective search over recipes (textcompress/search)."""
+
+    space: list[Any] = setting(
+        list, "the ordered steps recipes are drawn from: each `- technique: {argument: value | {choices: [...]} | "
+        "{low, high, step, log}}`, with `optional: true` beside it to let trials leave the step out (see params/search.yaml)",
+        must="be a list of steps", fix="e.g. [{quantize: {mode: {choices: [static, dynamic]}}}]")
+    objective: Literal[SEARCH_OBJECTIVES] = setting(
+        "latency_p50_ms", "minimised with the accuracy drop on the selection split: latency_p50_ms (the trial's p50 "
+        "as a fraction of the teacher's, timed interleaved with it) or size_mb (its ONNX file)")
+    trials: Whole = setting(30, "trials per `textcompress search` (--trials overrides)", gt=0, fix="e.g. 30")
+    minutes: Optional[Number] = setting(None, "start no trial after this many minutes (--minutes overrides); null: no limit",
+                                        gt=0, fix="e.g. 180, or null")
+    seeds: Whole = setting(3, "each front member within the budget is trained again with this many seeds", ge=1,
+                           fix="e.g. 3")
+    stop_below_drop: Optional[Number] = setting(
+        None, "stop a trial after its first training step when it is already this many points below the teacher on "
+        "the selection split (the trial is pruned); null: never", gt=0, fix="e.g. 5.0, or null")
+    benchmark_sentences: Whole = setting(200, "selection sentences each trial's latency is timed on", gt=0, fix="e.g. 200")
+
+
 CANDIDATE_KEYS = ("seed", "steps")  # a candidate written as a mapping
 
 
@@ -327,6 +351,7 @@ class Params(Section):
     schedule: ScheduleConfig = setting(ScheduleConfig)
     attention_benchmark: AttentionBenchmarkConfig = setting(AttentionBenchmarkConfig)
     runtime: RuntimeConfig = setting(RuntimeConfig)
+    search: SearchConfig = setting(SearchConfig)
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -352,6 +377,10 @@ class Params(Section):
         for name, recipe in self.candidates.items():
             validate_recipe(recipe, lambda problem, fix, key=None, n=name: Invalid(
                 problem, fix, key=f"candidates.{n}" + (f".{key}" if key else "")), kind)
+        if self.search.space:  # an empty space is only an error for `textcompress search`
+            from textcompress.search.space import check_space
+
+            check_space(self.search.space, lambda problem, fix: Invalid(problem, fix, key="search.space"), kind)
         return self
 
 

@@ -1,0 +1,317 @@
+"""A search: Optuna proposes recipes from `search.space`, each trial is a candidate trained through
+the same DVC stages as a hand-written one, the front goes through one ordinary pipeline run.
+
+    shared stages once in the run directory -> trials, in batches of --workers: each candidate
+    `search-<key>`'s compress/export/evaluate in its own workspace (the project's DVC cache), then
+    timed interleaved with the teacher's ONNX, scored on the selection split, told to the study
+    -> the front; each member within the budget trained again with other seeds -> one pipeline
+    run with teacher, int8-dynamic and the front (benchmark, validation gates, promotion)
+
+The study lives in `search.db` in the run directory (load_if_exists): a killed search resumes, and
+a repeated recipe is the same DVC stage, found in the run-cache. reports/search/front.json is
+rewritten after every trial, so the best found so far is never lost. Latency is measured the
+benchmark stage's way (benchmark.threads, interleaved with the teacher) while no trial trains.
+
+Run: textcompress search --params params/search.yaml [--trials N] [--minutes M] [--workers W --runner local|dask|ray]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+from prefect import flow, task
+
+from flows.pipeline import pipeline
+from flows.sweep import candidate_workspace, cores, task_runner
+from tasks.stages import StageFailed, run_dvc_stage
+from textcompress import catalog
+from textcompress.catalog import Catalog
+from textcompress.config import load_params
+from textcompress.decisions.registry import tracking_uri
+from textcompress.errors import STOP_BELOW_ENV, ParamsError
+from textcompress.fileio import atomic_path, read_json, write_json
+from textcompress.search import front as fronts
+from textcompress.search.space import candidate_name, check_space, sample_recipe
+
+STUDY_FILE = str(catalog.SEARCH_STUDY)  # in the run directory
+STUDY_NAME = "textcompress-search"
+STOP_ENV = STOP_BELOW_ENV  # compress stops a recipe below this selection accuracy after its first training step
+SHARED = ("prepare", "teach", "teacher_logits", "compress@teacher", "export@teacher", "evaluate@teacher")
+
+
+def check_search_params(params: dict, path: str | Path) -> None:
+    """What the search needs beyond a valid params file, said before anything runs."""
+    if not params["data"]["selection_fraction"]:
+        raise ParamsError(path, "data.selection_fraction", "is 0, and trials are scored on the selection split, "
+                          "never on validation", "set data.selection_fraction: 0.05 (see params/search.yaml)")
+    check_space(params["search"]["space"], lambda problem, fix: ParamsError(path, "search.space", problem, fix))
+
+
+def write_candidates(workspace: Path, candidates: dict) -> None:
+    """The workspace's params.yaml with these candidates (dvc.yaml's foreach reads them)."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["candidates"] = candidates
+    with atomic_path(workspace / "params.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@task(task_run_name="trial {candidate}")
+def train_trial(root: str, candidate: str, recipe, baseline: list, threads: int | None, stop_below: float | None) -> dict:
+    """compress/export/evaluate of one trial in its own workspace (kept for timing; the flow
+    removes it). A failure or an early stop is returned, not raised: the search goes on."""
+    started = time.time()
+    # One threshold for every trial of a search, so the environment can carry it to the stage.
+    if stop_below is None:
+        os.environ.pop(STOP_ENV, None)
+    else:
+        os.environ[STOP_ENV] = f"{stop_below:.6f}"
+    workspace = candidate_workspace(Path(root), candidate)
+    write_candidates(workspace, {"teacher": [], "int8-dynamic": baseline, candidate: recipe})
+    result = {"candidate": candidate, "workspace": str(workspace), "stages": {}}
+    try:
+        for stage in (f"compress@{candidate}", f"export@{candidate}", f"evaluate@{candidate}"):
+            result["stages"][stage] = run_dvc_stage.fn(stage, str(workspace), upstream=True, threads=threads)
+        result["status"] = "ok"
+    except StageFailed as err:
+        result.update(status=failure_status(err), error=str(err), record=err.record.summary() if err.record else None)
+    return {**result, "seconds": round(time.time() - started, 1)}
+
+
+def failure_status(err: StageFailed) -> str:
+    """A trial compress stopped on purpose (below the early-stopping threshold) is pruned; any other failure failed."""
+    return "pruned" if err.record is not None and err.record.kind == "stopped_early" else "failed"
+
+
+def time_trial(workspace: Path, candidate: str, params: dict) -> dict:
+    """The trial's ONNX timed interleaved with the teacher's (the benchmark stage's way) on the
+    first `search.benchmark_sentences` selection sentences; sizes of both files."""
+    from textcompress.data import load_split
+    from textcompress.deploy.benchmark import benchmark_candidates
+    from textcompress.deploy.export import onnx_size_bytes
+
+    ws = Catalog(workspace)
+    cfg = params["benchmark"]
+    texts = load_split(ws.PREPARED, fronts.SCORED_ON).texts[: params["search"]["benchmark_sentences"]]
+    dirs = {"teacher": ws.onnx("teacher"), candidate: ws.onnx(candidate)}
+    timed = benchmark_candidates(dirs, texts, cfg["threads"], cfg["warmup"], cfg["batch_size"], params["data"]["max_length"],
+                                 measure_memory=False)["candidates"]
+    return {"latency_p50_ms": timed[candidate]["latency_p50_ms"], "teacher_latency_p50_ms": timed["teacher"]["latency_p50_ms"],
+            "size_mb": onnx_size_bytes(dirs[candidate]) / 1e6, "teacher_size_mb": onnx_size_bytes(dirs["teacher"]) / 1e6}
+
+
+def trial_record(trial) -> dict:
+    """An Optuna trial as front.py reads it."""
+    attrs = trial.user_attrs
+    return {"number": trial.number, "state": trial.state.name.lower().replace("fail", "failed"),
+            "candidate": attrs.get("candidate"), "recipe": attrs.get("recipe"), "scores": attrs.get("scores"),
+            "seconds": attrs.get("seconds", 0.0), "stages": attrs.get("stages", {})}
+
+
+def records(study) -> list[dict]:
+    import optuna
+
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return [trial_record(t) for t in study.trials if t.state in ended and "candidate" in t.user_attrs]
+
+
+def open_study(root: Path, params: dict, path: str | Path):
+    """The study in search.db, created or resumed; trials a killed search left running are failed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective = params["search"]["objective"]
+    study = optuna.create_study(storage=f"sqlite:///{root / STUDY_FILE}", study_name=STUDY_NAME, load_if_exists=True,
+                                directions=["minimize", "minimize"])
+    stored = study.user_attrs.get("objective")
+    if stored not in (None, objective):
+        raise ParamsError(path, "search.objective", f"is {objective}, and {root / STUDY_FILE} holds a study of {stored}",
+                          f"set search.objective: {stored} to resume it, or move {STUDY_FILE} away to start anew")
+    study.set_user_attr("objective", objective)
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.RUNNING:  # its search was killed
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    # Seeded by how many trials exist, so a resumed search does not propose its first recipes again.
+    study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials),
+                                               n_startup_trials=min(10, max(2, params["search"]["trials"] // 3)))
+    return study
+
+
+class Tracker:
+    """MLflow: one parent run for the search (resumed with its study), a nested run per trial."""
+
+    def __init__(self, root: Path, params: dict, study):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        mlflow.set_tracking_uri(tracking_uri(params["mlflow"]["tracking_uri"], root))
+        self.client = MlflowClient()
+        experiment = mlflow.set_experiment(params["mlflow"]["experiment"]).experiment_id
+        self.experiment, self.parent = experiment, study.user_attrs.get("mlflow_parent_run")
+        if self.parent is None:
+            self.parent = self.client.create_run(experiment, run_name=f"search {root.name}",
+                                                 tags={"textcompress.search": str(root / STUDY_FILE)}).info.run_id
+            study.set_user_attr("mlflow_parent_run", self.parent)
+        if "objective" not in self.client.get_run(self.parent).data.params:
+            self.client.log_param(self.parent, "objective", params["search"]["objective"])
+
+    def trial(self, record: dict) -> None:
+        run = self.client.create_run(self.experiment, run_name=f"trial {record['number']}: {record['candidate']}",
+                                     tags={"mlflow.parentRunId": self.parent, "candidate": record["candidate"],
+                                           "state": record["state"]})
+        recipe = record["recipe"] if isinstance(record["recipe"], list) else []
+        for position, step in enumerate(recipe, start=1):
+            (name, args), = step.items()
+            self.client.log_param(run.info.run_id, f"{position}.{name}", yaml.safe_dump(args, default_flow_style=True).strip())
+        scores = record["scores"] or {}
+        metrics = {"drop": scores.get("drop"), "drop_upper": scores.get("drop_upper"), "p50_ms": scores.get("latency_p50_ms"),
+                   "ratio": scores.get("latency_ratio"), "size_mb": scores.get("size_mb"), "seconds": record["seconds"]}
+        for key, value in metrics.items():
+            if value is not None:
+                self.client.log_metric(run.info.run_id, key, value)
+        self.client.set_terminated(run.info.run_id, "FINISHED" if record["state"] == "complete" else "KILLED")
+
+    def close(self, summary: dict) -> None:
+        for key in ("trials", "complete", "pruned", "failed"):
+            self.client.log_metric(self.parent, key, summary[key])
+        self.client.set_terminated(self.parent)
+
+
+def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int | None = None, minutes: float | None = None,
+           workers: int = 1, runner: str = "local", address: str | None = None, pull: bool = True) -> dict:
+    """Run trials until `trials` more have ended or `minutes` have passed, then the front's seeds
+    and one pipeline run. Returns the summary (reports/search/ holds the files)."""
+    root = Path(project_dir).resolve()
+    params = load_params(root / "params.yaml")
+    check_search_params(params, params_path)
+    cfg, promotion = params["search"], params["promotion"]
+    trials = trials or cfg["trials"]
+    minutes = minutes or cfg["minutes"]
+    budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
+    out = Catalog(root).SEARCH
+    threads = max(1, cores() // workers) if address is None else None
+    baseline = params["candidates"]["int8-dynamic"]
+    study = open_study(root, params, params_path)
+    tracker = Tracker(root, params, study)
+    started = time.time()
+
+    @flow(name="textcompress-search", log_prints=True, task_runner=task_runner(runner, workers, address))
+    def run_search() -> dict:
+        for stage in SHARED:  # once, here, so that trial workspaces find them in the run-cache
+            run_dvc_stage(stage, str(root))
+        stop_below = None  # the selection accuracy below which a trial stops after its first training step
+        if cfg["stop_below_drop"] is not None:
+            teacher = read_json(Catalog(root).metrics("teacher"))[fronts.SCORED_ON]["accuracy"]
+            stop_below = teacher - cfg["stop_below_drop"] / 100.0
+        ended = 0
+        while ended < trials and (minutes is None or time.time() - started < 60 * minutes):
+            batch = [study.ask() for _ in range(min(workers, trials - ended))]
+            recipes = [sample_recipe(cfg["space"], t) for t in batch]
+            names = [candidate_name(r) for r in recipes]
+            unique = dict(zip(names, recipes))  # a batch trains a repeated recipe once
+            futures = {n: train_trial.submit(str(root), n, r, baseline, threads, stop_below) for n, r in unique.items()}
+            results = {n: f.result() for n, f in futures.items()}
+            for trial, recipe, name in zip(batch, recipes, names):
+                tell(study, trial, recipe, results[name], params)
+                tracker.trial(trial_record(study.trials[trial.number]))
+                write_json(out / "front.json", fronts.front_file(records(study), cfg["objective"], max_drop, budget_on))
+            for result in results.values():
+                shutil.rmtree(result["workspace"], ignore_errors=True)
+            ended += len(batch)
+        os.environ.pop(STOP_ENV, None)  # seeds and the final run train whole recipes
+        return finish(root, params, records(study), threads)
+
+    if pull:
+        from tasks.tracking import pull_data
+
+        pull_data(str(root))
+    try:
+        summary = run_search()
+    except BaseException:
+        tracker.client.set_terminated(tracker.parent, "FAILED")  # resumed, and running again, by the next search
+        raise
+    tracker.close(summary["cost"] | {"complete": summary["cost"]["completed"]})
+    return summary
+
+
+def tell(study, trial, recipe, result: dict, params: dict) -> None:
+    """The trial's outcome to the study: its two objectives, or pruned (stopped early), or failed."""
+    import optuna
+
+    attrs = {"candidate": result["candidate"], "recipe": recipe, "seconds": result["seconds"], "stages": result["stages"]}
+    scores = None
+    if result["status"] == "ok":
+        try:
+            metrics = read_json(Catalog(Path(result["workspace"])).metrics(result["candidate"]))
+            timing = time_trial(Path(result["workspace"]), result["candidate"], params)
+            scores = fronts.trial_scores(metrics, timing, params["search"]["objective"])
+        except (OSError, KeyError, ValueError) as err:  # a trial we cannot score is a failed trial
+            result = {**result, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+    for key, value in {**attrs, "scores": scores, "error": result.get("error"), "record": result.get("record")}.items():
+        trial.set_user_attr(key, value)
+    if scores is not None:
+        study.tell(trial, scores["values"])
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED if result["status"] == "pruned" else optuna.trial.TrialState.FAIL)
+    print(f"trial {trial.number} {result['candidate']}: {result['status']}" +
+          (f", drop {scores['drop']:.2f} points (bound {scores['drop_upper']:.2f}), {scores['faster']:.2f}x faster, "
+           f"{scores['smaller']:.2f}x smaller, {result['seconds']} s" if scores else f" ({result.get('error')})"))
+
+
+def finish(root: Path, params: dict, trials: list[dict], threads: int | None) -> dict:
+    """The front; its members within the budget trained again with other seeds; one pipeline run
+    over teacher, int8-dynamic and the front; reports/search/."""
+    promotion = params["promotion"]
+    budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
+    out = Catalog(root).SEARCH
+    front = fronts.pareto(trials)
+    within = fronts.within_budget(front, max_drop, budget_on)
+    cost = fronts.cost_file(trials)
+    write_json(out / "cost.json", cost)
+    fronts.plot_front(trials, max_drop, budget_on, out / "front.png")
+    with atomic_path(out / "recipes.yaml") as tmp:
+        tmp.write_text(fronts.recipes_yaml(front))
+    if not within:  # no promotion, no alias moved: the registry is not touched
+        said = fronts.nothing_met(trials, max_drop, budget_on)
+        with atomic_path(out / "candidates.md") as tmp:
+            tmp.write_text(f"# Search front\n\n{said}\n\n![front](front.png)\n")
+        print(said)
+        return {"front": [t["candidate"] for t in front], "within_budget": [], "promotion": None, "said": said, "cost": cost}
+    spreads = repeat_seeds(root, params, within, threads)
+    candidates = {"teacher": [], "int8-dynamic": params["candidates"]["int8-dynamic"],
+                  **{t["candidate"]: t["recipe"] for t in front}}
+    write_candidates(root, candidates)
+    summary = pipeline(project_dir=str(root), pull=False)
+    report = fronts.search_rows(read_json(Catalog(root).CANDIDATES_JSON), front, spreads)
+    write_json(out / "candidates.json", report)
+    decision = summary["promotion"]
+    said = (f"{len(front)} on the front, {len(within)} within the budget on the selection split; promotion: "
+            f"{decision['reason']}")
+    with atomic_path(out / "candidates.md") as tmp:
+        tmp.write_text(fronts.to_markdown(report, said))
+    print(said)
+    return {"front": [t["candidate"] for t in front], "within_budget": [t["candidate"] for t in within],
+            "promotion": decision, "said": said, "cost": cost, "seeds": spreads}
+
+
+def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | None) -> dict[str, dict]:
+    """Each member trained again with seeds seed+1 .. seed+n-1 (the `{seed, steps}` form), scored on
+    the selection split; with its own trial, n seeds: their mean and spread."""
+    n = params["search"]["seeds"]
+    baseline = params["candidates"]["int8-dynamic"]
+    jobs = {(t["candidate"], k): {"seed": params["seed"] + k, "steps": t["recipe"]} for t in members for k in range(1, n)}
+    futures = {job: train_trial.submit(str(root), candidate_name(t_recipe["steps"], t_recipe["seed"]), t_recipe, baseline,
+                                       threads, None) for job, t_recipe in jobs.items()}
+    runs: dict[str, list[dict]] = {t["candidate"]: [{"seed": params["seed"], "accuracy": t["scores"]["accuracy"],
+                                                     "drop": t["scores"]["drop"]}] for t in members}
+    for (member, k), future in futures.items():
+        result = future.result()
+        if result["status"] == "ok":
+            selection = read_json(Catalog(Path(result["workspace"])).metrics(result["candidate"]))[fronts.SCORED_ON]
+            runs[member].append({"seed": params["seed"] + k, "accuracy": selection["accuracy"],
+                                 "drop": 100.0 * selection["accuracy_drop"]})
+        shutil.rmtree(result["workspace"], ignore_errors=True)
+    return {member: fronts.seed_spread(r) for member, r in runs.items()}

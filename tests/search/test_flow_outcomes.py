@@ -1,0 +1,65 @@
+"""How a trial's outcome reaches the study (flows/search.py), on a real in-memory Optuna study: a
+stopped-early trial is pruned, any other failure failed, and the search goes on; the stored
+records are what the front and the cost read."""
+
+import optuna
+import pytest
+
+from flows.search import failure_status, records, tell
+from tasks.stages import StageFailed
+from textcompress.errors import StageError, StoppedEarly
+from textcompress.search import front as fronts
+
+PARAMS = {"search": {"objective": "latency_p50_ms"}}
+
+
+def failed(kind: str) -> StageFailed:
+    record = StageError.from_exception(StoppedEarly(0.61, 0.80, ["prune_structured", "quantize"]), "compress") \
+        if kind == "stopped_early" else StageError("compress", kind, "boom")
+    return StageFailed("stage compress@search-x failed", record)
+
+
+def test_only_a_stopped_early_record_prunes_a_trial():
+    assert failed("stopped_early").record.kind == "stopped_early"
+    assert failure_status(failed("stopped_early")) == "pruned"
+    assert failure_status(failed("internal")) == failure_status(failed("DataError")) == "failed"
+    assert failure_status(StageFailed("killed", None)) == "failed"
+
+
+def test_pruned_and_failed_trials_are_told_as_such_and_counted(capsys):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    outcomes = [("pruned", 30.0), ("failed", 5.0)]
+    for number, (status, seconds) in enumerate(outcomes):
+        trial = study.ask()
+        tell(study, trial, [{"distill": {"layers": 2}}], {"candidate": f"search-{number}", "status": status,
+                                                          "seconds": seconds, "stages": {}, "error": "why"}, PARAMS)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL]
+    stored = records(study)
+    assert [(r["candidate"], r["state"], r["recipe"]) for r in stored] == [
+        ("search-0", "pruned", [{"distill": {"layers": 2}}]), ("search-1", "failed", [{"distill": {"layers": 2}}])]
+    cost = fronts.cost_file(stored)
+    assert (cost["pruned"], cost["failed"], cost["completed"], cost["seconds"]) == (1, 1, 0, 35.0)
+    assert "search-0: pruned" in capsys.readouterr().out
+
+
+def test_a_trial_that_trained_but_cannot_be_scored_fails_and_the_search_goes_on(tmp_path):
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    trial = study.ask()
+    # status ok, but its workspace holds no metrics (removed, or never written): failed, not a crash
+    tell(study, trial, [], {"candidate": "search-y", "status": "ok", "seconds": 1.0, "stages": {},
+                            "workspace": str(tmp_path)}, PARAMS)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert "FileNotFoundError" in study.trials[0].user_attrs["error"]
+
+
+@pytest.mark.parametrize("state", ["complete", "pruned", "failed"])
+def test_records_read_the_state_names_front_py_uses(state):
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr("candidate", "search-z")
+    if state == "complete":
+        study.tell(trial, [1.0, 0.5])
+    else:
+        study.tell(trial, state={"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}[state])
+    assert records(study)[0]["state"] == state

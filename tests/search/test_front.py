@@ -1,0 +1,86 @@
+"""The search's results as data: trials scored on the selection split only, the front, the budget
+(point or bound), the closest miss, the cost and what early stopping saved, the seeds' spread."""
+
+import pytest
+import yaml
+
+from textcompress.errors import TextcompressError
+from textcompress.search import front as fronts
+
+TIMING = {"latency_p50_ms": 2.0, "teacher_latency_p50_ms": 8.0, "size_mb": 5.0, "teacher_size_mb": 90.0}
+
+
+def metrics(drop: float, upper: float, accuracy: float = 0.9) -> dict:
+    # validation figures that would score very differently, so a scorer reading them would be caught
+    return {"candidate": "c", "accuracy": 0.1, "accuracy_drop": 0.8, "accuracy_drop_upper": 0.9,
+            "selection": {"accuracy": accuracy, "accuracy_drop": drop, "accuracy_drop_upper": upper}}
+
+
+def trial(number, drop, second, state="complete", upper=None, seconds=100.0, candidate=None):
+    scores = None if state != "complete" else {
+        "drop": drop, "drop_upper": drop + 0.5 if upper is None else upper, "faster": 1 / second, "smaller": 10.0,
+        "accuracy": 0.9, "values": [drop, second]}
+    return {"number": number, "state": state, "candidate": candidate or f"search-{number}", "recipe": [{"quantize": {}}],
+            "scores": scores, "seconds": seconds}
+
+
+def test_trials_are_scored_on_the_selection_split_never_on_validation():
+    scores = fronts.trial_scores(metrics(0.012, 0.025), TIMING, "latency_p50_ms")
+    assert scores["values"] == pytest.approx([1.2, 0.25])
+    assert scores["drop_upper"] == pytest.approx(2.5) and scores["scored_on"] == "selection"
+    assert scores["faster"] == pytest.approx(4.0) and scores["smaller"] == pytest.approx(18.0)
+    assert fronts.trial_scores(metrics(0.012, 0.025), TIMING, "size_mb")["values"] == pytest.approx([1.2, 5.0])
+
+
+def test_without_a_selection_split_a_trial_cannot_be_scored():
+    with pytest.raises(TextcompressError, match="selection_fraction"):
+        fronts.trial_scores({"candidate": "c", "accuracy": 0.9, "accuracy_drop": 0.01}, TIMING, "latency_p50_ms")
+
+
+def test_the_front_keeps_only_unbeaten_completed_trials_once_each():
+    trials = [trial(0, 0.5, 0.5), trial(1, 1.0, 0.2), trial(2, 1.5, 0.6), trial(3, 0.0, 0.9),
+              trial(4, 0.5, 0.5, candidate="search-0"), trial(5, 0, 0, state="pruned"), trial(6, 0, 0, state="failed")]
+    assert [t["number"] for t in fronts.pareto(trials)] == [3, 0, 1]
+
+
+def test_the_budget_is_judged_on_the_point_or_on_the_bound():
+    front = [trial(0, 0.5, 0.5, upper=1.4), trial(1, 0.9, 0.2, upper=0.95)]
+    assert [t["number"] for t in fronts.within_budget(front, 1.0, "point")] == [0, 1]
+    assert [t["number"] for t in fronts.within_budget(front, 1.0, "bound")] == [1]
+
+
+def test_nothing_within_the_budget_names_the_closest():
+    trials = [trial(0, 3.0, 0.2, upper=4.0), trial(1, 2.0, 0.5, upper=3.5), trial(2, 0, 0, state="failed")]
+    said = fronts.nothing_met(trials, 1.0, "bound")
+    assert said.startswith("nothing met the budget") and "closest: search-1" in said and "bound 3.50" in said
+    assert "no trial completed" in fronts.nothing_met([trial(0, 0, 0, state="failed")], 1.0, "point")
+
+
+def test_the_cost_counts_trials_and_what_early_stopping_saved():
+    trials = [trial(0, 1, 1, seconds=100), trial(1, 1, 1, seconds=200), trial(2, 0, 0, state="pruned", seconds=60),
+              trial(3, 0, 0, state="failed", seconds=10)]
+    cost = fronts.cost_file(trials)
+    assert (cost["trials"], cost["completed"], cost["pruned"], cost["failed"]) == (4, 2, 1, 1)
+    assert cost["seconds"] == 370 and cost["seconds_saved_by_early_stopping"] == 90  # a typical trial: 150 s
+    assert cost["saved_per_pruned_trial"] == {"search-2": 90}
+    # a trial DVC found cached took seconds, not a training's time: the estimate leaves it out
+    trained = {"compress@search-0": "ran"}
+    trials = [{**trial(0, 1, 1, seconds=200), "stages": trained}, {**trial(1, 1, 1, seconds=5), "stages": {"compress@x": "cached"}},
+              trial(2, 0, 0, state="pruned", seconds=60)]
+    assert fronts.cost_file(trials)["seconds_saved_by_early_stopping"] == 140
+
+
+def test_the_seeds_mean_and_spread():
+    spread = fronts.seed_spread([{"seed": 0, "accuracy": 0.90, "drop": 1.0}, {"seed": 1, "accuracy": 0.88, "drop": 3.0},
+                                 {"seed": 2, "accuracy": 0.89, "drop": 2.0}])
+    assert spread["accuracy"]["mean"] == pytest.approx(0.89) and spread["accuracy"]["std"] == pytest.approx(0.01)
+    assert spread["drop"]["range"] == pytest.approx(2.0) and spread["seeds"] == [0, 1, 2]
+
+
+def test_the_front_file_and_the_recipes_to_paste():
+    trials = [trial(0, 0.5, 0.5, upper=1.4), trial(1, 1.0, 0.2, upper=0.95), trial(2, 0, 0, state="pruned")]
+    front = fronts.front_file(trials, "latency_p50_ms", 1.0, "bound")
+    assert (front["trials"], front["complete"], front["pruned"]) == (3, 2, 1)
+    assert [(m["candidate"], m["within_budget"]) for m in front["front"]] == [("search-0", False), ("search-1", True)]
+    pasted = yaml.safe_load(fronts.recipes_yaml(fronts.pareto(trials)))
+    assert pasted == {"search-0": [{"quantize": {}}], "search-1": [{"quantize": {}}]}

@@ -1,0 +1,194 @@
+"""A search's results as data: each trial's scores, the front, the budget, the seeds' spread, and
+what reports/search/ holds (front.json, candidates.json/.md, front.png, recipes.yaml, cost.json).
+
+Trials are scored on the selection split only (carved from training data): `trial_scores` reads
+nothing else of evaluate's metrics, so validation can only gate the final run. Pure functions
+over plain dicts (a trial is its record: candidate, recipe, state, scores, seconds), no Optuna."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import yaml
+
+from textcompress.errors import TextcompressError
+from textcompress.fileio import atomic_path
+
+SCORED_ON = "selection"
+
+
+def trial_scores(metrics: dict, timing: dict, objective: str) -> dict:
+    """One trained trial's figures: its accuracy drop on the selection split (points, and the one-sided
+    95 % bootstrap bound), its latency as a fraction of the teacher's p50 timed interleaved with it,
+    its size; `values` are the two objectives Optuna minimises."""
+    selection = metrics.get(SCORED_ON)
+    if not selection or "accuracy_drop" not in selection:
+        raise TextcompressError(f"candidate {metrics.get('candidate')}: evaluate wrote no selection-split drop. Fix: "
+                                "set data.selection_fraction above 0 (e.g. 0.05): trials are scored on it, never on validation")
+    ratio = timing["latency_p50_ms"] / timing["teacher_latency_p50_ms"]
+    scores = {"accuracy": selection["accuracy"], "drop": 100.0 * selection["accuracy_drop"],
+              "drop_upper": 100.0 * selection["accuracy_drop_upper"], "latency_p50_ms": timing["latency_p50_ms"],
+              "teacher_latency_p50_ms": timing["teacher_latency_p50_ms"], "latency_ratio": ratio,
+              "faster": 1.0 / ratio, "size_mb": timing["size_mb"], "smaller": timing["teacher_size_mb"] / timing["size_mb"],
+              "scored_on": SCORED_ON, "rows": selection.get("rows")}
+    scores["values"] = [scores["drop"], ratio if objective == "latency_p50_ms" else scores["size_mb"]]
+    return scores
+
+
+def budget_drop(scores: dict, budget_on: str) -> float:
+    """The drop the budget is judged on: the point estimate, or its bootstrap bound (promotion.budget_on)."""
+    return scores["drop_upper"] if budget_on == "bound" else scores["drop"]
+
+
+def pareto(trials: list[dict]) -> list[dict]:
+    """The completed trials no other completed trial beats on both objectives, one per candidate,
+    in order of the first objective (the drop)."""
+    done = {}
+    for trial in trials:
+        if trial["state"] == "complete":
+            done.setdefault(trial["candidate"], trial)  # a repeated configuration: its first trial stands for it
+    points = list(done.values())
+
+    def beaten(a: dict) -> bool:
+        return any(all(y <= x for x, y in zip(a["scores"]["values"], b["scores"]["values"])) and
+                   b["scores"]["values"] != a["scores"]["values"] for b in points)
+
+    return sorted((t for t in points if not beaten(t)), key=lambda t: t["scores"]["values"])
+
+
+def within_budget(front: list[dict], max_drop: float, budget_on: str) -> list[dict]:
+    return [t for t in front if budget_drop(t["scores"], budget_on) <= max_drop]
+
+
+def closest(trials: list[dict], budget_on: str) -> dict | None:
+    done = [t for t in trials if t["state"] == "complete"]
+    return min(done, key=lambda t: budget_drop(t["scores"], budget_on)) if done else None
+
+
+def nothing_met(trials: list[dict], max_drop: float, budget_on: str) -> str:
+    best = closest(trials, budget_on)
+    judged = "bound of the drop" if budget_on == "bound" else "drop"
+    if best is None:
+        return f"nothing met the budget ({max_drop} points): no trial completed"
+    s = best["scores"]
+    return (f"nothing met the budget ({judged} ≤ {max_drop} points on the selection split), closest: {best['candidate']} "
+            f"({s['drop']:.2f} points, bound {s['drop_upper']:.2f}; {s['faster']:.2f}× faster, {s['smaller']:.2f}× smaller)")
+
+
+def seed_spread(runs: list[dict]) -> dict:
+    """Mean and spread (sample standard deviation; max − min) over a front member's seeds."""
+    def stats(values: list[float]) -> dict:
+        return {"values": values, "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0, "range": max(values) - min(values)}
+
+    return {"seeds": [r["seed"] for r in runs], "accuracy": stats([r["accuracy"] for r in runs]),
+            "drop": stats([r["drop"] for r in runs]), "split": SCORED_ON}
+
+
+def front_file(trials: list[dict], objective: str, max_drop: float, budget_on: str) -> dict:
+    """What reports/search/front.json holds after every trial: the front so far, each member's
+    recipe and figures, and whether it is within the budget."""
+    front = pareto(trials)
+    counts = {state: sum(t["state"] == state for t in trials) for state in ("complete", "pruned", "failed")}
+    return {"objective": objective, "scored_on": SCORED_ON, "max_accuracy_drop": max_drop, "budget_on": budget_on,
+            "trials": len(trials), **counts,
+            "front": [{"candidate": t["candidate"], "trial": t["number"], "recipe": t["recipe"],
+                       "within_budget": budget_drop(t["scores"], budget_on) <= max_drop,
+                       **{k: v for k, v in t["scores"].items() if k != "values"}} for t in front]}
+
+
+def cost_file(trials: list[dict]) -> dict:
+    """The search's own cost. A pruned trial saved, by estimate, what a completed trial took on
+    average (one that trained, not one DVC found cached) less what it took before it stopped."""
+    done = [t["seconds"] for t in trials if t["state"] == "complete"]
+    trained = [t["seconds"] for t in trials if t["state"] == "complete" and "ran" in (t.get("stages") or {}).values()]
+    typical = statistics.fmean(trained or done) if done else None
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    saved = [max(0.0, typical - t["seconds"]) for t in pruned] if typical is not None else []
+    return {"trials": len(trials), "completed": len(done), "pruned": len(pruned),
+            "failed": sum(t["state"] == "failed" for t in trials), "seconds": round(sum(t["seconds"] for t in trials), 1),
+            "mean_completed_seconds": None if typical is None else round(typical, 1),
+            "seconds_saved_by_early_stopping": round(sum(saved), 1),
+            "saved_per_pruned_trial": {t["candidate"]: round(s, 1) for t, s in zip(pruned, saved)}}
+
+
+def recipes_yaml(front: list[dict]) -> str:
+    """Each front member as a `candidates:` entry to paste into a params file."""
+    lines = ["# The search's front, each member as a candidates: entry (paste under `candidates:`).", ""]
+    for t in front:
+        s = t["scores"]
+        lines.append(f"# {t['candidate']}: {s['drop']:+.2f} points on the selection split (bound {s['drop_upper']:.2f}), "
+                     f"{s['faster']:.2f}x faster, {s['smaller']:.2f}x smaller")
+        lines.append(yaml.safe_dump({t["candidate"]: t["recipe"]}, sort_keys=False, default_flow_style=None).rstrip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def search_rows(report: dict, front: list[dict], spreads: dict[str, dict]) -> dict:
+    """The final run's candidates.json, limited to the teacher, the baseline and the front, each
+    front row with its trial's selection figures and its seeds' mean and spread."""
+    names = {report["teacher"], report["baseline"], *(t["candidate"] for t in front)}
+    by_name = {t["candidate"]: t for t in front}
+    rows = []
+    for row in report["rows"]:
+        if row["name"] not in names:
+            continue
+        trial = by_name.get(row["name"])
+        rows.append({**row, "search": None if trial is None else {
+            "trial": trial["number"], **{k: v for k, v in trial["scores"].items() if k != "values"},
+            "seeds": spreads.get(row["name"])}})
+    return {**report, "rows": rows}
+
+
+def to_markdown(report: dict, said: str) -> str:
+    rows = {r["name"]: r for r in report["rows"]}
+    teacher = rows.get(report["teacher"], {})
+    lines = ["# Search front", "", said, "",
+             "Trials were scored on the selection split; the accuracy, drop and ratios below are the final run's "
+             "(validation, one benchmark, interleaved); seeds: mean ± standard deviation of the selection accuracy.", "",
+             "| candidate | recipe | accuracy | drop (pts) | × smaller | × faster | seeds: selection accuracy | eligible |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        ok = r["status"] == "ok" and teacher.get("status") == "ok"
+        smaller = f"{teacher['size_mb'] / r['size_mb']:.2f}" if ok else "—"
+        faster = f"{teacher['latency_p50_ms'] / r['latency_p50_ms']:.2f}" if ok else "—"
+        seeds = ((r.get("search") or {}).get("seeds") or {}).get("accuracy")
+        spread = f"{100 * seeds['mean']:.2f} ± {100 * seeds['std']:.2f} % ({len(seeds['values'])})" if seeds else "—"
+        recipe = ", ".join(next(iter(step)) for step in (r["recipe"]["steps"] if isinstance(r["recipe"], dict) else r["recipe"])) or "—"
+        accuracy = "—" if r.get("accuracy") is None else f"{100 * r['accuracy']:.2f} %"
+        drop = "—" if r.get("accuracy_drop") is None else f"{r['accuracy_drop']:+.2f}"
+        lines.append(f"| {r['name']} | {recipe} | {accuracy} | {drop} | {smaller} | {faster} | {spread} | "
+                     f"{'yes' if r['eligible'] else 'no: ' + '; '.join(r['reasons'])} |")
+    return "\n".join(lines + ["", "![front](front.png)", ""])
+
+
+def plot_front(trials: list[dict], max_drop: float, budget_on: str, out_path: Path) -> None:
+    """Every completed trial's drop (selection split) against its speed-up over the teacher; the
+    front joined; the budget drawn as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in trials if t["state"] == "complete"]
+    front = pareto(trials)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter([t["scores"]["faster"] for t in done], [t["scores"]["drop"] for t in done], c="tab:gray", alpha=0.5,
+               label="trials")
+    ax.plot([t["scores"]["faster"] for t in front], [t["scores"]["drop"] for t in front], "o--", color="tab:green",
+            label="front")
+    for t in front:
+        ax.annotate(t["candidate"], (t["scores"]["faster"], t["scores"]["drop"]), textcoords="offset points",
+                    xytext=(5, 3), fontsize=7)
+    ax.axhline(max_drop, color="tab:red", linewidth=1,
+               label=f"budget: {max_drop} points ({'bound of the drop' if budget_on == 'bound' else 'drop'})")
+    ax.set_xlabel("× faster than the teacher (p50, batch 1, timed interleaved)")
+    ax.set_ylabel("accuracy drop on the selection split (points)")
+    ax.set_title("Search: drop against speed-up")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
