@@ -136,6 +136,24 @@ def test_a_trial_below_the_threshold_after_its_first_step_stops_and_says_why(tmp
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_steps_that_train_nothing_do_not_count_as_the_first_training_step(tmp_path, monkeypatch, tiny_teacher,
+                                                                          with_selection):
+    prepared, logits = with_selection
+    # Cutting heads with no recovery (epochs: 0) only reshapes the teacher; the check waits for the distillation.
+    # Each in its own params file, so that no prefix is shared (a stored prefix would skip the first check).
+    alone = write_params(tmp_path / "alone.yaml", {"first-two": [PRUNE, WEAK]}, tmp_path / "store", selection_fraction=0.25)
+    params = write_params(tmp_path / "params.yaml", {"trial": [PRUNE, WEAK, QUANTIZE]}, tmp_path / "store",
+                          selection_fraction=0.25)
+    run("first-two", alone, tmp_path / "first-two", prepared, tiny_teacher, logits)
+    after_training = selection_accuracy(tmp_path / "first-two", prepared)
+    threshold = (after_training + 1.0) / 2
+    monkeypatch.setenv("TEXTCOMPRESS_STOP_BELOW", str(threshold))
+    monkeypatch.setenv("TEXTCOMPRESS_ERROR_FILE", str(tmp_path / "error.json"))
+    record = run_stage_failing("trial", params, tmp_path / "out", prepared, tiny_teacher, logits, tmp_path / "error.json")
+    assert record["details"]["accuracy"] == pytest.approx(after_training)
+    assert record["details"]["steps_not_run"] == ["quantize"]
+
+
 def test_a_trial_at_or_above_the_threshold_trains_exactly_as_a_normal_run(tmp_path, monkeypatch, tiny_teacher,
                                                                          with_selection):
     prepared, logits = with_selection

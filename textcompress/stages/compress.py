@@ -84,7 +84,9 @@ def early_stop(recipe, prepared: Path, ctx):
     recipe's first training step: the PyTorch model's accuracy on the selection split, and
     StoppedEarly when it is below the threshold. None when early stopping is off or nothing trains."""
     threshold = stop_below()
-    if threshold is None or not recipe.compress_steps:
+    # The first step that trains (trim_vocab, or a step with epochs: 0, only reshapes the teacher).
+    first_training = next((i + 1 for i, s in enumerate(recipe.compress_steps) if s.args.get("epochs", 0)), None)
+    if threshold is None or first_training is None:
         return None
     if not (prepared / "selection.parquet").is_file():
         raise TextcompressError(f"{prepared}: early stopping ({STOP_BELOW_ENV}) measures the selection split, and "
@@ -97,7 +99,7 @@ def early_stop(recipe, prepared: Path, ctx):
 
     def check(done: int, model, ctx) -> None:
         nonlocal measured_once
-        if measured_once:  # only after the first training step (or the first prefix loaded from the store)
+        if measured_once or done < first_training:  # once, after the first training step (or a stored prefix holding it)
             return
         measured_once = True
         rows = selection
