@@ -22,8 +22,7 @@ import hashlib
 import json
 from typing import Callable
 
-from textcompress.techniques import parse_recipe, registry
-from textcompress.techniques import _check_arguments as check_arguments
+from textcompress.techniques import check_arguments, parse_recipe, registry
 
 OPTIONAL = "optional"
 RANGE_KEYS = {"low", "high", "step", "log"}

@@ -66,7 +66,7 @@ def parse_recipe(name: str, raw, error: Callable[..., Exception], kind: str = "t
             raise error(f"step {position} ({step_name}): arguments must be a mapping", f"write `{{{step_name}: {{...}}}}`")
         technique, given = techniques[step_name], dict(given or {})
         where = f"step {position} ({step_name})"
-        _check_arguments(technique, given, lambda problem, fix: error(f"{where}: {problem}", fix))
+        check_arguments(technique, given, lambda problem, fix: error(f"{where}: {problem}", fix))
         if kind not in technique.models:
             usable = sorted(n for n, t in techniques.items() if kind in t.models)
             example = "`distill: {student: bert, layers: 3}` first, then this step on the student" \
@@ -103,7 +103,7 @@ def parse_recipe(name: str, raw, error: Callable[..., Exception], kind: str = "t
     return Recipe(name, tuple(steps), seed)
 
 
-def _check_arguments(technique: Technique, given: dict, error: Callable[[str, str], Exception]) -> None:
+def check_arguments(technique: Technique, given: dict, error: Callable[[str, str], Exception]) -> None:
     """Each argument against the technique's spec: known, an allowed value, the default's type, in bounds."""
     for key, value in given.items():
         if key not in technique.defaults:
