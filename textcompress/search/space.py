@@ -24,6 +24,7 @@ from typing import Callable
 
 from textcompress.techniques import check_arguments, parse_recipe, registry
 
+
 OPTIONAL = "optional"
 RANGE_KEYS = {"low", "high", "step", "log"}
 SCALARS = (bool, int, float, str)
