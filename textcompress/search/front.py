@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from textcompress.config import candidate_form
+from textcompress.decisions.report import pareto_front
 from textcompress.errors import TextcompressError
 from textcompress.fileio import atomic_path
 
@@ -49,12 +51,9 @@ def pareto(trials: list[dict]) -> list[dict]:
         if trial["state"] == "complete":
             done.setdefault(trial["candidate"], trial)  # a repeated configuration: its first trial stands for it
     points = list(done.values())
-
-    def beaten(a: dict) -> bool:
-        return any(all(y <= x for x, y in zip(a["scores"]["values"], b["scores"]["values"])) and
-                   b["scores"]["values"] != a["scores"]["values"] for b in points)
-
-    return sorted((t for t in points if not beaten(t)), key=lambda t: t["scores"]["values"])
+    # decisions/report.py's front keeps the lowest first figure for each better second: (ratio, -drop).
+    kept = pareto_front([(t["scores"]["values"][1], -t["scores"]["values"][0]) for t in points])
+    return sorted((points[i] for i in kept), key=lambda t: t["scores"]["values"])
 
 
 def within_budget(front: list[dict], max_drop: float, budget_on: str) -> list[dict]:
@@ -155,7 +154,7 @@ def to_markdown(report: dict, said: str) -> str:
         faster = f"{teacher['latency_p50_ms'] / r['latency_p50_ms']:.2f}" if ok else "—"
         seeds = ((r.get("search") or {}).get("seeds") or {}).get("accuracy")
         spread = f"{100 * seeds['mean']:.2f} ± {100 * seeds['std']:.2f} % ({len(seeds['values'])})" if seeds else "—"
-        recipe = ", ".join(next(iter(step)) for step in (r["recipe"]["steps"] if isinstance(r["recipe"], dict) else r["recipe"])) or "—"
+        recipe = ", ".join(next(iter(step)) for step in candidate_form(r["recipe"])[1]) or "—"
         accuracy = "—" if r.get("accuracy") is None else f"{100 * r['accuracy']:.2f} %"
         drop = "—" if r.get("accuracy_drop") is None else f"{r['accuracy_drop']:+.2f}"
         lines.append(f"| {r['name']} | {recipe} | {accuracy} | {drop} | {smaller} | {faster} | {spread} | "
