@@ -108,6 +108,12 @@ def test_sampling_names_parameters_by_position_and_leaves_out_declined_steps():
                                 "3.prune_structured", "3.prune_structured.heads", "4.quantize.mode"}
 
 
+def test_a_stepped_float_is_written_as_its_grid_value():
+    space = [{"prune_structured": {"ffn": {"low": 0.3, "high": 0.7, "step": 0.1}}}]
+    recipe = sample_recipe(space, Recorder({"1.prune_structured.ffn": 0.3 + 3 * 0.1}))  # 0.6000000000000001
+    assert recipe == [{"prune_structured": {"ffn": 0.6}}]
+
+
 def test_an_optuna_study_samples_valid_recipes_within_the_space():
     optuna = pytest.importorskip("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -146,7 +146,10 @@ def sample_recipe(space: list, trial) -> list[dict]:
                 if isinstance(low, int) and isinstance(high, int):
                     args[arg] = trial.suggest_int(label, low, high, step=step or 1, log=log)
                 else:
-                    args[arg] = trial.suggest_float(label, float(low), float(high), step=step, log=log)
+                    value = trial.suggest_float(label, float(low), float(high), step=step, log=log)
+                    # Optuna's grid point low + k*step carries float error (0.6000000000000001):
+                    # written rounded, the pasted recipe reads as the space does.
+                    args[arg] = round(value, 12)
             else:
                 args[arg] = spec
         recipe.append({name: args})
