@@ -114,6 +114,11 @@ def test_a_stepped_float_is_written_as_its_grid_value():
     assert recipe == [{"prune_structured": {"ffn": 0.6}}]
 
 
+def test_a_small_value_of_a_log_range_is_kept_as_sampled():
+    space = [{"distill": {"lr": {"low": 1.0e-14, "high": 1.0e-12, "log": True}}}]
+    assert sample_recipe(space, Recorder({"1.distill.lr": 3.0e-13})) == [{"distill": {"lr": 3.0e-13}}]
+
+
 def test_an_optuna_study_samples_valid_recipes_within_the_space():
     optuna = pytest.importorskip("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

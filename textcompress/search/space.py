@@ -148,8 +148,9 @@ def sample_recipe(space: list, trial) -> list[dict]:
                 else:
                     value = trial.suggest_float(label, float(low), float(high), step=step, log=log)
                     # Optuna's grid point low + k*step carries float error (0.6000000000000001):
-                    # written rounded, the pasted recipe reads as the space does.
-                    args[arg] = round(value, 12)
+                    # written rounded, the pasted recipe reads as the space does. Only a grid
+                    # point: rounding a log range's small value (an lr of 1e-13) would zero it.
+                    args[arg] = round(value, 12) if step is not None else value
             else:
                 args[arg] = spec
         recipe.append({name: args})
