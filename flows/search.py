@@ -35,7 +35,7 @@ from textcompress.decisions.registry import tracking_uri
 from textcompress.errors import STOP_BELOW_ENV, ParamsError
 from textcompress.fileio import atomic_path, read_json, write_json
 from textcompress.search import front as fronts
-from textcompress.search.space import candidate_name, check_space, sample_recipe
+from textcompress.search.space import candidate_name, check_space, recipe_params, sample_recipe
 
 STUDY_FILE = str(catalog.SEARCH_STUDY)  # in the run directory
 STUDY_NAME = "textcompress-search"
@@ -118,22 +118,34 @@ def records(study) -> list[dict]:
     return [trial_record(t) for t in study.trials if t.state in ended and "candidate" in t.user_attrs]
 
 
+def scoring_setup(params: dict) -> dict:
+    """What a trial's scores rest on besides its recipe: resuming a study under another setup would
+    put scores of two different questions on one front."""
+    return {"search.objective": params["search"]["objective"], "seed": params["seed"], "base_model": params["base_model"],
+            **{f"{section}.{key}": value for section in ("data", "teach") for key, value in params[section].items()}}
+
+
 def open_study(root: Path, params: dict, path: str | Path):
-    """The study in search.db, created or resumed; trials a killed search left running are failed."""
+    """The study in search.db, created or resumed; trials a killed search left running are failed;
+    the start_from recipes queued first, unless tried already."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    objective = params["search"]["objective"]
     study = optuna.create_study(storage=f"sqlite:///{root / STUDY_FILE}", study_name=STUDY_NAME, load_if_exists=True,
                                 directions=["minimize", "minimize"])
-    stored = study.user_attrs.get("objective")
-    if stored not in (None, objective):
-        raise ParamsError(path, "search.objective", f"is {objective}, and {root / STUDY_FILE} holds a study of {stored}",
-                          f"set search.objective: {stored} to resume it, or move {STUDY_FILE} away to start anew")
-    study.set_user_attr("objective", objective)
+    setup, stored = scoring_setup(params), study.user_attrs.get("setup") or {}
+    for key, value in setup.items():
+        if key in stored and stored[key] != value:
+            raise ParamsError(path, key, f"is {value!r}, and {root / STUDY_FILE} holds a study scored with {stored[key]!r}",
+                              f"set {key}: {stored[key]!r} to resume it, or move {root / STUDY_FILE} away to start anew")
+    study.set_user_attr("setup", setup)
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.RUNNING:  # its search was killed
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    space = params["search"]["space"]
+    for recipe in params["search"]["start_from"]:
+        study.enqueue_trial(recipe_params(space, recipe, lambda problem, fix: ParamsError(path, "search.start_from", problem, fix)),
+                            skip_if_exists=True)
     # Seeded by how many trials exist, so a resumed search does not propose its first recipes again.
     study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials),
                                                n_startup_trials=min(10, max(2, params["search"]["trials"] // 3)))

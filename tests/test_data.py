@@ -548,7 +548,7 @@ def test_selection_split_is_carved_from_training_and_kept_apart(tmp_path, tiny_t
 
     params = dict(DEFAULTS["data"], train=str(write_tiny_tsv(tmp_path / "train.tsv", tiny_sentiment_rows(200, 1))),
                   validation=str(write_tiny_tsv(tmp_path / "validation.tsv", tiny_sentiment_rows(40, 2))),
-                  max_length=32, selection_fraction=0.1)
+                  max_length=32, selection_fraction=0.1, selection_by="row")
     stats = prepare(params, tiny_tokenizer_file, tmp_path / "prepared")
     train, selection = load_split(tmp_path / "prepared", "train"), load_split(tmp_path / "prepared", "selection")
     assert len(selection) == 20 and len(train) == 180 and stats["selection"]["rows"] == 20
@@ -808,3 +808,53 @@ def test_bad_rows_past_limit_train_are_not_counted(write_file, tiny_tokenizer_fi
     stats = prepare(data_params(train, write_file("validation.tsv", VALIDATION_TSV), bad_rows="skip", limit_train=4),
                     tiny_tokenizer_file, tmp_path / "prepared")
     assert stats["train"]["rows"] == 4 and stats["skipped_rows"]["count"] == 0
+
+
+def sst2_like_rows() -> list[tuple[str, int]]:
+    """Whole sentences and phrases cut from them, as SST-2's training rows are, shuffled; no two
+    sentences share a word, so a phrase has exactly one source."""
+    import random
+
+    rows = []
+    for i in range(40):
+        words = [f"w{i}x{k}" for k in range(8)]
+        label = i % 2
+        rows.append((" ".join(words), label))
+        rows += [(" ".join(words[a:b]), label) for a, b in ((0, 3), (2, 6), (5, 8), (4, 5))]
+    rows.append((" ".join(f"w0x{k}" for k in range(8)), 0))  # a repeated sentence goes with its first copy
+    random.Random(3).shuffle(rows)
+    return rows
+
+
+def test_source_sentences_finds_the_longest_row_holding_each_phrase():
+    from textcompress.data import source_sentences
+
+    texts = ["the film is good", "film is", "is good", "good", "the film", "a bad plot", "bad", "film is good",
+             "the film is good", "goodness"]
+    sentence_of = source_sentences(texts)
+    assert [texts[i] for i in sentence_of] == ["the film is good"] * 5 + ["a bad plot"] * 2 + ["the film is good"] * 2 + ["goodness"]
+    assert sentence_of[8] == sentence_of[0]  # a repeat joins its first copy
+    assert source_sentences([("a", "b"), ("a", "b c"), ("a", "b")]) == [0, 1, 0]  # pairs: only repeats join
+
+
+def test_selection_by_sentence_holds_out_whole_sentences_and_every_phrase_of_them(tmp_path, tiny_tokenizer_file):
+    from textcompress.config import DEFAULTS
+    from textcompress.data import load_split, prepare
+
+    from tests.conftest import write_tiny_tsv
+
+    rows = sst2_like_rows()
+    params = dict(DEFAULTS["data"], train=str(write_tiny_tsv(tmp_path / "train.tsv", rows)),
+                  validation=str(write_tiny_tsv(tmp_path / "validation.tsv", rows[:10])), max_length=32,
+                  selection_fraction=0.1)
+    assert params["selection_by"] == "sentence"  # the default
+    stats = prepare(params, tiny_tokenizer_file, tmp_path / "prepared")
+    train, selection = load_split(tmp_path / "prepared", "train"), load_split(tmp_path / "prepared", "selection")
+    assert selection.texts and all(len(text.split()) == 8 for text in selection.texts)  # sentences, not phrases
+    held_out = {word for text in selection.texts for word in text.split()}
+    assert not any(set(text.split()) & held_out for text in train.texts)  # no phrase of them left in training
+    removed = len(rows) - len(train)
+    assert round(0.1 * len(rows)) <= removed < round(0.1 * len(rows)) + 6 and len(selection) == len(set(selection.texts)) == stats["selection"]["rows"]
+    assert removed == sum(6 if text == " ".join(f"w0x{k}" for k in range(8)) else 5 for text in selection.texts)
+    again = prepare(params, tiny_tokenizer_file, tmp_path / "again")
+    assert load_split(tmp_path / "again", "selection").texts == selection.texts and again == stats  # seeded

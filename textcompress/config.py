@@ -73,6 +73,9 @@ class DataConfig(Section):
     selection_fraction: Number = setting(
         0.0, "carve this fraction of training rows (seeded, random) into a `selection` split that "
         "promotion.select_on: selection chooses candidates on, so validation only gates", ge=0, lt=0.5, fix="e.g. 0.05, or 0 for none")
+    selection_by: Literal["sentence", "row"] = setting(
+        "sentence", "what the selection split holds out: sentence: whole source sentences, every phrase of them "
+        "leaving training (SST-2's rows are phrases of its sentences); row: rows at random")
 
     @field_validator("format")
     @classmethod
@@ -281,6 +284,10 @@ class SearchConfig(Section):
     objective: Literal[SEARCH_OBJECTIVES] = setting(
         "latency_p50_ms", "minimised with the accuracy drop on the selection split: latency_p50_ms (the trial's p50 "
         "as a fraction of the teacher's, timed interleaved with it) or size_mb (its ONNX file)")
+    start_from: list[Any] = setting(
+        list, "recipes (each a list of steps, as a candidate is written) the study tries first, in order, before "
+        "it samples: what worked by hand; each must lie in the space", must="be a list of recipes",
+        fix="e.g. [[{distill: {layers: 3}}, {quantize: {mode: static}}]], or []")
     trials: Whole = setting(30, "trials per `textcompress search` (--trials overrides)", gt=0, fix="e.g. 30")
     minutes: Optional[Number] = setting(None, "start no trial after this many minutes (--minutes overrides); null: no limit",
                                         gt=0, fix="e.g. 180, or null")
@@ -381,6 +388,11 @@ class Params(Section):
             from textcompress.search.space import check_space
 
             check_space(self.search.space, lambda problem, fix: Invalid(problem, fix, key="search.space"), kind)
+            from textcompress.search.space import recipe_params
+
+            for i, recipe in enumerate(self.search.start_from):
+                recipe_params(self.search.space, recipe, lambda problem, fix, i=i: Invalid(
+                    problem, fix, key=f"search.start_from[{i}]"))
         return self
 
 

@@ -364,7 +364,8 @@ def prepare(data_params: dict, tokenizer_file: str | Path, out_dir: str | Path) 
         splits[split] = (source, rows, labels)
 
     if data_params.get("selection_fraction"):
-        splits = {**splits, **carve_selection(splits["train"], data_params["selection_fraction"])}
+        splits = {**splits, **carve_selection(splits["train"], data_params["selection_fraction"],
+                                              by=data_params.get("selection_by", "sentence"))}
     train_source, _, train_labels = splits["train"]
     label_map = build_label_map(train_source, train_labels)
     index = {label: i for i, label in enumerate(label_map)}
@@ -407,17 +408,59 @@ def _require_rows(source, rows: list, bad_rows: BadRows) -> None:
                     "check data.header, data.encoding and the columns, or fix the rows")
 
 
-def carve_selection(train: tuple, fraction: float, seed: int = 0) -> dict:
-    """Split (source, rows, labels) of training into train and a random `selection` part."""
+def carve_selection(train: tuple, fraction: float, seed: int = 0, by: str = "sentence") -> dict:
+    """Split (source, rows, labels) of training into train and a seeded `selection` part of about
+    `fraction` of its rows. by="row": a random set of rows. by="sentence": whole source sentences
+    (see source_sentences): every row of a chosen sentence leaves training, and the sentence itself,
+    not its phrases, is the selection row, as validation holds whole sentences."""
     source, rows, labels = train
-    chosen = set(np.random.default_rng(seed).permutation(len(rows))[: int(round(fraction * len(rows)))].tolist())
+    rng = np.random.default_rng(seed)
+    if by == "row":
+        chosen = set(rng.permutation(len(rows))[: int(round(fraction * len(rows)))].tolist())
+        picked = sorted(chosen)
+    else:
+        sentence_of = source_sentences([text for _, text, _ in rows])
+        members: dict[int, list[int]] = {}
+        for i, root in enumerate(sentence_of):
+            members.setdefault(root, []).append(i)
+        chosen, picked, wanted = set(), [], int(round(fraction * len(rows)))
+        for root in rng.permutation(sorted(members)).tolist():
+            if len(chosen) >= wanted:
+                break
+            chosen.update(members[root])
+            picked.append(root)
+        picked.sort()
     if not chosen or len(chosen) == len(rows):
         raise DataError(source, f"selection_fraction {fraction} of {len(rows)} rows leaves one side empty",
                         "use a larger training set or another data.selection_fraction")
     keep = [i for i in range(len(rows)) if i not in chosen]
-    picked = sorted(chosen)
     return {"train": (source, [rows[i] for i in keep], [labels[i] for i in keep]),
             "selection": (source, [rows[i] for i in picked], [labels[i] for i in picked])}
+
+
+def source_sentences(texts: list) -> list[int]:
+    """For each row, the index of the longest row whose words contain it (itself if none does): its
+    source sentence. SST-2's training rows are phrases cut from about 6,900 sentences; holding out
+    rows at random leaves their sentences and sibling phrases in training, which made the selection
+    split 5.8 points easier than validation (95.1 % against 89.3 % for one teacher). A pair of
+    sentences (MRPC) is its own source, as is a repeated row's first copy for its repeats."""
+    if any(isinstance(text, tuple) for text in texts):
+        first: dict = {}
+        return [first.setdefault(text, i) for i, text in enumerate(texts)]
+    padded = [" " + " ".join(str(text).split()) + " " for text in texts]  # matches whole words only
+    sentence_of = list(range(len(texts)))
+    sentences_with: dict[str, list[int]] = {}  # word -> the sentences found so far that contain it
+    for i in sorted(range(len(texts)), key=lambda i: -len(padded[i])):  # longest first: sentences before phrases
+        words = set(padded[i].split())
+        holders = [sentences_with.get(word) for word in words]
+        if words and all(holders):  # only a sentence holding every word can contain the row; scan the rarest word's
+            found = next((root for root in min(holders, key=len) if padded[i] in padded[root]), None)
+            if found is not None:
+                sentence_of[i] = found
+                continue
+        for word in words:
+            sentences_with.setdefault(word, []).append(i)
+    return sentence_of
 
 
 def token_counts(split: Split, vocab_size: int) -> np.ndarray:

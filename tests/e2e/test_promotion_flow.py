@@ -63,7 +63,7 @@ def second_data() -> tuple[list, list]:
     from textcompress.data import carve_selection
 
     n = 380
-    selection = set(carve_selection(("train", list(range(n)), [0] * n), SELECTION_FRACTION)["selection"][1])
+    selection = set(carve_selection(("train", list(range(n)), [0] * n), SELECTION_FRACTION, by="row")["selection"][1])
     new_positions = set([i for i in range(n) if i not in selection][::4][:NEW_WORD_ROWS])
     train, common, new = [], 0, 0
     for position in range(n):
@@ -163,7 +163,7 @@ def history(tmp_path_factory, prefect_harness) -> dict:
 
     from flows.pipeline import pipeline
 
-    sections = {"data": {"selection_fraction": SELECTION_FRACTION}, "teach": {"epochs": 5},
+    sections = {"data": {"selection_fraction": SELECTION_FRACTION, "selection_by": "row"}, "teach": {"epochs": 5},
                 "promotion": {"registered_model": MODEL, "objective": "size_mb", "select_on": "selection",
                               "max_accuracy_drop": BUDGET}}
     project = build_tiny_project(tmp_path_factory.mktemp("e2e-promotion"), {"teacher": [], "keep": KEEP, "int8-dynamic": INT8},

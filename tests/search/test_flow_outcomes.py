@@ -63,3 +63,40 @@ def test_records_read_the_state_names_front_py_uses(state):
     else:
         study.tell(trial, state={"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}[state])
     assert records(study)[0]["state"] == state
+
+
+def study_params(**changes) -> dict:
+    from textcompress.config import DEFAULTS
+
+    params = {section: dict(value) if isinstance(value, dict) else value for section, value in DEFAULTS.items()}
+    params["search"].update(space=[{"quantize": {"mode": {"choices": ["dynamic", "static"]}}}], trials=6,
+                            start_from=[[{"quantize": {"mode": "static"}}]])
+    for key, value in changes.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    return params
+
+
+def test_start_recipes_are_tried_first_and_once(tmp_path):
+    from flows.search import open_study
+    from textcompress.search.space import sample_recipe
+
+    study = open_study(tmp_path, study_params(), "params/search.yaml")
+    trial = study.ask()
+    assert sample_recipe(study_params()["search"]["space"], trial) == [{"quantize": {"mode": "static"}}]
+    study.tell(trial, [0.0, 0.5])
+    again = open_study(tmp_path, study_params(), "params/search.yaml")  # resumed: tried already, not queued again
+    assert len(again.trials) == 1 and all(t.state != optuna.trial.TrialState.WAITING for t in again.trials)
+
+
+@pytest.mark.parametrize("key, value", [("data.selection_by", "row"), ("search.objective", "size_mb"), ("teach.epochs", 9)])
+def test_a_study_is_not_resumed_under_another_scoring_setup(tmp_path, key, value):
+    from flows.search import open_study
+    from textcompress.errors import ParamsError
+
+    open_study(tmp_path, study_params(), "params/search.yaml")
+    with pytest.raises(ParamsError) as caught:
+        open_study(tmp_path, study_params(**{key: value}), "params/search.yaml")
+    said = str(caught.value)
+    assert caught.value.key == key and "holds a study scored with" in said and "search.db away" in said
+    assert len(open_study(tmp_path, study_params(), "params/search.yaml").trials) == 1  # the study is untouched

@@ -8,7 +8,7 @@ import yaml
 
 from textcompress.config import load_params
 from textcompress.errors import ParamsError
-from textcompress.search.space import candidate_name, check_space, recipe_key, sample_recipe
+from textcompress.search.space import candidate_name, check_space, recipe_key, recipe_params, sample_recipe
 from textcompress.techniques import parse_recipe
 
 SPACE = [
@@ -144,3 +144,34 @@ def test_recipe_keys_are_stable_and_tell_recipes_apart():
     assert candidate_name(recipe) == f"search-{recipe_key(recipe)}"
     assert candidate_name(recipe, seed=7) == f"search-{recipe_key(recipe)}-s7"
     assert recipe_key({"seed": 7, "steps": recipe}) != recipe_key(recipe)
+
+
+def test_a_recipe_in_the_space_is_drawn_back_from_its_parameters():
+    recipe = [{"distill": {"student": "bert", "layers": 3, "augment": 2, "lr": 1.0e-4, "epochs": 1}},
+              {"prune_structured": {"heads": 0.25}}, {"quantize": {"mode": "static"}}]
+    params = recipe_params(SPACE, recipe, lambda problem, fix: AssertionError(problem))
+    assert params == {"1.trim_vocab": False, "2.distill.layers": 3, "2.distill.augment": 2, "2.distill.lr": 1.0e-4,
+                      "3.prune_structured": True, "3.prune_structured.heads": 0.25, "4.quantize.mode": "static"}
+    assert sample_recipe(SPACE, Recorder(params)) == recipe
+
+
+@pytest.mark.parametrize("recipe, said", [
+    ([{"distill": {"student": "bert", "layers": 5, "augment": 0, "lr": 1.0e-4, "epochs": 1}}, {"quantize": {"mode": "static"}}],
+     "at the space's step 2 (distill), layers 5 is outside 2..4"),
+    ([{"distill": {"student": "bert", "layers": 2, "augment": 0, "lr": 1.0e-4, "epochs": 2}}, {"quantize": {"mode": "static"}}],
+     "epochs is 2, the space's is 1"),
+    ([{"distill": {"student": "bert", "layers": 2, "augment": 0, "lr": 1.0e-4, "epochs": 1}},
+      {"prune_structured": {"heads": 0.3}}, {"quantize": {"mode": "static"}}],
+     "did not take it: heads 0.3 is off the range's steps of 0.25 from 0.0"),
+    ([{"distill": {"student": "bert", "layers": 2, "augment": 0, "lr": 1.0e-4, "epochs": 1}},
+      {"quantize": {"mode": "static"}}, {"quantize": {"mode": "static"}}], "its steps from 3 ("),
+    ([{"distill": {"student": "bert", "layers": 2, "augment": 0, "lr": 1.0e-4, "epochs": 1}}], "the recipe has no step 2"),
+    ([{"quantize": {"mode": "static"}}], "its step 1 (quantize) is not distill"),
+    ([], "must be a list of steps"),
+])
+def test_a_start_recipe_outside_the_space_says_where(tmp_path, recipe, said):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"search": {"space": SPACE, "start_from": [recipe]}}))
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    assert caught.value.key == "search.start_from[0]" and said in str(caught.value) and "Fix:" in str(caught.value)

@@ -157,6 +157,65 @@ def sample_recipe(space: list, trial) -> list[dict]:
     return recipe
 
 
+def _misfit(specs: dict, args: dict, technique) -> tuple[str | None, dict]:
+    """Why a recipe's step's arguments fall outside one step of the space (None: they fit), and the
+    values its sampled arguments take. An argument the space leaves out must be the technique's default."""
+    values = {}
+    for arg in sorted(set(specs) | set(args)):
+        if arg not in technique.defaults:
+            return f"unknown argument {arg!r}", {}
+        value = args.get(arg, technique.defaults[arg])
+        spec = specs.get(arg, technique.defaults.get(arg))
+        if isinstance(spec, dict) and "choices" in spec:
+            if value not in spec["choices"]:
+                return f"{arg} {value!r} is not one of {spec['choices']}", {}
+        elif _is_range(spec):
+            low, high, step = spec["low"], spec["high"], spec.get("step")
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not numeric or not low <= value <= high:
+                return f"{arg} {value!r} is outside {low}..{high}", {}
+            if step is not None and abs((value - low) / step - round((value - low) / step)) > 1e-9:
+                return f"{arg} {value!r} is off the range's steps of {step} from {low}", {}
+        elif value != spec:
+            return f"{arg} is {value!r}, the space's is {spec!r}", {}
+        else:
+            continue
+        values[arg] = value
+    return None, values
+
+
+def recipe_params(space: list, recipe: list, error: Error) -> dict:
+    """The parameters under which sample_recipe draws `recipe` from the (checked) space, for a study
+    to try it first (search.start_from): a hand-written recipe the search starts from. Each of the
+    recipe's steps is matched in order to the next step of the space that fits it; an optional step
+    that does not fit is left out. `error(problem, fix)` says why a recipe is not in the space."""
+    if not isinstance(recipe, list) or not recipe:
+        raise error(f"must be a list of steps, got {recipe!r}", "paste a candidate's recipe, e.g. [{quantize: {mode: dynamic}}]")
+    params, at, passed_over = {}, 0, ""
+    for position, item in enumerate(space, start=1):
+        name = next(k for k in item if k != OPTIONAL)
+        prefix, step = f"{position}.{name}", recipe[at] if at < len(recipe) else None
+        given = next(iter(step), None) if isinstance(step, dict) and len(step) == 1 else None
+        reason = f"the recipe has no step {at + 1}" if step is None else \
+            f"its step {at + 1} ({given or repr(step)}) is not {name}" if given != name else None
+        if reason is None:
+            reason, values = _misfit(item[name] or {}, step[name] or {}, registry()[name])
+        if item.get(OPTIONAL, False):
+            params[prefix] = reason is None
+            if given == name and reason is not None:  # left out: say why, should nothing later take the step
+                passed_over = f" (the optional step {position}, {name}, did not take it: {reason})"
+        elif reason is not None:
+            raise error(f"is not in the space: at the space's step {position} ({name}), {reason}{passed_over}",
+                        "widen the space to hold it, or mark that step optional")
+        if reason is None:
+            params.update({f"{prefix}.{arg}": value for arg, value in values.items()})
+            at, passed_over = at + 1, ""
+    if at < len(recipe):
+        raise error(f"is not in the space: its steps from {at + 1} ({', '.join(map(str, recipe[at:]))}) fit no step "
+                    f"left{passed_over}", "add those steps to the space, or remove them from the recipe")
+    return params
+
+
 def recipe_key(recipe) -> str:
     """A short stable hash of a recipe as written (steps, or `{seed, steps}`): the same
     configuration gets the same key, so its candidate is the same DVC stage."""
