@@ -133,7 +133,9 @@ def open_study(root: Path, params: dict, path: str | Path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=f"sqlite:///{root / STUDY_FILE}", study_name=STUDY_NAME, load_if_exists=True,
                                 directions=["minimize", "minimize"])
-    setup, stored = scoring_setup(params), study.user_attrs.get("setup") or {}
+    setup, stored = scoring_setup(params), study.user_attrs.get("setup")
+    if stored is None:  # a study stored before the setup was: it recorded its objective only
+        stored = {"search.objective": study.user_attrs["objective"]} if "objective" in study.user_attrs else {}
     for key, value in setup.items():
         if key in stored and stored[key] != value:
             raise ParamsError(path, key, f"is {value!r}, and {root / STUDY_FILE} holds a study scored with {stored[key]!r}",

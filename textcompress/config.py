@@ -71,7 +71,7 @@ class DataConfig(Section):
     max_length: Whole = setting(128, gt=0, fix="e.g. 128")
     limit_train: Optional[Whole] = setting(None, "keep the first N training rows (quick profiles)", gt=0, fix="e.g. 2000, or null for all")
     selection_fraction: Number = setting(
-        0.0, "carve this fraction of training rows (seeded, random) into a `selection` split that "
+        0.0, "carve this fraction of training rows (seeded; see selection_by) into a `selection` split that "
         "promotion.select_on: selection chooses candidates on, so validation only gates", ge=0, lt=0.5, fix="e.g. 0.05, or 0 for none")
     selection_by: Literal["sentence", "row"] = setting(
         "sentence", "what the selection split holds out: sentence: whole source sentences, every phrase of them "
@@ -385,11 +385,9 @@ class Params(Section):
             validate_recipe(recipe, lambda problem, fix, key=None, n=name: Invalid(
                 problem, fix, key=f"candidates.{n}" + (f".{key}" if key else "")), kind)
         if self.search.space:  # an empty space is only an error for `textcompress search`
-            from textcompress.search.space import check_space
+            from textcompress.search.space import check_space, recipe_params
 
             check_space(self.search.space, lambda problem, fix: Invalid(problem, fix, key="search.space"), kind)
-            from textcompress.search.space import recipe_params
-
             for i, recipe in enumerate(self.search.start_from):
                 recipe_params(self.search.space, recipe, lambda problem, fix, i=i: Invalid(
                     problem, fix, key=f"search.start_from[{i}]"))

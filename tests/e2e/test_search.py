@@ -11,11 +11,14 @@ import shutil
 import pytest
 import yaml
 
+from textcompress.search.space import candidate_name
+
 from tests.e2e.tiny_project import REPO, build_tiny_project
 
 STUDENT = {"student": "bert", "layers": 1, "epochs": 1, "lr": 3e-3, "batch_size": 16}
 # Two configurations: three trials must repeat one, so the run-cache is exercised whatever the sampler picks.
 SPACE = [{"distill": STUDENT}, {"quantize": {"mode": {"choices": ["dynamic", "static"]}, "calibration": 32}}]
+START = [{"distill": STUDENT}, {"quantize": {"mode": "static", "calibration": 32}}]  # tried first
 
 
 def search_profile(project):
@@ -24,7 +27,7 @@ def search_profile(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["selection_fraction"] = 0.2
     params["promotion"].update(registered_model="tiny-search", max_accuracy_drop=50.0)  # the mechanics, not the model
-    params["search"] = {"space": SPACE, "trials": 3, "seeds": 2, "benchmark_sentences": 20}
+    params["search"] = {"space": SPACE, "trials": 3, "seeds": 2, "benchmark_sentences": 20, "start_from": [START]}
     (project / "params").mkdir(exist_ok=True)
     (project / "params" / "search.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -53,6 +56,7 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
     run_search(project)  # search.trials: 3
     study = optuna.load_study(study_name="textcompress-search", storage=f"sqlite:///{where / 'search.db'}")
     assert len(study.trials) == 3
+    assert study.trials[0].user_attrs["candidate"] == candidate_name(START)
     run_search(project, "--trials", "2")  # the same study, resumed
     study = optuna.load_study(study_name="textcompress-search", storage=f"sqlite:///{where / 'search.db'}")
     trials = study.trials

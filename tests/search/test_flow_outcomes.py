@@ -100,3 +100,15 @@ def test_a_study_is_not_resumed_under_another_scoring_setup(tmp_path, key, value
     said = str(caught.value)
     assert caught.value.key == key and "holds a study scored with" in said and "search.db away" in said
     assert len(open_study(tmp_path, study_params(), "params/search.yaml").trials) == 1  # the study is untouched
+
+
+def test_a_study_stored_with_its_objective_only_is_still_held_to_it(tmp_path):
+    from flows.search import STUDY_NAME, open_study
+    from textcompress.errors import ParamsError
+
+    old = optuna.create_study(storage=f"sqlite:///{tmp_path / 'search.db'}", study_name=STUDY_NAME,
+                              directions=["minimize", "minimize"])
+    old.set_user_attr("objective", "size_mb")
+    with pytest.raises(ParamsError, match="holds a study scored with 'size_mb'"):
+        open_study(tmp_path, study_params(), "params/search.yaml")
+    assert open_study(tmp_path, study_params(**{"search.objective": "size_mb"}), "params/search.yaml")

@@ -168,6 +168,8 @@ def test_a_recipe_in_the_space_is_drawn_back_from_its_parameters():
     ([{"distill": {"student": "bert", "layers": 2, "augment": 0, "lr": 1.0e-4, "epochs": 1}}], "the recipe has no step 2"),
     ([{"quantize": {"mode": "static"}}], "its step 1 (quantize) is not distill"),
     ([], "must be a list of steps"),
+    ([{"distill": "bert"}, {"quantize": {"mode": "static"}}], "arguments are not a mapping ('bert')"),
+    ([{"distill": {"layer": 3}}, {"quantize": {"mode": "static"}}], "unknown argument 'layer'"),
 ])
 def test_a_start_recipe_outside_the_space_says_where(tmp_path, recipe, said):
     path = tmp_path / "params.yaml"

@@ -160,12 +160,12 @@ def sample_recipe(space: list, trial) -> list[dict]:
 def _misfit(specs: dict, args: dict, technique) -> tuple[str | None, dict]:
     """Why a recipe's step's arguments fall outside one step of the space (None: they fit), and the
     values its sampled arguments take. An argument the space leaves out must be the technique's default."""
+    unknown = sorted(set(args) - set(technique.defaults))
+    if unknown:
+        return f"unknown argument {unknown[0]!r} (known: {', '.join(sorted(technique.defaults))})", {}
     values = {}
     for arg in sorted(set(specs) | set(args)):
-        if arg not in technique.defaults:
-            return f"unknown argument {arg!r}", {}
-        value = args.get(arg, technique.defaults[arg])
-        spec = specs.get(arg, technique.defaults.get(arg))
+        value, spec = args.get(arg, technique.defaults[arg]), specs.get(arg, technique.defaults[arg])
         if isinstance(spec, dict) and "choices" in spec:
             if value not in spec["choices"]:
                 return f"{arg} {value!r} is not one of {spec['choices']}", {}
@@ -198,6 +198,8 @@ def recipe_params(space: list, recipe: list, error: Error) -> dict:
         given = next(iter(step), None) if isinstance(step, dict) and len(step) == 1 else None
         reason = f"the recipe has no step {at + 1}" if step is None else \
             f"its step {at + 1} ({given or repr(step)}) is not {name}" if given != name else None
+        if reason is None and not isinstance(step[name] or {}, dict):
+            reason = f"its step {at + 1}'s arguments are not a mapping ({step[name]!r})"
         if reason is None:
             reason, values = _misfit(item[name] or {}, step[name] or {}, registry()[name])
         if item.get(OPTIONAL, False):
