@@ -277,24 +277,30 @@ def tell(study, trial, recipe, result: dict, params: dict) -> None:
 
 def finish(root: Path, params: dict, trials: list[dict], threads: int | None) -> dict:
     """The front; its members within the budget trained again with other seeds; one pipeline run
-    over teacher, int8-dynamic and the front; reports/search/."""
+    over teacher, int8-dynamic and the front; reports/search/.
+
+    The members confirmed so are those within the budget on the selection split's point estimate:
+    on some 800 sentences the bound sits 1 to 2 points above the drop, so a 1-point budget on the
+    bound leaves out every compressed model there. Promotion then judges promotion.budget_on on
+    validation, so nothing is promoted on the point estimate of one split."""
     promotion = params["promotion"]
     budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
     out = Catalog(root).SEARCH
     front = fronts.pareto(trials)
     within = fronts.within_budget(front, max_drop, budget_on)
+    confirmed = fronts.within_budget(front, max_drop, "point")  # within's members and more when judged on the bound
     cost = fronts.cost_file(trials)
     write_json(out / "cost.json", cost)
     fronts.plot_front(trials, max_drop, budget_on, out / "front.png")
     with atomic_path(out / "recipes.yaml") as tmp:
         tmp.write_text(fronts.recipes_yaml(front))
-    if not within:  # no promotion, no alias moved: the registry is not touched
-        said = fronts.nothing_met(trials, max_drop, budget_on)
+    if not confirmed:  # no promotion, no alias moved: the registry is not touched
+        said = fronts.nothing_met(trials, max_drop, "point")
         with atomic_path(out / "candidates.md") as tmp:
             tmp.write_text(f"# Search front\n\n{said}\n\n![front](front.png)\n")
         print(said)
-        return {"front": [t["candidate"] for t in front], "within_budget": [], "promotion": None, "said": said, "cost": cost}
-    spreads = repeat_seeds(root, params, within, threads)
+        return {"front": [t["candidate"] for t in front], "within_budget": [], "confirmed": [], "promotion": None, "said": said, "cost": cost}
+    spreads = repeat_seeds(root, params, confirmed, threads)
     candidates = {"teacher": [], "int8-dynamic": params["candidates"]["int8-dynamic"],
                   **{t["candidate"]: t["recipe"] for t in front}}
     write_candidates(root, candidates)
@@ -302,13 +308,13 @@ def finish(root: Path, params: dict, trials: list[dict], threads: int | None) ->
     report = fronts.search_rows(read_json(Catalog(root).CANDIDATES_JSON), front, spreads)
     write_json(out / "candidates.json", report)
     decision = summary["promotion"]
-    said = (f"{len(front)} on the front, {len(within)} within the budget on the selection split; promotion: "
-            f"{decision['reason']}")
+    said = (f"{len(front)} on the front, {len(confirmed)} within the budget on the selection split"
+            + (f" ({len(within)} on the bound of the drop)" if budget_on == "bound" else "") + f"; promotion: {decision['reason']}")
     with atomic_path(out / "candidates.md") as tmp:
         tmp.write_text(fronts.to_markdown(report, said))
     print(said)
     return {"front": [t["candidate"] for t in front], "within_budget": [t["candidate"] for t in within],
-            "promotion": decision, "said": said, "cost": cost, "seeds": spreads}
+            "confirmed": [t["candidate"] for t in confirmed], "promotion": decision, "said": said, "cost": cost, "seeds": spreads}
 
 
 def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | None) -> dict[str, dict]:

@@ -112,3 +112,43 @@ def test_a_study_stored_with_its_objective_only_is_still_held_to_it(tmp_path):
     with pytest.raises(ParamsError, match="holds a study scored with 'size_mb'"):
         open_study(tmp_path, study_params(), "params/search.yaml")
     assert open_study(tmp_path, study_params(**{"search.objective": "size_mb"}), "params/search.yaml")
+
+
+class PipelineReached(Exception):
+    pass
+
+
+@pytest.mark.parametrize("drop, upper, confirmed", [(0.5, 2.0, True), (1.5, 2.0, False)])
+def test_a_member_within_the_budget_on_its_drop_is_confirmed_though_its_bound_is_over(tmp_path, monkeypatch, drop,
+                                                                                      upper, confirmed):
+    """Seeds and the final run (where promotion judges the bound on validation) take a member within
+    the budget on the selection split's drop; one over it on the drop too ends the search with the
+    closest, and no run."""
+    import yaml
+
+    import flows.search as search_flow
+    from tests.search.test_front import trial
+
+    seen = {}
+
+    def seeds(root, params, members, threads):
+        seen["seeds"] = [m["candidate"] for m in members]
+        return {}
+
+    def pipeline(**kwargs):
+        seen["candidates"] = yaml.safe_load((tmp_path / "params.yaml").read_text())["candidates"]
+        raise PipelineReached
+
+    monkeypatch.setattr(search_flow, "repeat_seeds", seeds)
+    monkeypatch.setattr(search_flow, "pipeline", pipeline)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"candidates": {}}))
+    params = study_params()
+    params["promotion"].update(max_accuracy_drop=1.0, budget_on="bound")
+    trials = [trial(0, drop, 0.2, upper=upper)]
+    if confirmed:
+        with pytest.raises(PipelineReached):
+            search_flow.finish(tmp_path, params, trials, threads=1)
+        assert seen["seeds"] == ["search-0"] and "search-0" in seen["candidates"]
+    else:
+        summary = search_flow.finish(tmp_path, params, trials, threads=1)
+        assert summary["promotion"] is None and "nothing met the budget" in summary["said"] and not seen
