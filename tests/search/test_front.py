@@ -16,9 +16,9 @@ def metrics(drop: float, upper: float, accuracy: float = 0.9) -> dict:
             "selection": {"accuracy": accuracy, "accuracy_drop": drop, "accuracy_drop_upper": upper}}
 
 
-def trial(number, drop, second, state="complete", upper=None, seconds=100.0, candidate=None):
+def trial(number, drop, second, state="complete", upper=None, seconds=100.0, candidate=None, smaller=10.0):
     scores = None if state != "complete" else {
-        "drop": drop, "drop_upper": drop + 0.5 if upper is None else upper, "faster": 1 / second, "smaller": 10.0,
+        "drop": drop, "drop_upper": drop + 0.5 if upper is None else upper, "faster": 1 / second, "smaller": smaller,
         "accuracy": 0.9, "values": [drop, second]}
     return {"number": number, "state": state, "candidate": candidate or f"search-{number}", "recipe": [{"quantize": {}}],
             "scores": scores, "seconds": seconds}
@@ -41,6 +41,13 @@ def test_the_front_keeps_only_unbeaten_completed_trials_once_each():
     trials = [trial(0, 0.5, 0.5), trial(1, 1.0, 0.2), trial(2, 1.5, 0.6), trial(3, 0.0, 0.9),
               trial(4, 0.5, 0.5, candidate="search-0"), trial(5, 0, 0, state="pruned"), trial(6, 0, 0, state="failed")]
     assert [t["number"] for t in fronts.pareto(trials)] == [3, 0, 1]
+
+
+def test_size_counts_on_the_front_even_when_latency_steered_the_search():
+    # 2 loses to 0 on drop and on latency, but it is the smallest: it stays; 3 loses on all three.
+    trials = [trial(0, 0.5, 0.2, smaller=6.0), trial(1, 0.0, 0.3, smaller=5.0), trial(2, 0.7, 0.25, smaller=15.0),
+              trial(3, 0.8, 0.3, smaller=4.0)]
+    assert [t["number"] for t in fronts.pareto(trials)] == [1, 0, 2]
 
 
 def test_the_budget_is_judged_on_the_point_or_on_the_bound():

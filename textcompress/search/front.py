@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from textcompress.config import candidate_form
-from textcompress.decisions.report import pareto_front
 from textcompress.errors import TextcompressError
 from textcompress.fileio import atomic_path
 
@@ -44,16 +43,22 @@ def budget_drop(scores: dict, budget_on: str) -> float:
 
 
 def pareto(trials: list[dict]) -> list[dict]:
-    """The completed trials no other completed trial beats on both objectives, one per candidate,
-    in order of the first objective (the drop)."""
+    """The completed trials no other completed trial beats on drop, speed and size together, one per
+    candidate, in order of the drop. Size counts even when Optuna was steered by latency (and speed
+    when by size): a member 15x smaller that lost on latency alone is what a deployer may want."""
     done = {}
     for trial in trials:
         if trial["state"] == "complete":
             done.setdefault(trial["candidate"], trial)  # a repeated configuration: its first trial stands for it
     points = list(done.values())
-    # decisions/report.py's front keeps the lowest first figure for each better second: (ratio, -drop).
-    kept = pareto_front([(t["scores"]["values"][1], -t["scores"]["values"][0]) for t in points])
-    return sorted((points[i] for i in kept), key=lambda t: t["scores"]["values"])
+    kept = [t for t in points if not any(_beats(u["scores"], t["scores"]) for u in points)]
+    return sorted(kept, key=lambda t: t["scores"]["values"])
+
+
+def _beats(a: dict, b: dict) -> bool:
+    """a is no worse than b on drop, speed-up and size reduction, and better on one."""
+    mine, theirs = (a["drop"], -a["faster"], -a["smaller"]), (b["drop"], -b["faster"], -b["smaller"])
+    return all(x <= y for x, y in zip(mine, theirs)) and mine != theirs
 
 
 def within_budget(front: list[dict], max_drop: float, budget_on: str) -> list[dict]:
@@ -164,7 +169,8 @@ def to_markdown(report: dict, said: str) -> str:
 
 def plot_front(trials: list[dict], max_drop: float, budget_on: str, out_path: Path) -> None:
     """Every completed trial's drop (selection split) against its speed-up over the teacher; the
-    front joined; the budget drawn as a horizontal line."""
+    front marked, each member named with how much smaller it is (size is the third figure, so the
+    front is not a line here); the budget drawn as a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,11 +181,11 @@ def plot_front(trials: list[dict], max_drop: float, budget_on: str, out_path: Pa
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.scatter([t["scores"]["faster"] for t in done], [t["scores"]["drop"] for t in done], c="tab:gray", alpha=0.5,
                label="trials")
-    ax.plot([t["scores"]["faster"] for t in front], [t["scores"]["drop"] for t in front], "o--", color="tab:green",
-            label="front")
+    ax.scatter([t["scores"]["faster"] for t in front], [t["scores"]["drop"] for t in front], c="tab:green",
+               edgecolors="black", label="front (drop, speed, size)")
     for t in front:
-        ax.annotate(t["candidate"], (t["scores"]["faster"], t["scores"]["drop"]), textcoords="offset points",
-                    xytext=(5, 3), fontsize=7)
+        ax.annotate(f"{t['candidate']} ({t['scores']['smaller']:.1f}x smaller)", (t["scores"]["faster"], t["scores"]["drop"]),
+                    textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.axhline(max_drop, color="tab:red", linewidth=1,
                label=f"budget: {max_drop} points ({'bound of the drop' if budget_on == 'bound' else 'drop'})")
     ax.set_xlabel("× faster than the teacher (p50, batch 1, timed interleaved)")
