@@ -27,9 +27,9 @@ from flows.pipeline import pipeline
 from tasks.stages import StageFailed, run_dvc_stage, stage_order
 from textcompress.config import load_params
 from textcompress.errors import TextcompressError
-from textcompress.workspace import make_workspace
+from textcompress.workspace import SWEEPS, make_workspace
 
-WORKSPACES = ".sweep"  # under the project; ignored by git and DVC
+WORKSPACES = SWEEPS  # under the project; ignored by git and DVC, and never copied into a workspace
 
 
 def cores() -> int:

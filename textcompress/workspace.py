@@ -20,6 +20,7 @@ from textcompress.config import load_params
 from textcompress.fileio import atomic_path
 
 RUNS = "runs"  # profile workspaces, under the project; ignored by git and DVC
+SWEEPS = ".sweep"  # a sweep's per-candidate workspaces, under the project (or under a profile's workspace)
 RUN_PRODUCTS = ("params.yaml", "dvc.lock", "reports/")  # a workspace's own: never overwritten from the project
 
 
@@ -40,10 +41,13 @@ def cache_dir(project: Path) -> Path:
 
 
 def project_files(project: Path) -> list[str]:
-    """The project's tracked and untracked (not ignored) files, as git lists them."""
+    """The project's tracked and untracked (not ignored) files, as git lists them, never another
+    workspace's nor Python's bytecode, whatever the project's .gitignore says: a sweep makes its
+    workspaces side by side, and one half-copied would be copied again, or vanish mid-copy."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=project, capture_output=True,
                             check=True).stdout.decode().split("\0")
-    return [name for name in listed if name and (project / name).is_file()]
+    return [name for name in listed if name and Path(name).parts[0] not in (RUNS, SWEEPS)
+            and "__pycache__" not in Path(name).parts and (project / name).is_file()]
 
 
 def make_workspace(project: Path, workspace: Path, keep: tuple[str, ...] = ()) -> Path:
