@@ -7,8 +7,12 @@ the same DVC stages as a hand-written one, the front goes through one ordinary p
     -> the front; each member within the budget trained again with other seeds -> one pipeline
     run with teacher, int8-dynamic and the front (benchmark, validation gates, promotion)
 
+`--minutes` bounds the whole search: no batch of trials starts unless it and the seeds owed to
+the front are expected to end within it, and seeds that would not fit are left out and named.
+
 The study lives in `search.db` in the run directory (load_if_exists): a killed search resumes, and
-a repeated recipe is the same DVC stage, found in the run-cache. reports/search/front.json is
+a repeated recipe is the same DVC stage, found in the run-cache; each seed trained is kept in the
+study too, so a resumed search trains only the seeds still owed. reports/search/front.json is
 rewritten after every trial, so the best found so far is never lost. Latency is measured the
 benchmark stage's way (benchmark.threads, interleaved with the teacher) while no trial trains.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -204,6 +209,7 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
     cfg, promotion = params["search"], params["promotion"]
     trials = trials or cfg["trials"]
     minutes = minutes or cfg["minutes"]
+    workers_at_once = max(1, workers)
     budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
     out = Catalog(root).SEARCH
     threads = max(1, cores() // workers) if address is None else None
@@ -211,6 +217,9 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
     study = open_study(root, params, params_path)
     tracker = Tracker(root, params, study)
     started = time.time()
+
+    def seconds_left() -> float | None:
+        return None if minutes is None else 60 * minutes - (time.time() - started)
 
     @flow(name="textcompress-search", log_prints=True, task_runner=task_runner(runner, workers, address))
     def run_search() -> dict:
@@ -221,7 +230,12 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
             teacher = read_json(Catalog(root).metrics("teacher"))[fronts.SCORED_ON]["accuracy"]
             stop_below = teacher - cfg["stop_below_drop"] / 100.0
         ended = 0
-        while ended < trials and (minutes is None or time.time() - started < 60 * minutes):
+        while ended < trials:
+            full = fronts.room_for_trials(records(study), max_drop, cfg["seeds"], params["seed"], Seeds(study).runs,
+                                          workers_at_once, seconds_left())
+            if full:
+                print(full)
+                break
             batch = [study.ask() for _ in range(min(workers, trials - ended))]
             recipes = [sample_recipe(cfg["space"], t) for t in batch]
             names = [candidate_name(r) for r in recipes]
@@ -236,7 +250,7 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
                 shutil.rmtree(result["workspace"], ignore_errors=True)
             ended += len(batch)
         os.environ.pop(STOP_ENV, None)  # seeds and the final run train whole recipes
-        return finish(root, params, records(study), threads)
+        return finish(root, params, records(study), threads, Seeds(study, workers_at_once, seconds_left()))
 
     if pull:
         from tasks.tracking import pull_data
@@ -275,14 +289,35 @@ def tell(study, trial, recipe, result: dict, params: dict) -> None:
            f"{scores['smaller']:.2f}x smaller, {result['seconds']} s" if scores else f" ({result.get('error')})"))
 
 
-def finish(root: Path, params: dict, trials: list[dict], threads: int | None) -> dict:
-    """The front; its members within the budget trained again with other seeds; one pipeline run
-    over teacher, int8-dynamic and the front; reports/search/.
+@dataclass
+class Seeds:
+    """What the seeds of a finish rest on: the seeds trained before (`runs`, one list per member,
+    kept in the study's user attribute `seeds` as each ends), how many train at once, and the
+    seconds left of search.minutes (None: no limit)."""
+    study: object = None
+    workers: int = 1
+    seconds_left: float | None = None
+    runs: dict[str, list[dict]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.study is not None:
+            self.runs = dict(self.study.user_attrs.get("seeds", {}))
+
+    def keep(self, member: str, run: dict) -> None:
+        self.runs[member] = self.runs.get(member, []) + [run]
+        if self.study is not None:
+            self.study.set_user_attr("seeds", self.runs)
+
+
+def finish(root: Path, params: dict, trials: list[dict], threads: int | None, seeds: Seeds | None = None) -> dict:
+    """The front; its members within the budget trained again with other seeds (those that fit the
+    time left); one pipeline run over teacher, int8-dynamic and the front; reports/search/.
 
     The members confirmed so are those within the budget on the selection split's point estimate:
     on some 800 sentences the bound sits 1 to 2 points above the drop, so a 1-point budget on the
     bound leaves out every compressed model there. Promotion then judges promotion.budget_on on
     validation, so nothing is promoted on the point estimate of one split."""
+    seeds = seeds or Seeds()
     promotion = params["promotion"]
     budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
     out = Catalog(root).SEARCH
@@ -300,7 +335,10 @@ def finish(root: Path, params: dict, trials: list[dict], threads: int | None) ->
             tmp.write_text(f"# Search front\n\n{said}\n\n![front](front.png)\n")
         print(said)
         return {"front": [t["candidate"] for t in front], "within_budget": [], "confirmed": [], "promotion": None, "said": said, "cost": cost}
-    spreads = repeat_seeds(root, params, confirmed, threads)
+    seeds_started = time.time()
+    spreads, skipped = repeat_seeds(root, params, confirmed, threads, seeds)
+    cost = {**cost, "seeds_seconds": round(time.time() - seeds_started, 1), "seeds_left_out": skipped}
+    write_json(out / "cost.json", cost)
     candidates = {"teacher": [], "int8-dynamic": params["candidates"]["int8-dynamic"],
                   **{t["candidate"]: t["recipe"] for t in front}}
     write_candidates(root, candidates)
@@ -309,29 +347,34 @@ def finish(root: Path, params: dict, trials: list[dict], threads: int | None) ->
     write_json(out / "candidates.json", report)
     decision = summary["promotion"]
     said = (f"{len(front)} on the front, {len(confirmed)} within the budget on the selection split"
-            + (f" ({len(within)} on the bound of the drop)" if budget_on == "bound" else "") + f"; promotion: {decision['reason']}")
+            + (f" ({len(within)} on the bound of the drop)" if budget_on == "bound" else "") + f"; promotion: {decision['reason']}"
+            + "".join(f"\n\nSeeds of {member} not trained: {why}. Fix: run the search again with more --minutes "
+                      "(the seeds trained so far are kept in the study)" for member, why in skipped.items()))
     with atomic_path(out / "candidates.md") as tmp:
         tmp.write_text(fronts.to_markdown(report, said))
     print(said)
     return {"front": [t["candidate"] for t in front], "within_budget": [t["candidate"] for t in within],
-            "confirmed": [t["candidate"] for t in confirmed], "promotion": decision, "said": said, "cost": cost, "seeds": spreads}
+            "confirmed": [t["candidate"] for t in confirmed], "promotion": decision, "said": said, "cost": cost,
+            "seeds": spreads, "seeds_skipped": skipped}
 
 
-def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | None) -> dict[str, dict]:
+def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | None, seeds: Seeds) -> tuple[dict, dict]:
     """Each member trained again with seeds seed+1 .. seed+n-1 (the `{seed, steps}` form), scored on
-    the selection split; with its own trial, n seeds: their mean and spread."""
-    n = params["search"]["seeds"]
+    the selection split, those kept in the study skipped, those over the time left left out; with
+    its own trial: the mean and spread of every seed it has. Returns them, and why any were left out."""
+    n, first = params["search"]["seeds"], params["seed"]
+    jobs, skipped, _ = fronts.seed_plan(members, n, first, seeds.runs, seeds.workers, seeds.seconds_left)
     baseline = params["candidates"]["int8-dynamic"]
-    jobs = {(t["candidate"], k): {"seed": params["seed"] + k, "steps": t["recipe"]} for t in members for k in range(1, n)}
-    futures = {job: train_trial.submit(str(root), candidate_name(t_recipe["steps"], t_recipe["seed"]), t_recipe, baseline,
-                                       threads, None) for job, t_recipe in jobs.items()}
-    runs: dict[str, list[dict]] = {t["candidate"]: [{"seed": params["seed"], "accuracy": t["scores"]["accuracy"],
-                                                     "drop": t["scores"]["drop"]}] for t in members}
-    for (member, k), future in futures.items():
+    recipes = {t["candidate"]: t["recipe"] for t in members}
+    futures = {(member, seed): train_trial.submit(str(root), candidate_name(recipes[member], seed),
+                                                  {"seed": seed, "steps": recipes[member]}, baseline, threads, None)
+               for member, seed in jobs}
+    for (member, seed), future in futures.items():
         result = future.result()
         if result["status"] == "ok":
             selection = read_json(Catalog(Path(result["workspace"])).metrics(result["candidate"]))[fronts.SCORED_ON]
-            runs[member].append({"seed": params["seed"] + k, "accuracy": selection["accuracy"],
-                                 "drop": 100.0 * selection["accuracy_drop"]})
+            seeds.keep(member, {"seed": seed, "accuracy": selection["accuracy"], "drop": 100.0 * selection["accuracy_drop"]})
         shutil.rmtree(result["workspace"], ignore_errors=True)
-    return {member: fronts.seed_spread(r) for member, r in runs.items()}
+    return {t["candidate"]: fronts.seed_spread([{"seed": first, "accuracy": t["scores"]["accuracy"], "drop": t["scores"]["drop"]}]
+                                               + sorted(seeds.runs.get(t["candidate"], []), key=lambda run: run["seed"]))
+            for t in members}, skipped

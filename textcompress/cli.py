@@ -309,7 +309,8 @@ def main(argv=None) -> None:
     search = sub.add_parser("search", help="search recipes for the smallest, fastest model within the accuracy budget (Optuna)")
     search.add_argument("--params", default="params/search.yaml", help="a profile with a search: section (params/search.yaml)")
     search.add_argument("--trials", type=int, help="trials to run now (default: search.trials); a stored study resumes")
-    search.add_argument("--minutes", type=float, help="start no trial after this many minutes (default: search.minutes)")
+    search.add_argument("--minutes", type=float, help="the whole search's time: no trial starts unless it and the front's seeds are "
+                        "expected to end within it (default: search.minutes)")
     search.add_argument("--workers", type=int, default=1, help="trials trained at once (ignored with --address)")
     search.add_argument("--runner", choices=("dask", "ray", "local"), default="local")
     search.add_argument("--address", help="an existing cluster: tcp://host:8786 (Dask) or ray://host:10001 (Ray)")

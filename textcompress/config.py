@@ -289,7 +289,9 @@ class SearchConfig(Section):
         "it samples: what worked by hand; each must lie in the space", must="be a list of recipes",
         fix="e.g. [[{distill: {layers: 3}}, {quantize: {mode: static}}]], or []")
     trials: Whole = setting(30, "trials per `textcompress search` (--trials overrides)", gt=0, fix="e.g. 30")
-    minutes: Optional[Number] = setting(None, "start no trial after this many minutes (--minutes overrides); null: no limit",
+    minutes: Optional[Number] = setting(None, "the whole search's time (--minutes overrides): no trial starts unless it and the "
+                                        "seeds owed to the front are expected to end within it; seeds that would not fit "
+                                        "are left out and named; null: no limit",
                                         gt=0, fix="e.g. 180, or null")
     seeds: Whole = setting(3, "each front member within the budget is trained again with this many seeds", ge=1,
                            fix="e.g. 3")

@@ -91,6 +91,10 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
         assert run_keys <= set(row)
         if row["name"].startswith("search-"):  # each front member's seeds (2): mean and spread
             assert len(row["search"]["seeds"]["accuracy"]["values"]) == 2, row["search"]
+    # Each member's second seed is kept in the study, trained once across both runs (a resumed finish owes none).
+    second = yaml.safe_load((project / "params" / "search.yaml").read_text())["seed"] + 1
+    kept = study.user_attrs["seeds"]
+    assert kept and all([run["seed"] for run in runs] == [second] for runs in kept.values()), kept
     for name in ("candidates.md", "front.png", "recipes.yaml", "cost.json"):
         assert (out / name).is_file(), name
     assert read_json(out / "cost.json")["trials"] == 5

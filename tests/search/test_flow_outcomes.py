@@ -2,6 +2,8 @@
 stopped-early trial is pruned, any other failure failed, and the search goes on; the stored
 records are what the front and the cost read."""
 
+import json
+
 import optuna
 import pytest
 
@@ -131,9 +133,9 @@ def test_a_member_within_the_budget_on_its_drop_is_confirmed_though_its_bound_is
 
     seen = {}
 
-    def seeds(root, params, members, threads):
+    def seeds(root, params, members, threads, owed):
         seen["seeds"] = [m["candidate"] for m in members]
-        return {}
+        return {}, {}
 
     def pipeline(**kwargs):
         seen["candidates"] = yaml.safe_load((tmp_path / "params.yaml").read_text())["candidates"]
@@ -149,6 +151,21 @@ def test_a_member_within_the_budget_on_its_drop_is_confirmed_though_its_bound_is
         with pytest.raises(PipelineReached):
             search_flow.finish(tmp_path, params, trials, threads=1)
         assert seen["seeds"] == ["search-0"] and "search-0" in seen["candidates"]
+        cost = json.loads((tmp_path / "reports" / "search" / "cost.json").read_text())
+        assert cost["trials"] == 1 and cost["seeds_seconds"] >= 0 and cost["seeds_left_out"] == {}
     else:
         summary = search_flow.finish(tmp_path, params, trials, threads=1)
         assert summary["promotion"] is None and "nothing met the budget" in summary["said"] and not seen
+
+
+def test_seeds_trained_are_kept_in_the_study_and_read_back_by_a_resumed_search(tmp_path):
+    from flows.search import Seeds, open_study
+
+    study = open_study(tmp_path, study_params(), "params/search.yaml")
+    Seeds(study).keep("search-a", {"seed": 43, "accuracy": 0.9, "drop": 0.2})
+    Seeds(study).keep("search-a", {"seed": 44, "accuracy": 0.8, "drop": 1.2})
+    resumed = Seeds(open_study(tmp_path, study_params(), "params/search.yaml"))
+    assert [run["seed"] for run in resumed.runs["search-a"]] == [43, 44]
+    alone = Seeds()  # no study (as finish is called in tests): kept for this finish only
+    alone.keep("search-b", {"seed": 43, "accuracy": 0.9, "drop": 0.2})
+    assert alone.runs == {"search-b": [{"seed": 43, "accuracy": 0.9, "drop": 0.2}]}

@@ -1,5 +1,6 @@
 """The search's results as data: trials scored on the selection split only, the front, the budget
-(point or bound), the closest miss, the cost and what early stopping saved, the seeds' spread."""
+(point or bound), the closest miss, the cost and what early stopping saved, the seeds' spread, and
+what of the seeds and trials fits the time left."""
 
 import pytest
 import yaml
@@ -91,3 +92,34 @@ def test_the_front_file_and_the_recipes_to_paste():
     assert [(m["candidate"], m["within_budget"]) for m in front["front"]] == [("search-0", False), ("search-1", True)]
     pasted = yaml.safe_load(fronts.recipes_yaml(fronts.pareto(trials)))
     assert pasted == {"search-0": [{"quantize": {}}], "search-1": [{"quantize": {}}]}
+
+
+def test_seeds_owed_are_planned_fastest_member_first_and_those_kept_are_not_trained_again():
+    members = [trial(0, 0.2, 0.5, seconds=600), trial(1, 0.8, 0.2, seconds=1200)]
+    done = {"search-0": [{"seed": 43, "accuracy": 0.9, "drop": 0.1}]}
+    jobs, skipped, wall = fronts.seed_plan(members, 3, 42, done, workers=2)
+    assert jobs == [("search-1", 43), ("search-1", 44), ("search-0", 44)] and not skipped
+    assert wall == pytest.approx((1200 + 1200 + 600) / 2)
+    assert fronts.seed_plan(members, 1, 42, {}, workers=2) == ([], {}, 0.0)  # seeds: 1 means the trial alone
+
+
+def test_seeds_that_would_overrun_the_time_left_are_left_out_and_named():
+    members = [trial(0, 0.2, 0.5, seconds=600), trial(1, 0.8, 0.2, seconds=1200)]
+    jobs, skipped, wall = fronts.seed_plan(members, 3, 42, {}, workers=2, seconds_left=1000)
+    # search-1's two seeds take 1200 s side by side: over 1000; search-0's two take 600
+    assert jobs == [("search-0", 43), ("search-0", 44)] and wall == pytest.approx(600)
+    assert list(skipped) == ["search-1"] and "did not fit" in skipped["search-1"] and "search.minutes" in skipped["search-1"]
+    assert fronts.seed_plan(members, 3, 42, {}, workers=1, seconds_left=0)[0] == []
+
+
+def test_no_trial_starts_that_would_leave_the_front_s_seeds_without_time():
+    trials = [trial(0, 0.5, 0.3, seconds=600), trial(1, 3.0, 0.1, seconds=1200)]  # mean trial 900 s; 1 within 1.0
+    assert fronts.room_for_trials(trials, 1.0, 3, 42, {}, workers=1, seconds_left=None) is None
+    # a trial (900 s) and search-0's two seeds one at a time (1200 s)
+    assert fronts.room_for_trials(trials, 1.0, 3, 42, {}, workers=1, seconds_left=2100) is None
+    said = fronts.room_for_trials(trials, 1.0, 3, 42, {}, workers=1, seconds_left=2000)
+    assert said.startswith("no more trials") and "1 front member" in said
+    kept = {"search-0": [{"seed": 43}, {"seed": 44}]}  # trained by an earlier run of the study: nothing owed
+    assert fronts.room_for_trials(trials, 1.0, 3, 42, kept, workers=1, seconds_left=1000) is None
+    assert fronts.room_for_trials([], 1.0, 3, 42, {}, workers=1, seconds_left=1) is None  # nothing yet to estimate from
+    assert fronts.room_for_trials([], 1.0, 3, 42, {}, workers=1, seconds_left=0) is not None  # the time is up

@@ -90,6 +90,49 @@ def seed_spread(runs: list[dict]) -> dict:
             "drop": stats([r["drop"] for r in runs]), "split": SCORED_ON}
 
 
+def seed_plan(members: list[dict], seeds: int, first_seed: int, done: dict[str, list[dict]], workers: int,
+              seconds_left: float | None = None) -> tuple[list[tuple[str, int]], dict[str, str], float]:
+    """Which seeds to train: each member's seeds first_seed+1 .. first_seed+seeds-1 not in `done`
+    (kept from an earlier run of the study), a member's all or none, the member the objective
+    ranks first first, while the estimate fits `seconds_left` (None: no limit). A seed is
+    estimated at its member's trial time, `workers` at a time. Returns the (member, seed) jobs,
+    why each member left out was, and the estimated wall seconds."""
+    jobs, skipped, costs = [], {}, []
+    for member in sorted(members, key=lambda t: t["scores"]["values"][1]):
+        have = {run["seed"] for run in done.get(member["candidate"], [])}
+        missing = [first_seed + k for k in range(1, seeds) if first_seed + k not in have]
+        more = costs + [member["seconds"]] * len(missing)
+        if missing and seconds_left is not None and _wall(more, workers) > seconds_left:
+            skipped[member["candidate"]] = (
+                f"its {len(missing)} seeds (about {len(missing) * member['seconds'] / 60:.0f} min) did not fit in the "
+                f"{max(0.0, seconds_left - _wall(costs, workers)) / 60:.0f} min left of search.minutes")
+            continue
+        costs = more
+        jobs += [(member["candidate"], seed) for seed in missing]
+    return jobs, skipped, _wall(costs, workers)
+
+
+def _wall(seconds: list[float], workers: int) -> float:
+    return max(sum(seconds) / max(1, workers), max(seconds, default=0.0))
+
+
+def room_for_trials(trials: list[dict], max_drop: float, seeds: int, first_seed: int, done: dict[str, list[dict]],
+                    workers: int, seconds_left: float | None) -> str | None:
+    """None while another batch of trials fits the time left; else why not. The batch is estimated
+    at the mean trial time, and the seeds still owed to the front's members within the budget
+    (on the drop, as finish confirms them) are kept time for, so the search ends near its minutes."""
+    if seconds_left is None:
+        return None
+    typical = cost_file(trials)["mean_completed_seconds"] or 0.0
+    members = within_budget(pareto(trials), max_drop, "point")
+    reserve = seed_plan(members, seeds, first_seed, done, workers)[2]
+    if seconds_left > 0 and typical + reserve <= seconds_left:
+        return None
+    return (f"no more trials: {seconds_left / 60:.0f} min were left of search.minutes, and a trial (about {typical / 60:.0f} "
+            f"min) and the seeds of {len(members)} front member(s) within the budget (about {reserve / 60:.0f} min) "
+            "would take more")
+
+
 def front_file(trials: list[dict], objective: str, max_drop: float, budget_on: str) -> dict:
     """What reports/search/front.json holds after every trial: the front so far, each member's
     recipe and figures, and whether it is within the budget."""
