@@ -207,7 +207,7 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
     params = load_params(root / "params.yaml")
     check_search_params(params, params_path)
     cfg, promotion = params["search"], params["promotion"]
-    trials = trials or cfg["trials"]
+    trials = cfg["trials"] if trials is None else trials  # 0: no new trial, the finish alone
     minutes = minutes or cfg["minutes"]
     workers_at_once = max(1, workers)
     budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
@@ -311,7 +311,8 @@ class Seeds:
 
 def finish(root: Path, params: dict, trials: list[dict], threads: int | None, seeds: Seeds | None = None) -> dict:
     """The front; its members within the budget trained again with other seeds (those that fit the
-    time left); one pipeline run over teacher, int8-dynamic and the front; reports/search/.
+    time left); one pipeline run over the params' candidates (teacher, int8-dynamic, any written by
+    hand) and the front; reports/search/.
 
     The members confirmed so are those within the budget on the selection split's point estimate:
     on some 800 sentences the bound sits 1 to 2 points above the drop, so a 1-point budget on the
@@ -339,8 +340,8 @@ def finish(root: Path, params: dict, trials: list[dict], threads: int | None, se
     spreads, skipped = repeat_seeds(root, params, confirmed, threads, seeds)
     cost = {**cost, "seeds_seconds": round(time.time() - seeds_started, 1), "seeds_left_out": skipped}
     write_json(out / "cost.json", cost)
-    candidates = {"teacher": [], "int8-dynamic": params["candidates"]["int8-dynamic"],
-                  **{t["candidate"]: t["recipe"] for t in front}}
+    # The params' candidates stay, so the front is measured beside them on one teacher and one benchmark.
+    candidates = {**params["candidates"], "teacher": [], **{t["candidate"]: t["recipe"] for t in front}}
     write_candidates(root, candidates)
     summary = pipeline(project_dir=str(root), pull=False)
     report = fronts.search_rows(read_json(Catalog(root).CANDIDATES_JSON), front, spreads)

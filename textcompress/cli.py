@@ -52,9 +52,11 @@ def cmd_sweep(args) -> None:
 def cmd_search(args) -> None:
     from textcompress.workspace import profile_params, run_directory
 
-    for flag, value in (("--trials", args.trials), ("--minutes", args.minutes)):
-        if value is not None and value <= 0:
-            raise TextcompressError(f"{flag} {value:g}: must be above 0. Fix: e.g. {flag} 30")
+    if args.trials is not None and args.trials < 0:
+        raise TextcompressError(f"--trials {args.trials}: must be 0 or above (0: no new trial, only the seeds owed and "
+                                "the final run). Fix: e.g. --trials 30")
+    if args.minutes is not None and args.minutes <= 0:
+        raise TextcompressError(f"--minutes {args.minutes:g}: must be above 0. Fix: e.g. --minutes 180")
     project = Path(args.project).resolve()
     where, params = profile_params(args.params, project)  # validates the file (the space too) before anything runs
     if where == project:
@@ -308,7 +310,8 @@ def main(argv=None) -> None:
     sweep.set_defaults(func=cmd_sweep)
     search = sub.add_parser("search", help="search recipes for the smallest, fastest model within the accuracy budget (Optuna)")
     search.add_argument("--params", default="params/search.yaml", help="a profile with a search: section (params/search.yaml)")
-    search.add_argument("--trials", type=int, help="trials to run now (default: search.trials); a stored study resumes")
+    search.add_argument("--trials", type=int, help="trials to run now (default: search.trials); a stored study resumes; "
+                        "0: none, only the seeds owed and the final run (after changing candidates or the budget)")
     search.add_argument("--minutes", type=float, help="the whole search's time: no trial starts unless it and the front's seeds are "
                         "expected to end within it (default: search.minutes)")
     search.add_argument("--workers", type=int, default=1, help="trials trained at once (ignored with --address)")

@@ -82,10 +82,15 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
         assert member["drop"] == pytest.approx(100 * metrics["selection"]["accuracy_drop"])
         assert member["drop_upper"] == pytest.approx(100 * metrics["selection"]["accuracy_drop_upper"])
 
-    # reports/search/candidates.json: the run's candidates.json schema, for teacher, int8-dynamic and the front.
+    # reports/search/candidates.json: the run's candidates.json schema, for the profile's candidates and the front;
+    # each hand-written one (int8-dynamic, distill-l2) with the member that beats it on this run's figures, if one does.
     report, run_report = read_json(out / "candidates.json"), read_json(where / "reports" / "candidates.json")
     assert set(report) == set(run_report)
-    assert {r["name"] for r in report["rows"]} == {"teacher", "int8-dynamic", *(m["candidate"] for m in front["front"])}
+    hand_written = {"int8-dynamic", "distill-l2"}
+    assert {r["name"] for r in report["rows"]} == {"teacher", *hand_written, *(m["candidate"] for m in front["front"])}
+    assert {r["name"] for r in report["rows"] if "beaten_by" in r} == hand_written
+    assert all(r["beaten_by"] in (None, *(m["candidate"] for m in front["front"])) for r in report["rows"] if "beaten_by" in r)
+    assert "Hand-written candidates against the front" in (out / "candidates.md").read_text()
     run_keys = set(run_report["rows"][0])
     for row in report["rows"]:
         assert run_keys <= set(row)
@@ -121,9 +126,9 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
     profile = yaml.safe_load((project / "params" / "search.yaml").read_text())
     profile["promotion"]["max_accuracy_drop"] = -100.0
     (project / "params" / "search.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    run_search(project, "--trials", "1")
+    run_search(project, "--trials", "0")  # no new trial: the stored front judged again under the new budget
     said = (out / "candidates.md").read_text()
     assert "nothing met the budget" in said and "closest: search-" in said
     assert champion() == before
     assert (where / "reports" / "promotion.json").read_text() == promotion_file  # no pipeline run, no promotion
-    assert read_json(out / "front.json")["trials"] == 6
+    assert len(optuna.load_study(study_name="textcompress-search", storage=f"sqlite:///{where / 'search.db'}").trials) == 5

@@ -44,7 +44,7 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path, capsys, search, sel
 
 def test_bad_budgets_on_the_command_line_are_refused(tmp_path, capsys):
     project = project_with(tmp_path, {"space": SPACE})
-    assert "--trials 0: must be above 0" in refused(capsys, project, "--trials", "0")
+    assert "--trials -1: must be 0 or above" in refused(capsys, project, "--trials", "-1")
     assert "--minutes -5: must be above 0" in refused(capsys, project, "--minutes", "-5")
 
 

@@ -123,3 +123,27 @@ def test_no_trial_starts_that_would_leave_the_front_s_seeds_without_time():
     assert fronts.room_for_trials(trials, 1.0, 3, 42, kept, workers=1, seconds_left=1000) is None
     assert fronts.room_for_trials([], 1.0, 3, 42, {}, workers=1, seconds_left=1) is None  # nothing yet to estimate from
     assert fronts.room_for_trials([], 1.0, 3, 42, {}, workers=1, seconds_left=0) is not None  # the time is up
+
+
+def row(name, accuracy, latency, size, status="ok", recipe=None):
+    return {"name": name, "status": status, "accuracy": accuracy, "accuracy_drop": None if accuracy is None else 100 * (0.90 - accuracy),
+            "latency_p50_ms": latency, "size_mb": size, "recipe": recipe or [{"quantize": {}}], "eligible": False,
+            "reasons": ["x"]}
+
+
+def test_hand_written_candidates_are_judged_against_the_front_on_the_run_s_own_figures():
+    # one teacher (0.90, 8 ms, 90 MB) and one benchmark; search-0 is 0.5 points down, 4x faster, 18x smaller
+    report = {"teacher": "teacher", "baseline": "int8-dynamic", "rows": [
+        row("teacher", 0.90, 8.0, 90.0, recipe=[]), row("search-0", 0.895, 2.0, 5.0),
+        row("int8-dynamic", 0.890, 4.0, 23.0),      # more down, slower, larger: beaten
+        row("int8-per-channel", 0.899, 4.0, 23.0),  # less down: not beaten, whatever its speed
+        row("distill-l3", 0.895, 2.0, 5.0),         # the member's very figures: no worse, but better on none
+        row("broken", None, None, None, status="failed")]}
+    beaten = fronts.beaten_by(report, ["search-0"])
+    assert beaten == {"int8-dynamic": "search-0", "int8-per-channel": None, "distill-l3": None, "broken": None}
+    trials = [trial(0, 0.5, 0.25)]
+    rows = {r["name"]: r for r in fronts.search_rows(report, trials, {})["rows"]}
+    assert "beaten_by" not in rows["teacher"] and "beaten_by" not in rows["search-0"]
+    assert rows["int8-dynamic"]["beaten_by"] == "search-0" and rows["search-0"]["search"]["trial"] == 0
+    said = fronts.to_markdown(fronts.search_rows(report, trials, {}), "said")
+    assert "- int8-dynamic: beaten by search-0" in said and "- int8-per-channel: not beaten by any member" in said

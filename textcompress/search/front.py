@@ -173,19 +173,42 @@ def recipes_yaml(front: list[dict]) -> str:
 
 
 def search_rows(report: dict, front: list[dict], spreads: dict[str, dict]) -> dict:
-    """The final run's candidates.json, limited to the teacher, the baseline and the front, each
-    front row with its trial's selection figures and its seeds' mean and spread."""
-    names = {report["teacher"], report["baseline"], *(t["candidate"] for t in front)}
+    """The final run's candidates.json: each front row with its trial's selection figures and its
+    seeds' mean and spread; each hand-written row (the params' candidates) with the front member
+    that beats it on validation (`beaten_by`, null if none does)."""
     by_name = {t["candidate"]: t for t in front}
+    beaten = beaten_by(report, list(by_name))
     rows = []
     for row in report["rows"]:
-        if row["name"] not in names:
-            continue
         trial = by_name.get(row["name"])
-        rows.append({**row, "search": None if trial is None else {
+        extra = {"beaten_by": beaten[row["name"]]} if row["name"] in beaten else {}
+        rows.append({**row, **extra, "search": None if trial is None else {
             "trial": trial["number"], **{k: v for k, v in trial["scores"].items() if k != "values"},
             "seeds": spreads.get(row["name"])}})
     return {**report, "rows": rows}
+
+
+def beaten_by(report: dict, members: list[str]) -> dict[str, str | None]:
+    """Each hand-written candidate of a run (neither its teacher nor a front member), and the first
+    front member that is no worse on its validation drop, speed-up and size reduction, and better
+    on one (all from this run: one teacher, one benchmark); None where no member is."""
+    rows = {r["name"]: r for r in report["rows"]}
+    teacher = rows.get(report["teacher"], {})
+
+    def figures(row: dict) -> dict | None:
+        if row.get("status") != "ok" or teacher.get("status") != "ok":
+            return None
+        return {"drop": 100 * (teacher["accuracy"] - row["accuracy"]), "faster": teacher["latency_p50_ms"] / row["latency_p50_ms"],
+                "smaller": teacher["size_mb"] / row["size_mb"]}
+
+    ours = [(name, figures(rows[name])) for name in members if name in rows]
+    result = {}
+    for name, row in rows.items():
+        if name == report["teacher"] or name in members:
+            continue
+        theirs = figures(row)
+        result[name] = next((member for member, mine in ours if mine and theirs and _beats(mine, theirs)), None)
+    return result
 
 
 def to_markdown(report: dict, said: str) -> str:
@@ -207,6 +230,12 @@ def to_markdown(report: dict, said: str) -> str:
         drop = "—" if r.get("accuracy_drop") is None else f"{r['accuracy_drop']:+.2f}"
         lines.append(f"| {r['name']} | {recipe} | {accuracy} | {drop} | {smaller} | {faster} | {spread} | "
                      f"{'yes' if r['eligible'] else 'no: ' + '; '.join(r['reasons'])} |")
+    hand_written = [r for r in report["rows"] if "beaten_by" in r]
+    if hand_written:
+        lines += ["", "Hand-written candidates against the front (this run's validation figures; beaten: a member no worse "
+                  "on drop, speed-up and size, better on one):", ""]
+        lines += [f"- {r['name']}: " + (f"beaten by {r['beaten_by']}" if r["beaten_by"] else "not beaten by any member")
+                  for r in hand_written]
     return "\n".join(lines + ["", "![front](front.png)", ""])
 
 
