@@ -5,7 +5,8 @@ the same DVC stages as a hand-written one, the front goes through one ordinary p
     `search-<key>`'s compress/export/evaluate in its own workspace (the project's DVC cache), then
     timed interleaved with the teacher's ONNX, scored on the selection split, told to the study
     -> the front; each member within the budget trained again with other seeds -> one pipeline
-    run with teacher, int8-dynamic and the front (benchmark, validation gates, promotion)
+    run with the profile's candidates (teacher, int8-dynamic, any written by hand) and the front
+    (benchmark, validation gates, promotion; which member beats each hand-written candidate)
 
 `--minutes` bounds the whole search: no batch of trials starts unless it and the seeds owed to
 the front are expected to end within it, and seeds that would not fit are left out and named.
@@ -356,7 +357,7 @@ def finish(root: Path, params: dict, trials: list[dict], threads: int | None, se
     print(said)
     return {"front": [t["candidate"] for t in front], "within_budget": [t["candidate"] for t in within],
             "confirmed": [t["candidate"] for t in confirmed], "promotion": decision, "said": said, "cost": cost,
-            "seeds": spreads, "seeds_skipped": skipped}
+            "seeds": spreads, "seeds_left_out": skipped}
 
 
 def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | None, seeds: Seeds) -> tuple[dict, dict]:
