@@ -93,10 +93,10 @@ def seed_spread(runs: list[dict]) -> dict:
 def seed_plan(members: list[dict], seeds: int, first_seed: int, done: dict[str, list[dict]], workers: int,
               seconds_left: float | None = None) -> tuple[list[tuple[str, int]], dict[str, str], float]:
     """Which seeds to train: each member's seeds first_seed+1 .. first_seed+seeds-1 not in `done`
-    (kept from an earlier run of the study), a member's all or none, the member the objective
-    ranks first first, while the estimate fits `seconds_left` (None: no limit). A seed is
-    estimated at its member's trial time, `workers` at a time. Returns the (member, seed) jobs,
-    why each member left out was, and the estimated wall seconds."""
+    (kept from an earlier run of the study), a member's all or none, members in the order of the
+    objective (fastest or smallest first), while the estimate fits `seconds_left` (None: no limit).
+    A seed is estimated at its member's trial time, `workers` at a time. Returns the (member, seed)
+    jobs, why each member was left out, and the estimated wall seconds."""
     jobs, skipped, costs = [], {}, []
     for member in sorted(members, key=lambda t: t["scores"]["values"][1]):
         have = {run["seed"] for run in done.get(member["candidate"], [])}
