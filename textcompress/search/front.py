@@ -258,6 +258,8 @@ def plot_front(trials: list[dict], max_drop: float, budget_on: str, out_path: Pa
     for t in front:
         ax.annotate(f"{t['candidate']} ({t['scores']['smaller']:.1f}x smaller)", (t["scores"]["faster"], t["scores"]["drop"]),
                     textcoords="offset points", xytext=(5, 3), fontsize=7)
+    left, right = ax.get_xlim()
+    ax.set_xlim(left, right + 0.35 * (right - left))  # room for the rightmost member's label
     ax.axhline(max_drop, color="tab:red", linewidth=1,
                label=f"budget: {max_drop} points ({'bound of the drop' if budget_on == 'bound' else 'drop'})")
     ax.set_xlabel("× faster than the teacher (p50, batch 1, timed interleaved)")
