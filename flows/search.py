@@ -210,7 +210,6 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
     cfg, promotion = params["search"], params["promotion"]
     trials = cfg["trials"] if trials is None else trials  # 0: no new trial, the finish alone
     minutes = minutes or cfg["minutes"]
-    workers_at_once = max(1, workers)
     budget_on, max_drop = promotion.get("budget_on", "point"), promotion["max_accuracy_drop"]
     out = Catalog(root).SEARCH
     threads = max(1, cores() // workers) if address is None else None
@@ -233,7 +232,7 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
         ended = 0
         while ended < trials:
             full = fronts.room_for_trials(records(study), max_drop, cfg["seeds"], params["seed"], Seeds(study).runs,
-                                          workers_at_once, seconds_left())
+                                          workers, seconds_left())
             if full:
                 print(full)
                 break
@@ -251,7 +250,7 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
                 shutil.rmtree(result["workspace"], ignore_errors=True)
             ended += len(batch)
         os.environ.pop(STOP_ENV, None)  # seeds and the final run train whole recipes
-        return finish(root, params, records(study), threads, Seeds(study, workers_at_once, seconds_left()))
+        return finish(root, params, records(study), threads, Seeds(study, workers, seconds_left()))
 
     if pull:
         from tasks.tracking import pull_data

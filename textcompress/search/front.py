@@ -194,21 +194,22 @@ def beaten_by(report: dict, members: list[str]) -> dict[str, str | None]:
     on one (all from this run: one teacher, one benchmark); None where no member is."""
     rows = {r["name"]: r for r in report["rows"]}
     teacher = rows.get(report["teacher"], {})
-
-    def figures(row: dict) -> dict | None:
-        if row.get("status") != "ok" or teacher.get("status") != "ok":
-            return None
-        return {"drop": 100 * (teacher["accuracy"] - row["accuracy"]), "faster": teacher["latency_p50_ms"] / row["latency_p50_ms"],
-                "smaller": teacher["size_mb"] / row["size_mb"]}
-
-    ours = [(name, figures(rows[name])) for name in members if name in rows]
+    ours = [(name, against_teacher(rows[name], teacher)) for name in members if name in rows]
     result = {}
     for name, row in rows.items():
         if name == report["teacher"] or name in members:
             continue
-        theirs = figures(row)
+        theirs = against_teacher(row, teacher)
         result[name] = next((member for member, mine in ours if mine and theirs and _beats(mine, theirs)), None)
     return result
+
+
+def against_teacher(row: dict, teacher: dict) -> dict | None:
+    """A run's row as drop (points), speed-up and size reduction against the teacher of that run."""
+    if row.get("status") != "ok" or teacher.get("status") != "ok":
+        return None
+    return {"drop": 100 * (teacher["accuracy"] - row["accuracy"]), "faster": teacher["latency_p50_ms"] / row["latency_p50_ms"],
+            "smaller": teacher["size_mb"] / row["size_mb"]}
 
 
 def to_markdown(report: dict, said: str) -> str:
@@ -220,9 +221,9 @@ def to_markdown(report: dict, said: str) -> str:
              "| candidate | recipe | accuracy | drop (pts) | × smaller | × faster | seeds: selection accuracy | eligible |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        ok = r["status"] == "ok" and teacher.get("status") == "ok"
-        smaller = f"{teacher['size_mb'] / r['size_mb']:.2f}" if ok else "—"
-        faster = f"{teacher['latency_p50_ms'] / r['latency_p50_ms']:.2f}" if ok else "—"
+        ratios = against_teacher(r, teacher)
+        smaller = f"{ratios['smaller']:.2f}" if ratios else "—"
+        faster = f"{ratios['faster']:.2f}" if ratios else "—"
         seeds = ((r.get("search") or {}).get("seeds") or {}).get("accuracy")
         spread = f"{100 * seeds['mean']:.2f} ± {100 * seeds['std']:.2f} % ({len(seeds['values'])})" if seeds else "—"
         recipe = ", ".join(next(iter(step)) for step in candidate_form(r["recipe"])[1]) or "—"
