@@ -133,7 +133,7 @@ def scoring_setup(params: dict) -> dict:
 
 def open_study(root: Path, params: dict, path: str | Path):
     """The study in search.db, created or resumed; trials a killed search left running are failed;
-    the start_from recipes queued first, unless tried already."""
+    the start_from recipes queued first, unless their candidate was tried already."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -151,9 +151,14 @@ def open_study(root: Path, params: dict, path: str | Path):
         if trial.state == optuna.trial.TrialState.RUNNING:  # its search was killed
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     space = params["search"]["space"]
+    tried = {t.user_attrs.get("candidate") for t in study.trials
+             if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
     for recipe in params["search"]["start_from"]:
-        study.enqueue_trial(recipe_params(space, recipe, lambda problem, fix: ParamsError(path, "search.start_from", problem, fix)),
-                            skip_if_exists=True)
+        fixed = recipe_params(space, recipe, lambda problem, fix: ParamsError(path, "search.start_from", problem, fix))
+        # Matched on the candidate the recipe makes, not on its parameters alone: a space that gained
+        # a step (an optional distill) names the same recipe's parameters anew.
+        if candidate_name(sample_recipe(space, optuna.trial.FixedTrial(fixed))) not in tried:
+            study.enqueue_trial(fixed, skip_if_exists=True)
     # Seeded by how many trials exist, so a resumed search does not propose its first recipes again.
     study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials),
                                                n_startup_trials=min(10, max(2, params["search"]["trials"] // 3)))

@@ -91,6 +91,26 @@ def test_start_recipes_are_tried_first_and_once(tmp_path):
     assert len(again.trials) == 1 and all(t.state != optuna.trial.TrialState.WAITING for t in again.trials)
 
 
+def test_a_start_recipe_tried_before_the_space_grew_is_not_queued_again(tmp_path):
+    from flows.search import open_study
+    from textcompress.search.space import candidate_name, sample_recipe
+
+    study = open_study(tmp_path, study_params(), "params/search.yaml")
+    trial = study.ask()
+    trial.set_user_attr("candidate", candidate_name([{"quantize": {"mode": "static"}}]))
+    study.tell(trial, [0.0, 0.5])
+    # The space gains an optional first step: the same recipe's parameters now read
+    # {"1.trim_vocab": False, "2.quantize.mode": "static"}, which Optuna alone would queue again.
+    grown = [{"trim_vocab": {"min_count": 1}, "optional": True}, {"quantize": {"mode": {"choices": ["dynamic", "static"]}}}]
+    again = open_study(tmp_path, study_params(**{"search.space": grown}), "params/search.yaml")
+    assert len(again.trials) == 1
+    with_trim = study_params(**{"search.space": grown, "search.start_from": [[{"trim_vocab": {"min_count": 1}},
+                                                                                {"quantize": {"mode": "static"}}]]})
+    queued = open_study(tmp_path, with_trim, "params/search.yaml")  # a new recipe is still queued
+    assert len(queued.trials) == 2
+    assert sample_recipe(grown, queued.ask()) == [{"trim_vocab": {"min_count": 1}}, {"quantize": {"mode": "static"}}]
+
+
 @pytest.mark.parametrize("key, value", [("data.selection_by", "row"), ("search.objective", "size_mb"), ("teach.epochs", 9)])
 def test_a_study_is_not_resumed_under_another_scoring_setup(tmp_path, key, value):
     from flows.search import open_study
