@@ -37,6 +37,7 @@ from tasks.stages import StageFailed, run_dvc_stage
 from textcompress import catalog
 from textcompress.catalog import Catalog
 from textcompress.config import load_params
+from textcompress.decisions.champion import paired_test
 from textcompress.decisions.registry import tracking_uri
 from textcompress.errors import STOP_BELOW_ENV, ParamsError
 from textcompress.fileio import atomic_path, read_json, write_json
@@ -349,7 +350,8 @@ def finish(root: Path, params: dict, trials: list[dict], threads: int | None, se
     candidates = {**params["candidates"], "teacher": [], **{t["candidate"]: t["recipe"] for t in front}}
     write_candidates(root, candidates)
     summary = pipeline(project_dir=str(root), pull=False)
-    report = fronts.search_rows(read_json(Catalog(root).CANDIDATES_JSON), front, spreads)
+    report = fronts.search_rows(read_json(Catalog(root).CANDIDATES_JSON), front, spreads,
+                                lambda member, name: paired_test(root, member, {"name": name}), promotion["significance_level"])
     write_json(out / "candidates.json", report)
     decision = summary["promotion"]
     said = (f"{len(front)} on the front, {len(confirmed)} within the budget on the selection split"

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
+from textcompress.data import load_split
 from textcompress.search.space import candidate_name
 
 from tests.e2e.tiny_project import REPO, build_tiny_project
@@ -91,6 +93,18 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
     assert {r["name"] for r in report["rows"] if "beaten_by" in r} == hand_written
     assert all(r["beaten_by"] in (None, *(m["candidate"] for m in front["front"])) for r in report["rows"] if "beaten_by" in r)
     assert "Hand-written candidates against the front" in (out / "candidates.md").read_text()
+    # One no member beats on the point estimates is judged within noise: McNemar's test on the same validation
+    # sentences, its counts those of the two models' predictions.
+    labels = load_split(where / "artifacts" / "prepared", "validation").labels
+    correct = {r["name"]: np.asarray(read_json(where / "artifacts" / "metrics" / f"{r['name']}.json")["predictions"]) == labels
+               for r in report["rows"]}
+    for row in (r for r in report["rows"] if "beaten_by" in r):
+        assert ("beaten_within_noise" in row) == (row["beaten_by"] is None), row["name"]
+        noise = row.get("beaten_within_noise")
+        if noise:
+            mine, theirs = correct[noise["member"]], correct[row["name"]]
+            assert (noise["member_only_correct"], noise["theirs_only_correct"]) == ((mine & ~theirs).sum(), (~mine & theirs).sum())
+            assert noise["faster"] >= 1 and noise["smaller"] >= 1
     run_keys = set(run_report["rows"][0])
     for row in report["rows"]:
         assert run_keys <= set(row)

@@ -147,3 +147,36 @@ def test_hand_written_candidates_are_judged_against_the_front_on_the_run_s_own_f
     assert rows["int8-dynamic"]["beaten_by"] == "search-0" and rows["search-0"]["search"]["trial"] == 0
     said = fronts.to_markdown(fronts.search_rows(report, trials, {}), "said")
     assert "- int8-dynamic: beaten by search-0" in said and "- int8-per-channel: not beaten by any member" in said
+
+
+def test_a_candidate_no_member_beats_on_points_is_beaten_within_noise_only_by_a_faster_smaller_member_not_significantly_worse():
+    # search-0: 0.5 points down, 4x faster, 18x smaller; search-1: 2 points down, 8x faster, 30x smaller
+    report = {"teacher": "teacher", "baseline": "int8-dynamic", "rows": [
+        row("teacher", 0.90, 8.0, 90.0, recipe=[]), row("search-0", 0.895, 2.0, 5.0), row("search-1", 0.880, 1.0, 3.0),
+        row("int8-static", 0.902, 4.0, 23.0),   # 0.7 points more accurate than search-0 on 1,000 rows: 7 sentences
+        row("distill-prune", 0.900, 1.5, 10.0),  # faster than search-0: only search-1 is faster and smaller
+        row("fp16", 0.900, 8.0, 45.0)]}
+    mcnemar = {("search-0", "int8-static"): {"only_a_correct": 20, "only_b_correct": 27, "p_value": 0.38},
+               ("search-1", "distill-prune"): {"only_a_correct": 10, "only_b_correct": 30, "p_value": 0.002},
+               ("search-0", "fp16"): {"only_a_correct": 5, "only_b_correct": 30, "p_value": 0.00002},
+               ("search-1", "fp16"): {"only_a_correct": 30, "only_b_correct": 50, "p_value": 0.03}}
+    asked = []
+
+    def paired(member, name):
+        asked.append((member, name))
+        return mcnemar.get((member, name))
+
+    rows = {r["name"]: r for r in fronts.search_rows(report, [trial(0, 0.5, 0.25), trial(1, 2.0, 0.125)], {}, paired, 0.05)["rows"]}
+    assert rows["int8-static"]["beaten_by"] is None
+    noise = rows["int8-static"]["beaten_within_noise"]
+    assert noise["member"] == "search-0" and noise["p_value"] == 0.38 and (noise["faster"], noise["smaller"]) == pytest.approx((2.0, 4.6))
+    assert rows["distill-prune"]["beaten_within_noise"] is None  # search-1 is faster and smaller, but significantly worse
+    assert ("search-0", "distill-prune") not in asked          # search-0 is slower than it: no test is run
+    assert rows["fp16"]["beaten_within_noise"] is None          # both members significantly worse
+    assert "beaten_within_noise" not in rows["teacher"] and "beaten_within_noise" not in rows["search-0"]
+    said = fronts.to_markdown({**report, "rows": list(rows.values())}, "said")
+    assert "- int8-static: not beaten by any member; within noise by search-0: 2.00x faster and 4.60x smaller" in said
+    assert "it gets 20 right and int8-static 27 (McNemar p = 0.38" in said
+    assert "- distill-prune: not beaten by any member; none is faster and smaller" in said
+    plain = {r["name"]: r for r in fronts.search_rows(report, [trial(0, 0.5, 0.25)], {})["rows"]}
+    assert "beaten_within_noise" not in plain["int8-static"]  # no paired test given: no claim made
