@@ -16,6 +16,9 @@ a repeated recipe is the same DVC stage, found in the run-cache; each seed train
 study too, so a resumed search trains only the seeds still owed. reports/search/front.json is
 rewritten after every trial, so the best found so far is never lost. Latency is measured the
 benchmark stage's way (benchmark.threads, interleaved with the teacher) while no trial trains.
+Each trial's workspace also lists the study's other recipes (never run there), so that compress
+stores a training prefix one of them shares and a later trial that begins the same way loads it
+(techniques/prefix_store.py): the start recipes of a study mostly share their first distillation.
 
 Run: textcompress search --params params/search.yaml [--trials N] [--minutes M] [--workers W --runner local|dask|ray]
 """
@@ -67,9 +70,11 @@ def write_candidates(workspace: Path, candidates: dict) -> None:
 
 
 @task(task_run_name="trial {candidate}")
-def train_trial(root: str, candidate: str, recipe, baseline: list, threads: int | None, stop_below: float | None) -> dict:
+def train_trial(root: str, candidate: str, recipe, baseline: list, threads: int | None, stop_below: float | None,
+                neighbours: dict | None = None) -> dict:
     """compress/export/evaluate of one trial in its own workspace (kept for timing; the flow
-    removes it). A failure or an early stop is returned, not raised: the search goes on."""
+    removes it). `neighbours`, other recipes by name, are listed beside it only for the prefix
+    store. A failure or an early stop is returned, not raised: the search goes on."""
     started = time.time()
     # One threshold for every trial of a search, so the environment can carry it to the stage.
     if stop_below is None:
@@ -77,7 +82,7 @@ def train_trial(root: str, candidate: str, recipe, baseline: list, threads: int 
     else:
         os.environ[STOP_ENV] = f"{stop_below:.6f}"
     workspace = candidate_workspace(Path(root), candidate)
-    write_candidates(workspace, {"teacher": [], "int8-dynamic": baseline, candidate: recipe})
+    write_candidates(workspace, {"teacher": [], "int8-dynamic": baseline, **(neighbours or {}), candidate: recipe})
     result = {"candidate": candidate, "workspace": str(workspace), "stages": {}}
     try:
         for stage in (f"compress@{candidate}", f"export@{candidate}", f"evaluate@{candidate}"):
@@ -85,7 +90,23 @@ def train_trial(root: str, candidate: str, recipe, baseline: list, threads: int 
         result["status"] = "ok"
     except StageFailed as err:
         result.update(status=failure_status(err), error=str(err), record=err.record.summary() if err.record else None)
-    return {**result, "seconds": round(time.time() - started, 1)}
+    return {**result, "seconds": round(time.time() - started, 1), "from_store": steps_from_store(workspace, candidate)}
+
+
+def known_recipes(params: dict, study, pending: list) -> dict:
+    """Every recipe the study knows (start_from, its trials, the batch about to train), by candidate
+    name: a trial's neighbours for the prefix store."""
+    recipes = [*params["search"]["start_from"], *(t["recipe"] for t in records(study) if t["recipe"]), *pending]
+    return {candidate_name(r): r for r in recipes}
+
+
+def steps_from_store(workspace: Path, candidate: str) -> int:
+    """How many of the trial's steps compress loaded from the prefix store (0 if none or not written)."""
+    try:
+        steps = read_json(Catalog(workspace).compressed(candidate) / "steps.json")["steps"]
+    except (OSError, KeyError, ValueError):
+        return 0
+    return sum((s.get("prefix_store") or {}).get("source") == "store" for s in steps)
 
 
 def failure_status(err: StageFailed) -> str:
@@ -115,7 +136,7 @@ def trial_record(trial) -> dict:
     attrs = trial.user_attrs
     return {"number": trial.number, "state": trial.state.name.lower().replace("fail", "failed"),
             "candidate": attrs.get("candidate"), "recipe": attrs.get("recipe"), "scores": attrs.get("scores"),
-            "seconds": attrs.get("seconds", 0.0), "stages": attrs.get("stages", {})}
+            "seconds": attrs.get("seconds", 0.0), "stages": attrs.get("stages", {}), "from_store": attrs.get("from_store", 0)}
 
 
 def records(study) -> list[dict]:
@@ -246,7 +267,9 @@ def search(project_dir: str = ".", params_path: str = "params.yaml", trials: int
             recipes = [sample_recipe(cfg["space"], t) for t in batch]
             names = [candidate_name(r) for r in recipes]
             unique = dict(zip(names, recipes))  # a batch trains a repeated recipe once
-            futures = {n: train_trial.submit(str(root), n, r, baseline, threads, stop_below) for n, r in unique.items()}
+            known = known_recipes(params, study, recipes)
+            futures = {n: train_trial.submit(str(root), n, r, baseline, threads, stop_below,
+                                             {k: v for k, v in known.items() if k != n}) for n, r in unique.items()}
             results = {n: f.result() for n, f in futures.items()}
             for trial, recipe, name in zip(batch, recipes, names):
                 tell(study, trial, recipe, results[name], params)
@@ -275,7 +298,8 @@ def tell(study, trial, recipe, result: dict, params: dict) -> None:
     """The trial's outcome to the study: its two objectives, or pruned (stopped early), or failed."""
     import optuna
 
-    attrs = {"candidate": result["candidate"], "recipe": recipe, "seconds": result["seconds"], "stages": result["stages"]}
+    attrs = {"candidate": result["candidate"], "recipe": recipe, "seconds": result["seconds"], "stages": result["stages"],
+             "from_store": result.get("from_store", 0)}
     scores = None
     if result["status"] == "ok":
         try:
@@ -374,8 +398,12 @@ def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | N
     jobs, skipped, _ = fronts.seed_plan(members, n, first, seeds.runs, seeds.workers, seeds.seconds_left)
     baseline = params["candidates"]["int8-dynamic"]
     recipes = {t["candidate"]: t["recipe"] for t in members}
-    futures = {(member, seed): train_trial.submit(str(root), candidate_name(recipes[member], seed),
-                                                  {"seed": seed, "steps": recipes[member]}, baseline, threads, None)
+    def seeded(member, seed):
+        return candidate_name(recipes[member], seed), {"seed": seed, "steps": recipes[member]}
+
+    # Beside each, the other members at the same seed: the prefix store shares what they begin with alike.
+    futures = {(member, seed): train_trial.submit(str(root), *seeded(member, seed), baseline, threads, None,
+                                                  dict(seeded(other, seed) for other in recipes if other != member))
                for member, seed in jobs}
     for (member, seed), future in futures.items():
         result = future.result()

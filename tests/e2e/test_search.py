@@ -21,6 +21,7 @@ STUDENT = {"student": "bert", "layers": 1, "epochs": 1, "lr": 3e-3, "batch_size"
 # Two configurations: three trials must repeat one, so the run-cache is exercised whatever the sampler picks.
 SPACE = [{"distill": STUDENT}, {"quantize": {"mode": {"choices": ["dynamic", "static"]}, "calibration": 32}}]
 START = [{"distill": STUDENT}, {"quantize": {"mode": "static", "calibration": 32}}]  # tried first
+START_DYNAMIC = [{"distill": STUDENT}, {"quantize": {"mode": "dynamic", "calibration": 32}}]  # then this: the same distill
 
 
 def search_profile(project):
@@ -29,7 +30,7 @@ def search_profile(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["selection_fraction"] = 0.2
     params["promotion"].update(registered_model="tiny-search", max_accuracy_drop=50.0)  # the mechanics, not the model
-    params["search"] = {"space": SPACE, "trials": 3, "seeds": 2, "benchmark_sentences": 20, "start_from": [START]}
+    params["search"] = {"space": SPACE, "trials": 3, "seeds": 2, "benchmark_sentences": 20, "start_from": [START, START_DYNAMIC]}
     (project / "params").mkdir(exist_ok=True)
     (project / "params" / "search.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -58,7 +59,9 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
     run_search(project)  # search.trials: 3
     study = optuna.load_study(study_name="textcompress-search", storage=f"sqlite:///{where / 'search.db'}")
     assert len(study.trials) == 3
-    assert study.trials[0].user_attrs["candidate"] == candidate_name(START)
+    assert [t.user_attrs["candidate"] for t in study.trials[:2]] == [candidate_name(START), candidate_name(START_DYNAMIC)]
+    # The second start recipe begins as the first: its distill came out of the prefix store, trained once.
+    assert [t.user_attrs["from_store"] for t in study.trials[:2]] == [0, 1]
     run_search(project, "--trials", "2")  # the same study, resumed
     study = optuna.load_study(study_name="textcompress-search", storage=f"sqlite:///{where / 'search.db'}")
     trials = study.trials
@@ -117,6 +120,7 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
     for name in ("candidates.md", "front.png", "recipes.yaml", "cost.json"):
         assert (out / name).is_file(), name
     assert read_json(out / "cost.json")["trials"] == 5
+    assert read_json(out / "cost.json")["steps_from_prefix_store"] == {candidate_name(START_DYNAMIC): 1}
     pasted = yaml.safe_load((out / "recipes.yaml").read_text())
     assert set(pasted) == {m["candidate"] for m in front["front"]}
 

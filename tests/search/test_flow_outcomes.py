@@ -189,3 +189,22 @@ def test_seeds_trained_are_kept_in_the_study_and_read_back_by_a_resumed_search(t
     alone = Seeds()  # no study (as finish is called in tests): kept for this finish only
     alone.keep("search-b", {"seed": 43, "accuracy": 0.9, "drop": 0.2})
     assert alone.runs == {"search-b": [{"seed": 43, "accuracy": 0.9, "drop": 0.2}]}
+
+
+def test_a_trial_is_listed_beside_every_recipe_the_study_knows_for_the_prefix_store(tmp_path):
+    from flows.search import known_recipes, steps_from_store
+    from textcompress.search.space import candidate_name
+
+    start = [{"distill": {"layers": 3}}, {"quantize": {"mode": "static"}}]
+    tried, pending = [{"distill": {"layers": 2}}], [{"distill": {"layers": 3}}, {"quantize": {"mode": "dynamic"}}]
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    tell(study, study.ask(), tried, {"candidate": candidate_name(tried), "status": "failed", "seconds": 1.0, "stages": {}}, PARAMS)
+    known = known_recipes({"search": {"start_from": [start]}}, study, [pending])
+    assert known == {candidate_name(r): r for r in (start, tried, pending)}
+    # what compress wrote says how many steps came out of the store
+    steps = tmp_path / "artifacts" / "compressed" / "search-z" / "steps.json"
+    assert steps_from_store(tmp_path, "search-z") == 0  # not written: none
+    steps.parent.mkdir(parents=True)
+    steps.write_text(json.dumps({"steps": [{"prefix_store": {"source": "store"}}, {"prefix_store": {"source": "store"}},
+                                           {"prefix_store": {"source": "computed"}}]}))
+    assert steps_from_store(tmp_path, "search-z") == 2

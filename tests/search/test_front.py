@@ -76,6 +76,9 @@ def test_the_cost_counts_trials_and_what_early_stopping_saved():
     trials = [{**trial(0, 1, 1, seconds=200), "stages": trained}, {**trial(1, 1, 1, seconds=5), "stages": {"compress@x": "cached"}},
               trial(2, 0, 0, state="pruned", seconds=60)]
     assert fronts.cost_file(trials)["seconds_saved_by_early_stopping"] == 140
+    # a trial that loaded its first steps from the prefix store is named, with how many
+    trials = [{**trial(0, 1, 1), "from_store": 0}, {**trial(1, 1, 1), "from_store": 2}, trial(2, 1, 1)]
+    assert fronts.cost_file(trials)["steps_from_prefix_store"] == {"search-1": 2}
 
 
 def test_the_seeds_mean_and_spread():

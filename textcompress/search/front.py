@@ -147,7 +147,8 @@ def front_file(trials: list[dict], objective: str, max_drop: float, budget_on: s
 
 def cost_file(trials: list[dict]) -> dict:
     """The search's own cost. A pruned trial saved, by estimate, what a completed trial took on
-    average (one that trained, not one DVC found cached) less what it took before it stopped."""
+    average (one that trained, not one DVC found cached) less what it took before it stopped.
+    `steps_from_prefix_store`: the trials that loaded their first steps instead of training them."""
     done = [t["seconds"] for t in trials if t["state"] == "complete"]
     trained = [t["seconds"] for t in trials if t["state"] == "complete" and "ran" in (t.get("stages") or {}).values()]
     typical = statistics.fmean(trained or done) if done else None
@@ -157,7 +158,8 @@ def cost_file(trials: list[dict]) -> dict:
             "failed": sum(t["state"] == "failed" for t in trials), "seconds": round(sum(t["seconds"] for t in trials), 1),
             "mean_completed_seconds": None if typical is None else round(typical, 1),
             "seconds_saved_by_early_stopping": round(sum(saved), 1),
-            "saved_per_pruned_trial": {t["candidate"]: round(s, 1) for t, s in zip(pruned, saved)}}
+            "saved_per_pruned_trial": {t["candidate"]: round(s, 1) for t, s in zip(pruned, saved)},
+            "steps_from_prefix_store": {t["candidate"]: t["from_store"] for t in trials if t.get("from_store")}}
 
 
 def recipes_yaml(front: list[dict]) -> str:
