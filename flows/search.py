@@ -409,7 +409,8 @@ def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | N
         result = future.result()
         if result["status"] == "ok":
             selection = read_json(Catalog(Path(result["workspace"])).metrics(result["candidate"]))[fronts.SCORED_ON]
-            seeds.keep(member, {"seed": seed, "accuracy": selection["accuracy"], "drop": 100.0 * selection["accuracy_drop"]})
+            seeds.keep(member, {"seed": seed, "accuracy": selection["accuracy"], "drop": 100.0 * selection["accuracy_drop"],
+                                "seconds": result["seconds"], "from_store": result["from_store"]})
         shutil.rmtree(result["workspace"], ignore_errors=True)
     return {t["candidate"]: fronts.seed_spread([{"seed": first, "accuracy": t["scores"]["accuracy"], "drop": t["scores"]["drop"]}]
                                                + sorted(seeds.runs.get(t["candidate"], []), key=lambda run: run["seed"]))

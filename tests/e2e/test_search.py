@@ -30,6 +30,7 @@ def search_profile(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["selection_fraction"] = 0.2
     params["promotion"].update(registered_model="tiny-search", max_accuracy_drop=50.0)  # the mechanics, not the model
+    params["runtime"]["cache_dir"] = str(project.parent / "states")  # a prefix store of this test's own
     params["search"] = {"space": SPACE, "trials": 3, "seeds": 2, "benchmark_sentences": 20, "start_from": [START, START_DYNAMIC]}
     (project / "params").mkdir(exist_ok=True)
     (project / "params" / "search.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -117,6 +118,8 @@ def test_a_search_trains_trials_as_candidates_resumes_and_reports_its_front(tmp_
     second = yaml.safe_load((project / "params" / "search.yaml").read_text())["seed"] + 1
     kept = study.user_attrs["seeds"]
     assert kept and all([run["seed"] for run in runs] == [second] for runs in kept.values()), kept
+    if len(kept) == 2:  # both recipes on the front: their second seeds share the distill, trained once
+        assert sorted(run["from_store"] for runs in kept.values() for run in runs) == [0, 1], kept
     for name in ("candidates.md", "front.png", "recipes.yaml", "cost.json"):
         assert (out / name).is_file(), name
     assert read_json(out / "cost.json")["trials"] == 5
