@@ -398,6 +398,7 @@ def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | N
     jobs, skipped, _ = fronts.seed_plan(members, n, first, seeds.runs, seeds.workers, seeds.seconds_left)
     baseline = params["candidates"]["int8-dynamic"]
     recipes = {t["candidate"]: t["recipe"] for t in members}
+
     def seeded(member, seed):
         return candidate_name(recipes[member], seed), {"seed": seed, "steps": recipes[member]}
 
