@@ -55,9 +55,9 @@ def pareto(trials: list[dict]) -> list[dict]:
     return sorted(kept, key=lambda t: t["scores"]["values"])
 
 
-def _beats(a: dict, b: dict) -> bool:
-    """a is no worse than b on drop, speed-up and size reduction, and better on one."""
-    mine, theirs = (a["drop"], -a["faster"], -a["smaller"]), (b["drop"], -b["faster"], -b["smaller"])
+def _beats(a: dict, b: dict, on: tuple[str, ...] = ("drop", "faster", "smaller")) -> bool:
+    """a is no worse than b on each figure of `on` (a lower drop, a higher speed-up and size reduction), and better on one."""
+    mine, theirs = ([x[k] if k == "drop" else -x[k] for k in on] for x in (a, b))
     return all(x <= y for x, y in zip(mine, theirs)) and mine != theirs
 
 
@@ -226,7 +226,7 @@ def beaten_within_noise(report: dict, members: list[str], names: list[str], pair
     for name in names:
         theirs, result[name] = against_teacher(rows[name], teacher), None
         for member, mine in ours:
-            if not (mine and theirs and _faster_and_smaller(mine, theirs)):
+            if not (mine and theirs and _beats(mine, theirs, on=("faster", "smaller"))):
                 continue
             test = paired(member, name)
             if test is None:
@@ -238,12 +238,6 @@ def beaten_within_noise(report: dict, members: list[str], names: list[str], pair
                                 "faster": mine["faster"] / theirs["faster"], "smaller": mine["smaller"] / theirs["smaller"]}
                 break
     return result
-
-
-def _faster_and_smaller(a: dict, b: dict) -> bool:
-    """a is no slower and no larger than b, and better on one of the two."""
-    mine, theirs = (-a["faster"], -a["smaller"]), (-b["faster"], -b["smaller"])
-    return all(x <= y for x, y in zip(mine, theirs)) and mine != theirs
 
 
 def against_teacher(row: dict, teacher: dict) -> dict | None:
