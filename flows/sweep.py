@@ -44,6 +44,16 @@ def candidate_workspace(project: Path, candidate: str) -> Path:
     return make_workspace(project, workspace)
 
 
+def remove_workspace(workspace: Path, tries: int = 3) -> None:
+    """Remove a candidate's workspace; again after a moment if it is still there (seen once under Ray:
+    a file written into the workspace's .dvc/ while it was being removed kept the folder)."""
+    for _ in range(tries):
+        shutil.rmtree(workspace, ignore_errors=True)
+        if not workspace.exists():
+            return
+        time.sleep(1.0)
+
+
 @task(task_run_name="candidate {candidate}")
 def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = False, threads: int | None = None) -> dict:
     """compress/export/evaluate of one candidate in its own workspace; upstream shared stages
@@ -60,7 +70,7 @@ def train_candidate(project_dir: str, candidate: str, keep_workspace: bool = Fal
                   "record": err.record.summary() if err.record else None}
     finally:
         if not keep_workspace:
-            shutil.rmtree(workspace, ignore_errors=True)
+            remove_workspace(workspace)
     return {**status, "seconds": round(time.time() - started, 1)}
 
 
