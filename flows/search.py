@@ -327,6 +327,7 @@ class Seeds:
     study: object = None
     workers: int = 1
     seconds_left: float | None = None
+    whole_seconds: float | None = None  # a whole recipe's training time (front.whole_recipe_seconds)
     runs: dict[str, list[dict]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -367,6 +368,7 @@ def finish(root: Path, params: dict, trials: list[dict], threads: int | None, se
         print(said)
         return {"front": [t["candidate"] for t in front], "within_budget": [], "confirmed": [], "promotion": None, "said": said, "cost": cost}
     seeds_started = time.time()
+    seeds.whole_seconds = fronts.whole_recipe_seconds(trials)  # a seed of a member that loaded a prefix trains it
     spreads, skipped = repeat_seeds(root, params, confirmed, threads, seeds)
     cost = {**cost, "seeds_seconds": round(time.time() - seeds_started, 1), "seeds_left_out": skipped}
     write_json(out / "cost.json", cost)
@@ -395,7 +397,7 @@ def repeat_seeds(root: Path, params: dict, members: list[dict], threads: int | N
     the selection split, those kept in the study skipped, those over the time left left out; with
     its own trial: the mean and spread of every seed it has. Returns them, and why any were left out."""
     n, first = params["search"]["seeds"], params["seed"]
-    jobs, skipped, _ = fronts.seed_plan(members, n, first, seeds.runs, seeds.workers, seeds.seconds_left)
+    jobs, skipped, _ = fronts.seed_plan(members, n, first, seeds.runs, seeds.workers, seeds.seconds_left, seeds.whole_seconds)
     baseline = params["candidates"]["int8-dynamic"]
     recipes = {t["candidate"]: t["recipe"] for t in members}
 

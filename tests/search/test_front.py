@@ -115,6 +115,21 @@ def test_seeds_that_would_overrun_the_time_left_are_left_out_and_named():
     assert fronts.seed_plan(members, 3, 42, {}, workers=1, seconds_left=0)[0] == []
 
 
+def test_a_member_that_loaded_steps_from_the_prefix_store_has_its_seeds_estimated_at_a_whole_recipe():
+    # As on SST-2 (2026-12-07h): two trials trained whole in 1713 s and 2051 s; a third loaded its
+    # first distill and took 737 s, but its seeds (another seed: another prefix) train every step.
+    trained = [{**trial(n, 0.5, 0.3, seconds=s), "stages": {"compress@x": "ran"}} for n, s in ((0, 1713.0), (1, 2051.0))]
+    loaded = {**trial(2, -0.1, 0.2, seconds=737.0), "stages": {"compress@x": "ran"}, "from_store": 2}
+    cached = {**trial(3, 0.4, 0.25, seconds=5.0), "stages": {"compress@x": "cached"}}
+    whole = fronts.whole_recipe_seconds([*trained, loaded, cached])
+    assert whole == pytest.approx((1713 + 2051) / 2)
+    jobs, skipped, _ = fronts.seed_plan([loaded], 3, 42, {}, workers=2, seconds_left=900, whole_seconds=whole)
+    assert jobs == [] and "about 63 min" in skipped["search-2"]
+    unloaded = {**loaded, "from_store": 0}
+    assert fronts.seed_plan([unloaded], 3, 42, {}, workers=2, seconds_left=900, whole_seconds=whole)[0] == [
+        ("search-2", 43), ("search-2", 44)]
+
+
 def test_no_trial_starts_that_would_leave_the_front_s_seeds_without_time():
     trials = [trial(0, 0.5, 0.3, seconds=600), trial(1, 3.0, 0.1, seconds=1200)]  # mean trial 900 s; 1 within 1.0
     assert fronts.room_for_trials(trials, 1.0, 3, 42, {}, workers=1, seconds_left=None) is None

@@ -90,21 +90,32 @@ def seed_spread(runs: list[dict]) -> dict:
             "drop": stats([r["drop"] for r in runs]), "split": SCORED_ON}
 
 
+def whole_recipe_seconds(trials: list[dict]) -> float | None:
+    """The mean time of a completed trial that trained every step itself (none loaded from the prefix store)."""
+    whole = [t["seconds"] for t in trials if t["state"] == "complete" and not t.get("from_store")
+             and "ran" in (t.get("stages") or {}).values()]
+    return statistics.fmean(whole) if whole else None
+
+
 def seed_plan(members: list[dict], seeds: int, first_seed: int, done: dict[str, list[dict]], workers: int,
-              seconds_left: float | None = None) -> tuple[list[tuple[str, int]], dict[str, str], float]:
+              seconds_left: float | None = None, whole_seconds: float | None = None
+              ) -> tuple[list[tuple[str, int]], dict[str, str], float]:
     """Which seeds to train: each member's seeds first_seed+1 .. first_seed+seeds-1 not in `done`
     (kept from an earlier run of the study), a member's all or none, members in the order of the
     objective (fastest or smallest first), while the estimate fits `seconds_left` (None: no limit).
-    A seed is estimated at its member's trial time, `workers` at a time. Returns the (member, seed)
-    jobs, why each member was left out, and the estimated wall seconds."""
+    A seed is estimated at its member's trial time, `workers` at a time; at least `whole_seconds`
+    (whole_recipe_seconds) if the trial loaded steps from the prefix store, since another seed
+    trains them all. Returns the (member, seed) jobs, why each member was left out, and the
+    estimated wall seconds."""
     jobs, skipped, costs = [], {}, []
     for member in sorted(members, key=lambda t: t["scores"]["values"][1]):
         have = {run["seed"] for run in done.get(member["candidate"], [])}
         missing = [first_seed + k for k in range(1, seeds) if first_seed + k not in have]
-        more = costs + [member["seconds"]] * len(missing)
+        each = max(member["seconds"], whole_seconds or 0.0) if member.get("from_store") else member["seconds"]
+        more = costs + [each] * len(missing)
         if missing and seconds_left is not None and _wall(more, workers) > seconds_left:
             skipped[member["candidate"]] = (
-                f"its {len(missing)} seeds (about {len(missing) * member['seconds'] / 60:.0f} min) did not fit in the "
+                f"its {len(missing)} seeds (about {len(missing) * each / 60:.0f} min) did not fit in the "
                 f"{max(0.0, seconds_left - _wall(costs, workers)) / 60:.0f} min left of search.minutes")
             continue
         costs = more
@@ -125,7 +136,7 @@ def room_for_trials(trials: list[dict], max_drop: float, seeds: int, first_seed:
         return None
     typical = cost_file(trials)["mean_completed_seconds"] or 0.0
     members = within_budget(pareto(trials), max_drop, "point")
-    reserve = seed_plan(members, seeds, first_seed, done, workers)[2]
+    reserve = seed_plan(members, seeds, first_seed, done, workers, whole_seconds=whole_recipe_seconds(trials))[2]
     if seconds_left > 0 and typical + reserve <= seconds_left:
         return None
     return (f"no more trials: {seconds_left / 60:.0f} min were left of search.minutes, and a trial (about {typical / 60:.0f} "
